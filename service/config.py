@@ -1,0 +1,61 @@
+"""Settings: built once at start-up from ``TSM_*`` environment variables (and CLI flags), passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TSM_", env_file=None, extra="ignore")
+
+    # --- network
+    host: str = Field(default="127.0.0.1", description="address both servers bind; 0.0.0.0 in containers")
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
+
+    # --- models
+    model_store: Path = Field(default=Path("model_store"), description="folder of <name>/<version>/model.json")
+    default_model: str = Field(default="tsm_mobilenetv2_synthetic_motion", description="model used when none is named")
+    models: list[str] = Field(default_factory=list, description="models to load; empty: every store entry")
+
+    # --- inference
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU"
+    )
+    torch_threads: int = Field(default=0, ge=0, description="intra-op CPU threads; 0: torch's default")
+    channels_last: bool = True
+    compile: bool = Field(default=False, description="torch.compile the model (slower start, faster steady state)")
+    cuda_graphs: bool = Field(default=False, description="capture CUDA graphs per batch-size bucket (CUDA only)")
+
+    # --- batching and admission
+    max_batch_clips: int = Field(default=16, ge=1, description="a batch closes at this many clips...")
+    max_delay_ms: float = Field(default=10.0, ge=0, description="...or this long after its first clip arrived")
+    max_queue_clips: int = Field(default=256, ge=1, description="admitted but unfinished clips; beyond: 429")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of a request that sets none")
+
+    # --- decoding
+    decode_workers: int = Field(default=0, ge=0, description="decode processes; 0: one per CPU core")
+    decode_timeout_s: float = Field(default=20.0, gt=0, description="a decode running longer is killed")
+    decode_memory_mb: int = Field(default=2048, ge=64, description="address-space cap of each decode worker")
+    decode_max_jobs: int = Field(default=200, ge=1, description="a worker is replaced after this many decodes")
+    max_upload_bytes: int = Field(default=200 * MiB, ge=1)
+    max_frame_pixels: int = Field(default=4096 * 2304, ge=1, description="width*height of a frame, at most")
+    max_frame_side: int = Field(default=8192, ge=16)
+    max_duration_s: float = Field(default=3600.0, gt=0)
+    max_clips: int = Field(default=10, ge=1, description="temporal views a request may ask for")
+    spool_dir: Path | None = Field(default=None, description="where uploads are spooled; default /dev/shm or tmp")
+
+    # --- lifecycle and logging
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="in-flight work may finish this long on SIGTERM")
+    log_level: str = "INFO"
+
+    def decode_worker_count(self) -> int:
+        return self.decode_workers or os.cpu_count() or 1

@@ -1,0 +1,74 @@
+"""Temporal shift (Lin, Gan & Han, ICCV 2019) and its insertion into residual blocks.
+
+Frames of one clip are stacked along the batch axis, ``[N*T, C, H, W]``. The offline shift views
+that as ``[N, T, C, H, W]``: channels ``[0, fold)`` take frame t+1, channels ``[fold, 2*fold)``
+take frame t-1 (zeros at the clip ends), the rest stay. ``fold = C // shift_div``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+ShiftPlace = Literal["blockres", "block"]
+
+
+def shift_offline(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
+    """Bi-directional zero-padded shift; returns a new tensor (the input is untouched)."""
+    nt, c, h, w = x.shape
+    x5 = x.view(nt // num_segments, num_segments, c, h, w)
+    fold = c // shift_div
+    out = torch.zeros_like(x5)
+    out[:, :-1, :fold] = x5[:, 1:, :fold]  # from the future
+    out[:, 1:, fold : 2 * fold] = x5[:, :-1, fold : 2 * fold]  # from the past
+    out[:, :, 2 * fold :] = x5[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+def shift_offline_(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
+    """The same shift, written into ``x`` itself: no full-size copy, only a 2*fold-channel buffer.
+
+    For ablations and memory-bound inference. Only correct where nothing else reads the
+    unshifted tensor afterwards (``block`` placement), never on a residual branch.
+    """
+    nt, c, h, w = x.shape
+    x5 = x.view(nt // num_segments, num_segments, c, h, w)
+    fold = c // shift_div
+    moved = x5[:, :, : 2 * fold].clone()
+    x5[:, :-1, :fold] = moved[:, 1:, :fold]
+    x5[:, -1, :fold] = 0
+    x5[:, 1:, fold : 2 * fold] = moved[:, :-1, fold:]
+    x5[:, 0, fold : 2 * fold] = 0
+    return x
+
+
+def shift_online(x: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor]:
+    """Uni-directional (past-only) shift for streaming, one frame ``[N, C, H, W]`` at a time.
+
+    ``buffer`` holds channels ``[0, C // 8)`` of the previous frame (zeros before the first).
+    Returns the shifted frame and the buffer for the next one; as in the official online demo,
+    the past arrives on channels ``[0, fold)``.
+    """
+    fold = buffer.shape[1]
+    return torch.cat((buffer, x[:, fold:]), dim=1), x[:, :fold].clone()
+
+
+class TemporalShift(nn.Module):
+    """Shift the input of ``net`` in time, then run ``net``. ``net`` keeps its parameter names
+    under ``.net`` as in the official checkpoints (``conv1.net.weight``)."""
+
+    def __init__(self, net: nn.Module, num_segments: int, shift_div: int = 8, inplace: bool = False):
+        super().__init__()
+        self.net = net
+        self.num_segments = num_segments
+        self.shift_div = shift_div
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        shift = shift_offline_ if self.inplace else shift_offline
+        return self.net(shift(x, self.num_segments, self.shift_div))
+
+    def extra_repr(self) -> str:
+        return f"num_segments={self.num_segments}, shift_div={self.shift_div}, inplace={self.inplace}"

@@ -1,0 +1,191 @@
+"""The TSM network (backbone + temporal shift + ``new_fc`` + average consensus) and checkpoint import.
+
+Checkpoints come in two layouts, detected from their keys:
+
+* official (mit-han-lab): ``{'state_dict': {'module.base_model.*', 'module.new_fc.*'}}``; our
+  parameter names are the same, less ``module.``.
+* mmaction2: ``{'state_dict': {'backbone.*', 'cls_head.fc_cls.*'}}``, renamed here by rule.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from service.model.backbones import MOBILENETV2_SETTING, Arch, build_backbone
+from service.model.shift import ShiftPlace
+
+CheckpointFormat = Literal["official", "mmaction2"]
+
+
+_UNREADABLE = "not a readable PyTorch checkpoint (truncated, corrupted or another kind of file)"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with a message that says why."""
+
+
+class TSM(nn.Module):
+    """Input ``[B, T, 3, H, W]`` float (normalised), output logits ``[B, num_classes]``."""
+
+    def __init__(
+        self,
+        arch: Arch,
+        num_classes: int,
+        num_segments: int,
+        shift_div: int = 8,
+        shift_place: ShiftPlace = "blockres",
+        shift: bool = True,
+        width_mult: float = 1.0,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.num_segments = num_segments
+        self.base_model = build_backbone(arch, width_mult)
+        if shift:
+            self.base_model.insert_temporal_shift(num_segments, shift_div, shift_place)
+        self.dropout = nn.Dropout(dropout)
+        self.new_fc = nn.Linear(self.base_model.feature_dim, num_classes)
+        nn.init.normal_(self.new_fc.weight, 0.0, 0.001)  # as the official code
+        nn.init.zeros_(self.new_fc.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t = x.shape[:2]
+        if t != self.num_segments:
+            raise ValueError(f"expected {self.num_segments} frames per clip, got {t}")
+        features = self.base_model(x.reshape(b * t, *x.shape[2:]))
+        logits = self.new_fc(self.dropout(features))
+        return logits.view(b, t, -1).mean(dim=1)  # average consensus over segments
+
+
+# ---------------------------------------------------------------------------- checkpoint files
+def read_checkpoint(source: str | Path) -> tuple[dict[str, Tensor], CheckpointFormat]:
+    """Read a ``.pth``/``.pt`` checkpoint safely and return ``(state_dict in our names, format)``."""
+    try:
+        obj = torch.load(
+            source,
+            map_location="cpu",
+            weights_only=True,  # never run code from a downloaded file
+        )
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # the weights-only unpickler names the class it refused
+            raise CheckpointError(_UNREADABLE) from e
+        raise CheckpointError(
+            "refused to load: the file is a pickle that holds more than tensors (it could run code); "
+            "only plain checkpoints of tensors are accepted"
+        ) from e
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint file {source} not found") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, KeyError) as e:
+        raise CheckpointError(_UNREADABLE) from e
+    state = _unwrap_state_dict(obj)
+    return to_official_names(state)
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+        if tensors and len(tensors) == len(obj):
+            return {str(k): v for k, v in tensors.items()}
+    raise CheckpointError("the file holds no state_dict of tensors; is it a TSM checkpoint?")
+
+
+def to_official_names(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], CheckpointFormat]:
+    """Rename a state dict of either layout to our (= official) parameter names."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("base_model.") for k in state):
+        out = dict(state)
+        # A checkpoint trained without dropout keeps its classifier inside the backbone.
+        for head in ("base_model.fc.", "base_model.classifier."):
+            for k in [k for k in out if k.startswith(head)]:
+                out["new_fc." + k.removeprefix(head)] = out.pop(k)
+        return out, "official"
+    if any(k.startswith("backbone.") for k in state):
+        rename = _mm_mobilenetv2_key if any(".layer7." in k for k in state) else _mm_resnet_key
+        out = {}
+        for k, v in state.items():
+            new = "new_fc." + k.removeprefix("cls_head.fc_cls.") if k.startswith("cls_head.fc_cls.") else None
+            new = new or (rename(k.removeprefix("backbone.")) if k.startswith("backbone.") else None)
+            if new is None:
+                raise CheckpointError(f"unexpected key in mmaction2 checkpoint: {k}")
+            out[new] = v
+        return out, "mmaction2"
+    raise CheckpointError(
+        "unrecognised checkpoint layout: expected official TSM keys (base_model.*, new_fc.*) "
+        "or mmaction2 keys (backbone.*, cls_head.fc_cls.*)"
+    )
+
+
+_MM_RESNET_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"^conv1\.conv\.(\w+)$"), lambda m: f"conv1.{m[1]}"),
+    (re.compile(r"^conv1\.bn\.(\w+)$"), lambda m: f"bn1.{m[1]}"),
+    (re.compile(r"^(layer\d+\.\d+)\.conv(\d)\.conv\.(net\.)?(\w+)$"),
+     lambda m: f"{m[1]}.conv{m[2]}.{m[3] or ''}{m[4]}"),
+    (re.compile(r"^(layer\d+\.\d+)\.conv(\d)\.bn\.(\w+)$"), lambda m: f"{m[1]}.bn{m[2]}.{m[3]}"),
+    (re.compile(r"^(layer\d+\.\d+)\.downsample\.conv\.(\w+)$"), lambda m: f"{m[1]}.downsample.0.{m[2]}"),
+    (re.compile(r"^(layer\d+\.\d+)\.downsample\.bn\.(\w+)$"), lambda m: f"{m[1]}.downsample.1.{m[2]}"),
+]  # fmt: skip
+
+
+def _mm_resnet_key(key: str) -> str | None:
+    for pattern, build in _MM_RESNET_RULES:
+        m = pattern.match(key)
+        if m:
+            return "base_model." + build(m)
+    return None
+
+
+# mmaction2 numbers MobileNetV2 blocks per stage (layerL.B); the official code numbers them flat.
+_MBV2_FIRST_FEATURE = [1 + sum(n for _, _, n, _ in MOBILENETV2_SETTING[:i]) for i in range(8)]
+_MBV2_LAST_FEATURE = _MBV2_FIRST_FEATURE[-1]  # the final 1x1 conv after the 17 blocks
+_MM_MBV2_BLOCK = re.compile(r"^layer(\d)\.(\d+)\.conv\.(\d)\.(net\.)?(conv|bn)\.(\w+)$")
+_MM_MBV2_ENDS = re.compile(r"^(conv1|conv2)\.(conv|bn)\.(\w+)$")
+
+
+def _mm_mobilenetv2_key(key: str) -> str | None:
+    m = _MM_MBV2_BLOCK.match(key)
+    if m:
+        layer, block, module, net, kind, param = m.groups()
+        feature = _MBV2_FIRST_FEATURE[int(layer) - 1] + int(block)
+        index = 3 * int(module) + (1 if kind == "bn" else 0)  # conv, bn, relu6 per ConvModule
+        shifted = "net." if net and kind == "conv" else ""  # official wraps only the conv
+        return f"base_model.features.{feature}.conv.{index}.{shifted}{param}"
+    m = _MM_MBV2_ENDS.match(key)
+    if m:
+        feature = 0 if m[1] == "conv1" else _MBV2_LAST_FEATURE
+        return f"base_model.features.{feature}.{0 if m[2] == 'conv' else 1}.{m[3]}"
+    return None
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Load with every missing, unexpected or mis-shaped key named in the error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in set(own) & set(state)
+        if own[k].shape != state[k].shape
+    )
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+            problems.append(f"{what} keys: {shown}")
+    if problems:
+        raise CheckpointError(
+            "checkpoint does not fit the model (check --arch, --num-segments, shift settings and the "
+            "number of labels): " + "; ".join(problems)
+        )
+    model.load_state_dict(dict(state), strict=True)

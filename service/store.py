@@ -1,0 +1,262 @@
+"""The model store: ``<store>/<name>/<version>/`` holds model.json, labels and safetensors weights.
+
+Weights, preprocessing and labels travel together, so an entry is everything needed to serve a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from service.model.backbones import Arch
+from service.model.shift import ShiftPlace
+from service.model.tsm import TSM, CheckpointError, load_state_strict, read_checkpoint
+
+MODEL_JSON = "model.json"
+BUNDLED_LABELS = Path(__file__).resolve().parent.parent / "model_store" / "labels"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class StoreError(ValueError):
+    """A store entry that cannot be served, with a message that says why."""
+
+
+class ModelConfig(BaseModel):
+    """model.json: what the network is, how to feed it, and where its files are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME.pattern)
+    version: str = Field(pattern=_NAME.pattern)
+    arch: Arch
+    num_segments: int = Field(ge=1, le=64)
+    shift: bool = True
+    shift_div: int = Field(default=8, ge=2)
+    shift_place: ShiftPlace = "blockres"
+    width_mult: float = Field(default=1.0, gt=0, le=2)
+    num_classes: int = Field(ge=1)
+    input_size: int = Field(default=224, ge=32, le=1024)
+    scale_size: int = Field(default=256, ge=32, le=2048)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    labels_file: str = "labels.txt"
+    weights_file: str = "model.safetensors"
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    untrained: bool = Field(default=False, description="random weights: answers are meaningless")
+    source: str = Field(default="", description="where the weights came from")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.scale_size < self.input_size:
+            raise ValueError("scale_size must be at least input_size (frames are resized, then cropped)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        if self.arch != "mobilenetv2" and self.width_mult != 1.0:
+            raise ValueError("width_mult applies to mobilenetv2 only")
+        for f in (self.labels_file, self.weights_file):
+            if "/" in f or "\\" in f or f.startswith("."):
+                raise ValueError(f"{f!r} must be a plain file name inside the entry folder")
+        return self
+
+
+@dataclass
+class StoreEntry:
+    path: Path
+    config: ModelConfig
+    labels: list[str]
+    model: TSM  # eval mode, CPU, float32
+
+
+def build_model(config: ModelConfig) -> TSM:
+    return TSM(
+        config.arch,
+        config.num_classes,
+        config.num_segments,
+        shift_div=config.shift_div,
+        shift_place=config.shift_place,
+        shift=config.shift,
+        width_mult=config.width_mult,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_labels(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise StoreError(f"cannot read labels file {path.name}: {e.__class__.__name__}") from e
+    labels = [line.strip() for line in lines if line.strip()]
+    if not labels:
+        raise StoreError(f"labels file {path.name} is empty")
+    return labels
+
+
+def read_config(entry_dir: Path) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate_json((entry_dir / MODEL_JSON).read_bytes())
+    except FileNotFoundError as e:
+        raise StoreError(f"{entry_dir} has no {MODEL_JSON}") from e
+    except ValidationError as e:
+        raise StoreError(f"{entry_dir / MODEL_JSON} is invalid: {e}") from e
+
+
+def load_entry(path: str | Path) -> StoreEntry:
+    """Validate and load one entry folder: config, labels, weights (sha256-checked, strict)."""
+    entry_dir = Path(path)
+    config = read_config(entry_dir)
+    labels = read_labels(entry_dir / config.labels_file)
+    if len(labels) != config.num_classes:
+        raise StoreError(f"{config.labels_file} has {len(labels)} labels but the model has {config.num_classes}")
+    weights = entry_dir / config.weights_file
+    if not weights.is_file():
+        raise StoreError(f"weights file {config.weights_file} is missing from {entry_dir}")
+    digest = sha256_file(weights)
+    if digest != config.weights_sha256:
+        raise StoreError(
+            f"{config.weights_file} does not match weights_sha256 in {MODEL_JSON} "
+            f"(file {digest[:12]}..., expected {config.weights_sha256[:12]}...): corrupted or replaced"
+        )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise StoreError(f"{config.weights_file} is not a valid safetensors file") from e
+    model = build_model(config)
+    try:
+        load_state_strict(model, state)
+    except CheckpointError as e:
+        raise StoreError(f"{entry_dir}: {e}") from e
+    return StoreEntry(entry_dir, config, labels, model.eval())
+
+
+def find_entries(store: Path) -> dict[str, Path]:
+    """Name -> folder of its newest version (versions compare as integers where they are)."""
+    found: dict[str, list[Path]] = {}
+    for config_file in sorted(store.glob(f"*/*/{MODEL_JSON}")):
+        found.setdefault(config_file.parent.parent.name, []).append(config_file.parent)
+
+    def version_key(p: Path) -> tuple[int, str]:
+        return (int(p.name), "") if p.name.isdigit() else (-1, p.name)
+
+    return {name: max(dirs, key=version_key) for name, dirs in found.items()}
+
+
+def resolve_labels(labels: str | Path) -> Path:
+    """A labels file path, or the name of a bundled list (``kinetics400``, ``something_something_v2``)."""
+    p = Path(labels)
+    if p.is_file():
+        return p
+    bundled = BUNDLED_LABELS / f"{labels}.txt"
+    if bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(f.stem for f in BUNDLED_LABELS.glob("*.txt")))
+    raise StoreError(f"labels file {labels} not found (bundled lists: {names})")
+
+
+def import_checkpoint(
+    checkpoint: str | Path,
+    *,
+    arch: Arch,
+    num_segments: int,
+    labels: str | Path,
+    name: str,
+    version: str = "1",
+    store: str | Path = "model_store",
+    shift: bool = True,
+    shift_div: int = 8,
+    shift_place: ShiftPlace = "blockres",
+    width_mult: float = 1.0,
+    input_size: int = 224,
+    scale_size: int = 256,
+    overwrite: bool = False,
+) -> Path:
+    """Convert an official or mmaction2 checkpoint into a store entry; returns its folder."""
+    label_list = read_labels(resolve_labels(labels))
+    state, fmt = read_checkpoint(checkpoint)
+    classes = state["new_fc.weight"].shape[0] if "new_fc.weight" in state else len(label_list)
+    if classes != len(label_list):
+        raise StoreError(f"the checkpoint has {classes} classes but the labels file has {len(label_list)} labels")
+    config_fields = dict(
+        name=name, version=version, arch=arch, num_segments=num_segments, shift=shift, shift_div=shift_div,
+        shift_place=shift_place, width_mult=width_mult, num_classes=classes, input_size=input_size,
+        scale_size=scale_size, weights_sha256="0" * 64, source=f"{Path(checkpoint).name} ({fmt} format)",
+    )  # fmt: skip
+    try:
+        config = ModelConfig.model_validate(config_fields)
+    except ValidationError as e:
+        raise StoreError(f"invalid model settings: {e}") from e
+    model = build_model(config)
+    load_state_strict(model, state)  # proves the weights fit before anything is written
+
+    entry_dir = Path(store) / name / version
+    if entry_dir.exists() and not overwrite:
+        raise StoreError(f"{entry_dir} already exists (pass overwrite to replace it)")
+    return write_entry(entry_dir, config, model, label_list)
+
+
+def write_entry(entry_dir: Path, config: ModelConfig, model: TSM, labels: list[str]) -> Path:
+    """Write weights, labels and model.json (with the weights' sha256); the folder appears whole."""
+    entry_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry_dir.name}-", dir=entry_dir.parent))
+    try:
+        weights = staging / config.weights_file
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+        (staging / config.labels_file).write_text("\n".join(labels) + "\n", encoding="utf-8")
+        final = config.model_copy(update={"weights_sha256": sha256_file(weights)})
+        (staging / MODEL_JSON).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        if entry_dir.exists():
+            shutil.rmtree(entry_dir)
+        staging.rename(entry_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entry_dir
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: TSM, input_size: int, steps: int = 2, seed: int = 0) -> None:
+    """Set BatchNorm statistics from random input, so a random-weight net stays in a sane range
+    (uncalibrated, activations drift into denormal floats that run 3-4x slower on CPU)."""
+    gen = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration steps
+    model.train()
+    for _ in range(steps):
+        model(torch.randn(2, model.num_segments, 3, input_size, input_size, generator=gen))
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+
+
+def write_random_entry(
+    store: str | Path, *, name: str, labels: list[str], arch: Arch = "mobilenetv2", num_segments: int = 8,
+    width_mult: float = 1.0, input_size: int = 224, scale_size: int = 256, seed: int = 0,
+) -> Path:  # fmt: skip
+    """An untrained entry (He-initialised, BN calibrated): for tests, benches, a server with no model yet."""
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        name=name, version="1", arch=arch, num_segments=num_segments, width_mult=width_mult,
+        num_classes=len(labels), input_size=input_size, scale_size=scale_size, weights_sha256="0" * 64,
+        untrained=True, source=f"random initialisation, seed {seed}",
+    )  # fmt: skip
+    model = build_model(config)
+    calibrate_batchnorm(model, input_size, seed=seed)
+    return write_entry(Path(store) / name / "1", config, model, labels)
