@@ -23,7 +23,9 @@ def mbv2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "service", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def cli_import(ckpt: Path, store: Path, *extra: str) -> subprocess.CompletedProcess[str]:
