@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     # --- decoding
     decode_workers: int = Field(default=0, ge=0, description="decode processes; 0: one per CPU core")
     decode_timeout_s: float = Field(default=20.0, gt=0, description="a decode running longer is killed")
-    decode_memory_mb: int = Field(default=2048, ge=64, description="address-space cap of each decode worker")
+    decode_memory_mb: int = Field(
+        default=2048, ge=768, description="address-space cap of each decode worker (decord alone maps ~650 MB)"
+    )
+    decode_threads: int = Field(default=1, ge=0, description="decoder threads per worker; 0: ffmpeg's choice")
     decode_max_jobs: int = Field(default=200, ge=1, description="a worker is replaced after this many decodes")
     max_upload_bytes: int = Field(default=200 * MiB, ge=1)
     max_frame_pixels: int = Field(default=4096 * 2304, ge=1, description="width*height of a frame, at most")

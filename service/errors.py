@@ -13,31 +13,53 @@ import grpc
 
 
 class ErrorKind(Enum):
-    # value: (HTTP status, gRPC status)
-    bad_request = (400, grpc.StatusCode.INVALID_ARGUMENT)
-    empty_upload = (400, grpc.StatusCode.INVALID_ARGUMENT)
-    unauthenticated = (401, grpc.StatusCode.UNAUTHENTICATED)
-    unknown_model = (404, grpc.StatusCode.NOT_FOUND)
-    too_large = (413, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    unsupported_media_type = (415, grpc.StatusCode.INVALID_ARGUMENT)
-    no_video_stream = (422, grpc.StatusCode.INVALID_ARGUMENT)
-    undecodable_video = (422, grpc.StatusCode.INVALID_ARGUMENT)
-    video_too_large = (422, grpc.StatusCode.INVALID_ARGUMENT)
-    video_too_long = (422, grpc.StatusCode.INVALID_ARGUMENT)
-    decode_timeout = (422, grpc.StatusCode.INVALID_ARGUMENT)
-    overloaded = (429, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    internal = (500, grpc.StatusCode.INTERNAL)
-    not_ready = (503, grpc.StatusCode.UNAVAILABLE)
-    draining = (503, grpc.StatusCode.UNAVAILABLE)
-    deadline_exceeded = (504, grpc.StatusCode.DEADLINE_EXCEEDED)
+    """The stable error codes clients see (the enum value is the code)."""
+
+    bad_request = "bad_request"
+    empty_upload = "empty_upload"
+    unauthenticated = "unauthenticated"
+    unknown_model = "unknown_model"
+    too_large = "too_large"
+    unsupported_media_type = "unsupported_media_type"
+    no_video_stream = "no_video_stream"
+    undecodable_video = "undecodable_video"
+    video_too_large = "video_too_large"
+    video_too_long = "video_too_long"
+    decode_timeout = "decode_timeout"
+    overloaded = "overloaded"
+    internal = "internal"
+    not_ready = "not_ready"
+    draining = "draining"
+    deadline_exceeded = "deadline_exceeded"
 
     @property
     def http_status(self) -> int:
-        return self.value[0]
+        return STATUS[self][0]
 
     @property
     def grpc_status(self) -> grpc.StatusCode:
-        return self.value[1]
+        return STATUS[self][1]
+
+
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+STATUS: dict[ErrorKind, tuple[int, grpc.StatusCode]] = {
+    ErrorKind.bad_request: (400, _INVALID),
+    ErrorKind.empty_upload: (400, _INVALID),
+    ErrorKind.unauthenticated: (401, grpc.StatusCode.UNAUTHENTICATED),
+    ErrorKind.unknown_model: (404, grpc.StatusCode.NOT_FOUND),
+    ErrorKind.too_large: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ErrorKind.unsupported_media_type: (415, _INVALID),
+    ErrorKind.no_video_stream: (422, _INVALID),
+    ErrorKind.undecodable_video: (422, _INVALID),
+    ErrorKind.video_too_large: (422, _INVALID),
+    ErrorKind.video_too_long: (422, _INVALID),
+    ErrorKind.decode_timeout: (422, _INVALID),
+    ErrorKind.overloaded: (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ErrorKind.internal: (500, grpc.StatusCode.INTERNAL),
+    ErrorKind.not_ready: (503, grpc.StatusCode.UNAVAILABLE),
+    ErrorKind.draining: (503, grpc.StatusCode.UNAVAILABLE),
+    ErrorKind.deadline_exceeded: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+}
 
 
 class ServiceError(Exception):
@@ -51,7 +73,7 @@ class ServiceError(Exception):
 
     @property
     def code(self) -> str:
-        return self.kind.name
+        return self.kind.value
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code!r}, {self.message!r})"

@@ -1,0 +1,523 @@
+"""Video decoding: spool, probe, sample, decode only the sampled frames, resize, crop.
+
+``decode_file`` runs in-process (decode workers call it; so can training code). Hostile uploads are
+decoded in worker processes (``service.decode_pool``), never in the server process. The rules:
+
+- decord is only ever given a file path (from an in-memory buffer it segfaults on ~7% of fuzzed
+  uploads); PyAV handles what decord refuses (GIF, Ogg, AV1, MPEG-TS, damaged files).
+- Everything is probed with PyAV and checked against the limits before any frame is decoded at
+  size: memory follows decoded pixels, not upload bytes.
+- Frames are resized while decoding to the model's scale size, then centre (or three-) cropped.
+- Error messages are ours: library text carries server paths and is never passed on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import bisect
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import av
+import decord
+import numpy as np
+
+from service.errors import ErrorKind, ServiceError
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+MiB = 1024 * 1024
+# decord 0.6.0 cannot open these (it fails to measure their frame count); PyAV can.
+_PYAV_ONLY_CONTAINERS = frozenset({"gif", "ogg", "mpegts", "apng"})
+_PYAV_ONLY_CODECS = frozenset({"gif", "av1", "libdav1d", "libaom-av1", "theora", "apng"})
+# The long side of a resized frame is at most this many times its short side: a 16x8000 upload
+# would otherwise become a 256x128000 frame.
+MAX_ASPECT = 16
+# One decoder thread per worker: the pool already runs one worker per core (see bench/decode.py).
+DECODER_THREADS = 1
+_ROTATED_CHUNK = 4  # full-resolution frames held at once when decord cannot resize (rotated video)
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What one request needs: T frames per view, resized so the short side is ``scale_size``,
+    then cropped to ``input_size`` squares. ``clips`` temporal views are evenly offset inside each
+    segment (clip 0 is the segment centre); ``crops`` is 1 (centre) or 3 (start, centre and end
+    of the long side). ``sampling="keyframes"`` takes the keyframe nearest each sampled frame:
+    much faster on long clips, approximate by up to half a GOP."""
+
+    num_segments: int
+    scale_size: int
+    input_size: int
+    clips: int = 1
+    crops: int = 1
+    sampling: Literal["uniform", "keyframes"] = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.num_segments < 1 or self.clips < 1:
+            raise ValueError("num_segments and clips must be at least 1")
+        if self.crops not in (1, 3):
+            raise ValueError("crops must be 1 or 3")
+        if not 1 <= self.input_size <= self.scale_size:
+            raise ValueError("input_size must be between 1 and scale_size")
+        if self.sampling not in ("uniform", "keyframes"):
+            raise ValueError("sampling must be 'uniform' or 'keyframes'")
+
+    @property
+    def views(self) -> int:
+        return self.clips * self.crops
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_frame_pixels: int
+    max_frame_side: int
+    max_duration_s: float
+    timeout_s: float
+    memory_mb: int
+    max_jobs: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeLimits:
+        return cls(
+            max_frame_pixels=settings.max_frame_pixels,
+            max_frame_side=settings.max_frame_side,
+            max_duration_s=settings.max_duration_s,
+            timeout_s=settings.decode_timeout_s,
+            memory_mb=settings.decode_memory_mb,
+            max_jobs=settings.decode_max_jobs,
+        )
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    """What we learned about the upload. ``width``/``height`` are as displayed (after rotation);
+    ``rotation`` is the counter-clockwise turn applied for display (0, 90, 180 or 270)."""
+
+    container: str
+    codec: str
+    width: int
+    height: int
+    frames: int
+    fps: float
+    duration_s: float
+    rotation: int
+    decoder: str  # "decord" or "pyav"
+
+
+@dataclass
+class DecodedVideo:
+    frames: np.ndarray  # uint8 [clips*crops, T, input_size, input_size, 3], RGB, C-contiguous
+    facts: VideoFacts
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+
+def sample_indices(num_frames: int, num_segments: int, clips: int = 1) -> list[list[int]]:
+    """TSN test sampling: frame ``int(tick * (x + offset))`` of each of T segments, tick = n / T.
+
+    Clip 0 takes the segment centres (offset 1/2, the official single-clip protocol); further clips
+    are evenly offset inside the segments (two clips: centre and start, the official "twice"
+    sampling). Videos shorter than T frames repeat frames.
+    """
+    tick = num_frames / num_segments
+    out = []
+    for c in range(clips):
+        offset = (0.5 + c / clips) % 1.0
+        out.append([min(int(tick * (x + offset)), num_frames - 1) for x in range(num_segments)])
+    return out
+
+
+def nearest_keyframes(indices: list[list[int]], keyframes: Sequence[int]) -> list[list[int]]:
+    """Replaces each index by the nearest keyframe (``sampling="keyframes"``)."""
+    if not keyframes:
+        return indices
+    keys = sorted(keyframes)
+
+    def nearest(i: int) -> int:
+        j = bisect.bisect_left(keys, i)
+        candidates = keys[max(j - 1, 0) : j + 1]
+        return min(candidates, key=lambda k: (abs(k - i), k))
+
+    return [[nearest(i) for i in clip] for clip in indices]
+
+
+def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """(width, height) with the short side at ``scale``, as torchvision's ``Resize(int)``."""
+    if width < height:
+        return scale, int(scale * height / width)
+    return int(scale * width / height), scale
+
+
+def crop_offsets(width: int, height: int, size: int, crops: int) -> list[tuple[int, int]]:
+    """(x, y) of each crop: the centre, or start / centre / end of the long side."""
+    cx, cy = round((width - size) / 2.0), round((height - size) / 2.0)
+    if crops == 1:
+        return [(cx, cy)]
+    if width >= height:
+        return [(0, cy), (cx, cy), (width - size, cy)]
+    return [(cx, 0), (cx, cy), (cx, height - size)]
+
+
+def assemble(unique: np.ndarray, order: list[int], indices: list[list[int]], spec: SamplingSpec) -> np.ndarray:
+    """Gathers views from ``unique`` (the decoded frames of sorted ``order``): [views, T, S, S, 3]."""
+    pos = {frame: i for i, frame in enumerate(order)}
+    size = spec.input_size
+    height, width = unique.shape[1:3]
+    out = np.empty((spec.views, spec.num_segments, size, size, 3), np.uint8)
+    view = 0
+    for clip in indices:
+        rows = [pos[i] for i in clip]
+        for x, y in crop_offsets(width, height, size, spec.crops):
+            out[view] = unique[rows, y : y + size, x : x + size]
+            view += 1
+    return out
+
+
+# --- probe ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Probe:
+    container: str
+    codec: str
+    coded_width: int
+    coded_height: int
+    rotation: int
+    frames: int  # 0: unknown
+    fps: float
+    duration_s: float  # 0: unknown
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        if self.rotation in (90, 270):
+            return self.coded_height, self.coded_width
+        return self.coded_width, self.coded_height
+
+
+# Signatures of containers we would decode: a file that starts like one but will not open is a
+# damaged video (422), anything else is not a video at all (415).
+def _looks_like_video(head: bytes) -> bool:
+    return (
+        head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+        or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+        or head[:4] in (b"\x1a\x45\xdf\xa3", b"OggS", b"FLV\x01", b"\x30\x26\xb2\x75")
+        or head[:6] in (b"GIF87a", b"GIF89a")
+        or head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")
+        or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)
+    )
+
+
+def _undecodable(detail: str = "") -> ServiceError:
+    return ServiceError(
+        ErrorKind.undecodable_video,
+        "The video could not be decoded"
+        + (f": {detail}" if detail else "")
+        + ". Check that the file plays, or re-encode it (for example H.264 in MP4).",
+    )
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:  # cover art of audio files
+            return stream
+    return None
+
+
+def _fraction(value: Fraction | None) -> float:
+    return float(value) if value else 0.0
+
+
+def probe(path: str | Path, limits: DecodeLimits) -> _Probe:
+    """Reads the container header (and the first frame, for rotation) and enforces the limits."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise _undecodable() from exc
+    if size == 0:
+        raise ServiceError(ErrorKind.empty_upload, "The upload is empty: send the video file's bytes.")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, UnicodeDecodeError, OverflowError, ValueError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(189)
+        if _looks_like_video(head):
+            raise _undecodable("the file looks damaged or truncated") from exc
+        raise _unsupported() from exc
+    with container:
+        fmt = container.format.name.split(",")[0]
+        if fmt == "image2" or fmt.endswith("_pipe"):
+            raise ServiceError(
+                ErrorKind.unsupported_media_type,
+                "This is a still image, not a video. Send a video file (MP4, WebM, MKV, AVI, MOV, GIF...).",
+            )
+        stream = _video_stream(container)
+        if stream is None:
+            if container.streams.audio:
+                raise ServiceError(ErrorKind.no_video_stream, "The file has audio but no video track: send a video.")
+            raise _unsupported()
+        ctx = stream.codec_context
+        codec = ctx.name if ctx is not None else "unknown"
+        width, height = (ctx.width, ctx.height) if ctx is not None else (0, 0)
+        if width <= 0 or height <= 0:
+            raise _undecodable("its frame size is missing")
+        _check_frame_size(width, height, limits)
+        fps = _fraction(stream.average_rate) or _fraction(stream.guessed_rate) or _fraction(stream.base_rate)
+        frames = max(stream.frames or 0, 0)
+        duration = 0.0
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        elif frames and fps:
+            duration = frames / fps
+        if duration > limits.max_duration_s:
+            raise _too_long(duration, limits)
+        rotation = 0
+        try:
+            for frame in container.decode(stream):
+                rotation = round(frame.rotation / 90.0) * 90 % 360
+                break
+            else:
+                raise _undecodable("it contains no frames")
+        except av.FFmpegError as exc:
+            raise _undecodable() from exc
+    return _Probe(fmt, codec, width, height, rotation, frames, fps, duration)
+
+
+def _unsupported() -> ServiceError:
+    return ServiceError(
+        ErrorKind.unsupported_media_type,
+        "This is not a video file we can read. Send a video (MP4, WebM, MKV, AVI, MOV, GIF...).",
+    )
+
+
+def _too_long(duration: float, limits: DecodeLimits) -> ServiceError:
+    return ServiceError(
+        ErrorKind.video_too_long,
+        f"The video lasts {duration:.0f} s; the limit is {limits.max_duration_s:.0f} s. Send a shorter clip.",
+    )
+
+
+def _check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
+    if (
+        width * height > limits.max_frame_pixels
+        or max(width, height) > limits.max_frame_side
+        or max(width, height) > MAX_ASPECT * min(width, height)
+    ):
+        raise ServiceError(
+            ErrorKind.video_too_large,
+            f"The frames are {width}x{height}; we accept at most {limits.max_frame_pixels} pixels, "
+            f"{limits.max_frame_side} pixels a side and an aspect ratio up to {MAX_ASPECT}:1. "
+            "Downscale the video and send it again.",
+        )
+
+
+# --- decoders ---------------------------------------------------------------------------------
+
+
+class _DecordRefused(Exception):
+    """decord could not handle this file; PyAV gets a try."""
+
+
+def decode_file(
+    path: str | Path,
+    spec: SamplingSpec,
+    limits: DecodeLimits,
+    decoder: Literal["auto", "decord", "pyav"] = "auto",
+    threads: int = DECODER_THREADS,
+) -> DecodedVideo:
+    """Probes, checks the limits, decodes the sampled frames. Raises :class:`ServiceError`.
+    ``threads``: decoder threads (0: the decoder's choice)."""
+    info = probe(path, limits)
+    use_decord = decoder == "decord" or (
+        decoder == "auto" and info.container not in _PYAV_ONLY_CONTAINERS and info.codec not in _PYAV_ONLY_CODECS
+    )
+    if use_decord:
+        try:
+            return _decode_decord(str(path), info, spec, threads)
+        except _DecordRefused:
+            if decoder == "decord":
+                raise _undecodable() from None
+    return _decode_pyav(str(path), info, spec, limits, threads)
+
+
+def _facts(info: _Probe, frames: int, fps: float, decoder: str) -> VideoFacts:
+    width, height = info.display_size
+    duration = info.duration_s or (frames / fps if fps else 0.0)
+    return VideoFacts(info.container, info.codec, width, height, frames, round(fps, 3), round(duration, 3),
+                      info.rotation, decoder)  # fmt: skip
+
+
+def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """RGB resize with swscale (bilinear), for frames decord could not resize while decoding."""
+    picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    return picture.reformat(width=width, height=height, interpolation="BILINEAR").to_ndarray()
+
+
+def _decode_decord(path: str, info: _Probe, spec: SamplingSpec, threads: int) -> DecodedVideo:
+    width, height = scaled_size(*info.display_size, spec.scale_size)
+    # decord rotates by the display matrix itself, but its resize is wrong for 90/270 turns:
+    # decode those at full size and resize afterwards.
+    resize_late = info.rotation in (90, 270)
+    try:
+        if resize_late:
+            reader = decord.VideoReader(path, num_threads=threads)
+        else:
+            reader = decord.VideoReader(path, width=width, height=height, num_threads=threads)
+        count = len(reader)
+        if count <= 0:
+            raise _DecordRefused
+        indices = sample_indices(count, spec.num_segments, spec.clips)
+        if spec.sampling == "keyframes":
+            indices = nearest_keyframes(indices, [int(k) for k in reader.get_key_indices()])
+        order = sorted({i for clip in indices for i in clip})
+        if resize_late:
+            chunks: list[np.ndarray] = []
+            for start in range(0, len(order), _ROTATED_CHUNK):
+                batch = reader.get_batch(order[start : start + _ROTATED_CHUNK]).asnumpy()
+                chunks.extend(_resize(frame, width, height) for frame in batch)
+            unique = np.stack(chunks)
+        else:
+            unique = reader.get_batch(order).asnumpy()
+        fps = float(reader.get_avg_fps())
+        del reader
+    except (decord.DECORDError, RuntimeError, ValueError, IndexError) as exc:
+        raise _DecordRefused from exc
+    if unique.shape != (len(order), height, width, 3) or unique.dtype != np.uint8:
+        raise _DecordRefused
+    return DecodedVideo(assemble(unique, order, indices, spec), _facts(info, count, fps, "decord"))
+
+
+def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimits, threads: int) -> DecodedVideo:
+    width, height = scaled_size(*info.display_size, spec.scale_size)
+    coded_w, coded_h = (height, width) if info.rotation in (90, 270) else (width, height)
+    turns = info.rotation // 90  # np.rot90 turns counter-clockwise, as the display matrix does
+    try:
+        # Count the frames that are really there by demuxing (no decoding): metadata of damaged
+        # or streamed files is often missing or wrong.
+        keyframes: list[int] = []
+        count = 0
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = _video_stream(container)
+            if stream is None:
+                raise _undecodable()
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                if packet.is_keyframe:
+                    keyframes.append(count)
+                count += 1
+        if count == 0:
+            raise _undecodable("it contains no frames")
+        fps = info.fps or 25.0
+        if not info.duration_s and count / fps > limits.max_duration_s:
+            raise _too_long(count / fps, limits)
+        indices = sample_indices(count, spec.num_segments, spec.clips)
+        only_keys = spec.sampling == "keyframes" and bool(keyframes)
+        if only_keys:
+            indices = nearest_keyframes(indices, keyframes)
+        order = sorted({i for clip in indices for i in clip})
+        got = _pyav_frames(path, order, keyframes if only_keys else None, coded_w, coded_h, turns, threads)
+    except av.FFmpegError as exc:
+        raise _undecodable() from exc
+    if not got:
+        raise _undecodable("none of its frames decode")
+    # A damaged stream can yield fewer frames than packets: use the last frame before a gap.
+    unique = np.empty((len(order), height, width, 3), np.uint8)
+    last = got[min(got)]
+    for row, i in enumerate(order):
+        last = got.get(i, last)
+        unique[row] = last
+    return DecodedVideo(assemble(unique, order, indices, spec), _facts(info, count, fps, "pyav"))
+
+
+def _pyav_frames(
+    path: str, order: list[int], keyframes: list[int] | None, width: int, height: int, turns: int, threads: int
+) -> dict[int, np.ndarray]:
+    """Decodes frames ``order`` (sorted) sequentially; with ``keyframes`` only keyframes are decoded
+    and the n-th one is frame ``keyframes[n]``."""
+    wanted = set(order)
+    got: dict[int, np.ndarray] = {}
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = _video_stream(container)
+        assert stream is not None
+        stream.thread_count = threads
+        if keyframes is not None:
+            stream.codec_context.skip_frame = "NONKEY"
+        n = 0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:  # a damaged packet: conceal it, as players do
+                continue
+            for frame in frames:
+                index = keyframes[n] if keyframes is not None and n < len(keyframes) else n
+                if index in wanted:
+                    rgb = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+                    got[index] = np.rot90(rgb, turns) if turns else rgb
+                n += 1
+            if len(got) == len(wanted):
+                break
+    return got
+
+
+# --- spooling ---------------------------------------------------------------------------------
+
+
+def default_spool_dir(settings_spool_dir: Path | None, min_free_bytes: int = 512 * MiB) -> Path:
+    """A private (0700) directory for uploads: ``settings_spool_dir`` if set, else a fresh one under
+    /dev/shm (RAM; skipped when small, as Docker's 64 MB default) or the system temp dir."""
+    if settings_spool_dir is not None:
+        settings_spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return settings_spool_dir
+    base = Path(tempfile.gettempdir())
+    shm = Path("/dev/shm")
+    try:
+        st = os.statvfs(shm)
+        if os.access(shm, os.W_OK | os.X_OK) and st.f_bavail * st.f_frsize >= min_free_bytes:
+            base = shm
+    except OSError:
+        pass
+    directory = Path(tempfile.mkdtemp(prefix="tsm-spool-", dir=base))
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
+
+
+async def spool_upload(chunks: AsyncIterable[bytes], directory: Path, max_bytes: int) -> Path:
+    """Writes the upload to a new private file (0600, no extension: ffmpeg must not guess the
+    format from a name we chose). Enforces ``max_bytes`` while reading. The caller deletes it."""
+    fd, name = tempfile.mkstemp(prefix="upload-", dir=directory)
+    total = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in chunks:
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ServiceError(
+                        ErrorKind.too_large,
+                        f"The upload is larger than {max_bytes} bytes. Send a shorter or smaller video.",
+                    )
+                f.write(chunk)
+        if total == 0:
+            raise ServiceError(ErrorKind.empty_upload, "The upload is empty: send the video file's bytes.")
+    except OSError as exc:
+        os.unlink(name)
+        if exc.errno == errno.ENOSPC:
+            raise ServiceError(
+                ErrorKind.overloaded, "The server is short of space for uploads; retry shortly.", 5.0
+            ) from exc
+        raise
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)

@@ -1,0 +1,394 @@
+"""Decode worker processes: one job at a time each, killed and replaced when they crash, hang or
+exceed their memory cap, recycled after ``max_jobs`` (decord leaks, dmlc/decord#323).
+
+Shape: an asyncio queue of jobs; one slot task per worker takes a job, sends it down the worker's
+socket and waits for the answer in a thread (so the event loop never blocks on a pipe), with the
+decode timeout. Workers are fresh interpreters (``python -c``), not multiprocessing children:
+spawn and forkserver re-import the parent's ``__main__``, which in the server imports torch.
+
+The wire protocol is JSON plus raw frame bytes in both directions; the parent never unpickles
+anything a worker (which parses hostile files) sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, MiB, SamplingSpec, VideoFacts
+from service.errors import ErrorKind, ServiceError
+
+log = logging.getLogger(__name__)
+
+_READY_TIMEOUT_S = 60.0
+_ROOT = str(Path(__file__).resolve().parent.parent)
+_WORKER_ENV = {
+    # Small, predictable address space under RLIMIT_AS: no 64 MB malloc arena per thread, no
+    # BLAS thread pools.
+    "MALLOC_ARENA_MAX": "2",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+
+
+def _crashed() -> ServiceError:
+    return ServiceError(
+        ErrorKind.undecodable_video,
+        "The video could not be decoded: the decoder failed on it. Check that the file plays, "
+        "or re-encode it (for example H.264 in MP4).",
+    )
+
+
+def _timed_out(timeout_s: float) -> ServiceError:
+    return ServiceError(
+        ErrorKind.decode_timeout,
+        f"Decoding the video took longer than {timeout_s:g} s. Send a shorter or smaller clip, "
+        "or one with more keyframes.",
+    )
+
+
+@dataclass
+class _Job:
+    path: Path
+    spec: SamplingSpec
+    timeout_s: float
+    future: asyncio.Future[DecodedVideo]
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    jobs: int = 0
+
+
+@dataclass
+class _Slot:
+    worker: _Worker | None = None
+    busy: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class DecodePool:
+    """``workers`` decode processes behind one asyncio queue."""
+
+    def __init__(self, limits: DecodeLimits, workers: int, decoder_threads: int = DECODER_THREADS) -> None:
+        """``decoder_threads`` per worker: 1 suits one worker per core (see bench/decode.py)."""
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._limits = limits
+        self._decoder_threads = decoder_threads
+        self._slots = [_Slot() for _ in range(workers)]
+        self._queue: asyncio.Queue[_Job] | None = None
+        # One thread per slot waits on that slot's socket.
+        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode-wait")
+        self._restarts = 0
+        self._jobs = 0
+        self._closed = False
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        await asyncio.gather(*(self._replace(slot) for slot in self._slots))
+        for slot in self._slots:
+            slot.task = asyncio.create_task(self._serve(slot))
+
+    async def decode(self, path: Path, spec: SamplingSpec, timeout_s: float | None = None) -> DecodedVideo:
+        """Decodes in a worker. Cancelling the await drops a queued job or recycles its worker."""
+        if self._queue is None or self._closed:
+            raise ServiceError(ErrorKind.not_ready, "The decoder is not running; retry shortly.")
+        future: asyncio.Future[DecodedVideo] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(Path(path), spec, timeout_s or self._limits.timeout_s, future))
+        return await future
+
+    async def close(self) -> None:
+        self._closed = True
+        for slot in self._slots:
+            if slot.task is not None:
+                slot.task.cancel()
+        await asyncio.gather(*(s.task for s in self._slots if s.task is not None), return_exceptions=True)
+        if self._queue is not None:
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(ServiceError(ErrorKind.draining, "The server is shutting down."))
+        await asyncio.gather(*(self._stop(slot) for slot in self._slots))
+        self._threads.shutdown(wait=True)
+
+    def stats(self) -> dict[str, int]:
+        busy = sum(slot.busy for slot in self._slots)
+        alive = sum(slot.worker is not None for slot in self._slots)
+        return {
+            "workers": alive,
+            "busy": busy,
+            "idle": alive - busy,
+            "queued": self._queue.qsize() if self._queue is not None else 0,
+            "restarts": self._restarts,
+            "jobs": self._jobs,
+        }
+
+    def worker_pids(self, busy_only: bool = False) -> list[int]:
+        """Pids of the live workers (for tests and debugging)."""
+        return [
+            slot.worker.process.pid for slot in self._slots if slot.worker is not None and (slot.busy or not busy_only)
+        ]
+
+    # --- slots -------------------------------------------------------------------------------
+
+    async def _serve(self, slot: _Slot) -> None:
+        assert self._queue is not None
+        while True:
+            if slot.worker is None:
+                try:
+                    await self._replace(slot)
+                except Exception:
+                    log.exception("could not start a decode worker; retrying")
+                    await asyncio.sleep(1.0)
+                    continue
+            job = await self._queue.get()
+            if job.future.done():  # cancelled while queued
+                continue
+            if slot.worker is None or slot.worker.process.poll() is not None:  # died while idle
+                try:
+                    await self._stop(slot, crashed=True)
+                    await self._replace(slot)
+                except Exception:
+                    log.exception("could not start a decode worker")
+                    job.future.set_exception(_crashed())
+                    continue
+            slot.busy = True
+            try:
+                result: DecodedVideo | ServiceError = await self._run(slot, job)
+            except asyncio.CancelledError:
+                if not job.future.done():
+                    job.future.set_exception(ServiceError(ErrorKind.draining, "The server is shutting down."))
+                raise
+            except Exception:  # a bug of ours: the request fails, the pool goes on
+                log.exception("decode pool error")
+                await self._stop(slot)
+                result = _crashed()
+            finally:
+                slot.busy = False
+            self._jobs += 1
+            if not job.future.done():
+                if isinstance(result, ServiceError):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+            if slot.worker is not None and slot.worker.jobs >= self._limits.max_jobs:
+                await self._stop(slot)  # recycled; replaced at the top of the loop
+
+    async def _run(self, slot: _Slot, job: _Job) -> DecodedVideo | ServiceError:
+        worker = slot.worker
+        assert worker is not None
+        worker.jobs += 1
+        message = {
+            "path": str(job.path),
+            "spec": dataclasses.asdict(job.spec),
+            "limits": dataclasses.asdict(self._limits),
+            "threads": self._decoder_threads,
+        }
+        try:
+            worker.conn.send_bytes(json.dumps(message).encode())
+        except OSError:
+            await self._stop(slot, crashed=True)
+            return _crashed()
+        loop = asyncio.get_running_loop()
+        reply = loop.run_in_executor(self._threads, _receive, worker.conn)
+        waiters: set[asyncio.Future[Any]] = {reply, job.future}
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=job.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # close() while decoding
+            await asyncio.shield(self._stop(slot, crashed=True, pending=reply))
+            raise
+        if reply not in done:
+            # Timed out, or the caller went away: kill the worker; its socket then reads EOF,
+            # which ends the waiting thread.
+            await self._stop(slot, crashed=True, pending=reply)
+            return _timed_out(job.timeout_s)
+        try:
+            answer = reply.result()
+        except (EOFError, OSError, ValueError):
+            log.warning("decode worker %d died (exit %s)", worker.process.pid, worker.process.poll())
+            await self._stop(slot, crashed=True)
+            return _crashed()
+        return _parse(answer, job.spec)
+
+    async def _replace(self, slot: _Slot) -> None:
+        if slot.worker is not None:
+            await self._stop(slot)
+        parent, child = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _BOOT,
+                    str(child.fileno()),
+                    str(os.getpid()),
+                    str(self._limits.memory_mb),
+                    _ROOT,
+                ],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # ffmpeg and decord log server paths; our replies carry what matters
+                start_new_session=True,  # a Ctrl-C to the server's terminal is the server's to handle
+                env={**os.environ, **_WORKER_ENV},
+            )
+        finally:
+            child.close()
+        conn = Connection(parent.detach())
+        loop = asyncio.get_running_loop()
+        ready = loop.run_in_executor(self._threads, conn.recv_bytes)
+        try:
+            done, _ = await asyncio.wait({ready}, timeout=_READY_TIMEOUT_S)
+            if not done or ready.exception() is not None:
+                raise RuntimeError("decode worker did not start")
+        except BaseException:  # also cancellation (close() during a restart): leave no orphan
+            process.kill()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(ready)
+            conn.close()
+            await loop.run_in_executor(None, process.wait)
+            raise
+        slot.worker = _Worker(process, conn)
+
+    async def _stop(self, slot: _Slot, crashed: bool = False, pending: asyncio.Future[Any] | None = None) -> None:
+        """Ends the slot's worker: a healthy one exits on EOF, a crashed or hung one is killed.
+        The socket is closed only after ``pending`` (a thread reading it) has finished, so the
+        thread never reads a reused descriptor."""
+        worker, slot.worker = slot.worker, None
+        if worker is None:
+            return
+        loop = asyncio.get_running_loop()
+        if crashed:
+            self._restarts += 1
+            worker.process.kill()
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await pending
+            worker.conn.close()
+        else:
+            worker.conn.close()
+            try:
+                await asyncio.wait_for(loop.run_in_executor(None, worker.process.wait), 5.0)
+                return
+            except TimeoutError:
+                worker.process.kill()
+        await loop.run_in_executor(None, worker.process.wait)
+
+
+def _receive(conn: Connection) -> tuple[dict[str, Any], np.ndarray | None]:
+    header = json.loads(conn.recv_bytes())
+    if not header.get("ok"):
+        return header, None
+    shape = tuple(int(n) for n in header["shape"])
+    frames = np.empty(shape, np.uint8)
+    if conn.recv_bytes_into(frames.reshape(-1)) != frames.nbytes:
+        raise ValueError("short frame message")
+    return header, frames
+
+
+def _parse(answer: tuple[dict[str, Any], np.ndarray | None], spec: SamplingSpec) -> DecodedVideo | ServiceError:
+    header, frames = answer
+    if frames is None:
+        if header.get("detail"):
+            log.warning("decode worker error: %s", header["detail"])
+        try:
+            return ServiceError(ErrorKind[header["code"]], str(header["message"]))
+        except (KeyError, TypeError):
+            return _crashed()
+    expected = (spec.views, spec.num_segments, spec.input_size, spec.input_size, 3)
+    if frames.shape != expected:
+        return _crashed()
+    return DecodedVideo(frames, VideoFacts(**header["facts"]))
+
+
+# --- the worker process ------------------------------------------------------------------------
+
+_BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from service.decode_pool import worker_main; worker_main()"
+
+
+def worker_main() -> None:
+    """Entry point of a worker: ``python -c _BOOT <fd> <parent pid> <memory MB> <root>``."""
+    fd, parent_pid, memory_mb = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    import resource
+
+    import av
+
+    from service.decode import decode_file
+
+    av.logging.set_level(None)
+    conn = Connection(fd)
+    cap = memory_mb * MiB
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard if hard != resource.RLIM_INFINITY and hard < cap else cap))
+    conn.send_bytes(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+    while True:
+        try:
+            message = json.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        reply: dict[str, Any]
+        frames = None
+        try:
+            spec = SamplingSpec(**message["spec"])
+            limits = DecodeLimits(**message["limits"])
+            result = decode_file(message["path"], spec, limits, threads=int(message["threads"]))
+            frames = result.frames
+            reply = {"ok": True, "shape": list(frames.shape), "facts": dataclasses.asdict(result.facts)}
+        except ServiceError as exc:
+            reply = {"ok": False, **_error_fields(exc)}
+        except MemoryError:
+            reply = {"ok": False, **_error_fields(_memory_error())}
+        except Exception:
+            reply = {"ok": False, **_error_fields(_crashed()), "detail": traceback.format_exc(limit=5)}
+        try:
+            conn.send_bytes(json.dumps(reply).encode())
+            if frames is not None:
+                conn.send_bytes(frames.reshape(-1).data)
+        except (OSError, ValueError):
+            return
+
+
+def _error_fields(error: ServiceError) -> dict[str, str]:
+    return {"code": error.code, "message": error.message}
+
+
+def _memory_error() -> ServiceError:
+    return ServiceError(
+        ErrorKind.undecodable_video,
+        "Decoding the video needs more memory than the server allows. Send a smaller resolution or a shorter clip.",
+    )
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL this worker when the server dies, even mid-decode."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(1)
