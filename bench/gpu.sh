@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One command for a lent GPU, inside 8 minutes: model-only clips/s of ResNet-50 and MobileNetV2
+# TSM (8x224²) at batch 1..128 in fp32/fp16/bf16, ± channels_last, ± CUDA graphs / torch.compile,
+# then the batcher + runner under load at concurrency 1..64 (batching off vs on). Prints the
+# tables and appends them, with the card's name, to bench/RESULTS.md.
+#
+#   bench/gpu.sh                 # the full run (needs CUDA)
+#   bench/gpu.sh --budget-s 200  # extra flags go to bench/gpu_bench.py (see --help)
+#   bench/gpu.sh --help
+#
+# The Python side runs on CPU too, to check the script: python -m bench.gpu_bench --device cpu --quick
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+case "${1:-}" in
+  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; echo; exec "$PY" -m bench.gpu_bench --help ;;
+esac
+"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "bench/gpu.sh: no CUDA device visible to torch")'
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+# The script stops starting new work after --budget-s (420 s); SIGINT at 470 s keeps what was measured.
+exec timeout --signal=INT --kill-after=20 470 "$PY" -m bench.gpu_bench --device cuda --results bench/RESULTS.md "$@"

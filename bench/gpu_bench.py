@@ -1,0 +1,227 @@
+"""GPU benchmark, run by ``bench/gpu.sh``: model-only clips/s, then the batcher under load.
+
+    python -m bench.gpu_bench --device cuda --results bench/RESULTS.md   # what gpu.sh runs
+    python -m bench.gpu_bench --device cpu --quick                       # checks the script itself
+
+Sections, in order, each cut short when the time budget (``--budget-s``) runs low:
+
+1. model-only, eager: ResNet-50 and MobileNetV2 TSM (8x224²) at batch 1..128 in
+   float32 (TF32 convolutions, PyTorch's default) / float16 / bfloat16 autocast, ± channels_last;
+2. model-only with CUDA graphs per batch bucket (float16 and bfloat16, channels_last);
+3. serving: clients -> Batcher -> Runner in this process, concurrency 1..64, batching off
+   (max_batch_clips=1) and on; synthetic uint8 frames, so decode and HTTP are not included;
+4. model-only with ``torch.compile`` (float16, channels_last, two batch sizes: compiles are slow).
+
+"Model-only" times launch + forward + logits back for frames already on the device (the
+runner's own path: normalise on device, autocast, channels_last). TODO(lead): once the HTTP
+server exists, add the whole-service load (bench/load generator against ``/classify``) here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from bench.batching import MEAN, STD, build_model, measure
+from service.config import Settings
+from service.runner import Runner
+
+DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def used_fraction(self) -> float:
+        return 1 - self.left() / self.seconds
+
+
+def time_point(runner: Runner, batch: int, seconds: float) -> float:
+    """clips/s of launch + collect on frames already staged on the device (runs on its thread)."""
+    zeros = np.zeros((batch, *runner.clip_shape), np.uint8)
+    staged = runner.stage(zeros)
+    runner.collect(runner.launch(staged))
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < seconds:
+        runner.collect(runner.launch(staged))  # collect synchronises
+        n += 1
+    return batch * n / (time.perf_counter() - start)
+
+
+def model_rows(
+    a: argparse.Namespace, budget: Budget, stop_at: float, configs: list[dict[str, object]], batches: list[int]
+) -> list[str]:
+    rows = []
+    for cfg in configs:
+        arch = str(cfg.pop("arch"))
+        label = (
+            f"| {arch} | {cfg.get('mode', 'eager')} | {DTYPES[str(cfg['dtype'])]} | "
+            f"{'yes' if cfg['channels_last'] else 'no'} |"
+        )
+        mode = cfg.pop("mode", "eager")
+        if budget.used_fraction() >= stop_at:
+            rows.append(label + " skipped (time budget) |" * len(batches))
+            continue
+        settings = Settings(device=a.device, **cfg)  # type: ignore[arg-type]
+        cells = []
+        runner = None
+        try:
+            runner = Runner(
+                build_model(arch, 400, a.segments, a.size, a.device),
+                mean=MEAN,
+                std=STD,
+                num_segments=a.segments,
+                input_size=a.size,
+                settings=settings,
+            )
+            warm = batches if mode != "compile" else a.compile_batches
+            runner.warmup(max(warm), buckets=warm)
+            runner.cpu_chunk = None  # model-only: the size asked for, whole
+            for b in batches:
+                if b not in warm or budget.used_fraction() >= stop_at:
+                    cells.append(" - |")
+                    continue
+                rate = runner.submit(lambda r=runner, b=b: time_point(r, b, a.point_s)).result()
+                cells.append(f" {rate:,.0f} |")
+        except Exception as e:  # one failing configuration must not cost the rest of the run
+            cells = [f" error: {type(e).__name__} |"]
+            print(f"{label} failed: {e!r}", flush=True)
+        if runner is not None:
+            runner.close()
+        rows.append(label + "".join(cells))
+        print(rows[-1], flush=True)
+        del runner
+        if a.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows
+
+
+def serve_rows(a: argparse.Namespace, budget: Budget, stop_at: float) -> list[str]:
+    rows = []
+    settings = Settings(
+        device=a.device,
+        dtype="float16",
+        channels_last=True,
+        max_delay_ms=a.delay_ms,
+        max_queue_clips=4 * max(a.concurrency),
+    )
+    runner = Runner(
+        build_model(a.serve_arch, 400, a.segments, a.size, a.device),
+        mean=MEAN,
+        std=STD,
+        num_segments=a.segments,
+        input_size=a.size,
+        settings=settings,
+    )
+    runner.warmup(a.serve_batch)
+    frames = np.random.default_rng(0).integers(0, 256, (1, a.segments, a.size, a.size, 3), dtype=np.uint8)
+    base: dict[int, float] = {}
+    for max_batch in (1, a.serve_batch):
+        s = settings.model_copy(update={"max_batch_clips": max_batch})
+        for c in a.concurrency:
+            if budget.used_fraction() >= stop_at:
+                rows.append(f"| {max_batch} | {c} | skipped (time budget) | | | | |")
+                continue
+            r = asyncio.run(measure(runner, s, frames, c, a.serve_s))
+            if max_batch == 1:
+                base[c] = r.clips_per_s
+            gain = f"{r.clips_per_s / base[c]:.1f}x" if c in base else "-"
+            rows.append(
+                f"| {max_batch}{' (off)' if max_batch == 1 else ''} | {c} | {r.clips_per_s:,.0f} | "
+                f"{gain} | {r.mean_batch:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} |"
+            )
+            print(rows[-1], flush=True)
+    runner.close()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a check that the script runs (CPU)")
+    p.add_argument("--archs", default="resnet50,mobilenetv2")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--segments", type=int, default=8)
+    p.add_argument("--batches", default="1,2,4,8,16,32,64,128")
+    p.add_argument("--compile-batches", default="32,128")
+    p.add_argument("--point-s", type=float, default=0.25, help="measured seconds per model-only point")
+    p.add_argument("--serve-arch", default="resnet50")
+    p.add_argument("--serve-batch", type=int, default=64, help="max_batch_clips when batching is on")
+    p.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    p.add_argument("--serve-s", type=float, default=3.0, help="measured seconds per serving point")
+    p.add_argument("--delay-ms", type=float, default=2.0)
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new work after this long")
+    p.add_argument("--results", help="append the tables to this markdown file")
+    a = p.parse_args()
+    if a.quick:
+        a.size, a.batches, a.compile_batches, a.point_s = 64, "1,2", "2", 0.05
+        a.concurrency, a.serve_s, a.serve_batch = "1,4", 1.0, 4
+        a.archs, a.serve_arch = "mobilenetv2", "mobilenetv2"
+    a.concurrency = [int(x) for x in a.concurrency.split(",")]
+    a.compile_batches = [int(x) for x in a.compile_batches.split(",")]
+    batches = [int(x) for x in a.batches.split(",")]
+    archs = a.archs.split(",")
+    cuda = a.device.startswith("cuda")
+    dtypes = list(DTYPES) if cuda else ["float32"]
+    budget = Budget(a.budget_s)
+
+    eager = [dict(arch=x, dtype=d, channels_last=cl) for x in archs for d in dtypes for cl in (False, True)]
+    graphs = [
+        dict(arch=x, mode="graphs", dtype=d, channels_last=True, cuda_graphs=True)
+        for x in archs
+        for d in dtypes
+        if cuda and d != "float32"
+    ]
+    compiled = [
+        dict(arch=x, mode="compile", dtype=dtypes[1 if cuda else 0], channels_last=True, compile=True)
+        for x in archs[:1]
+    ]
+
+    head = "| arch | mode | dtype | channels_last |" + "".join(f" b={b} |" for b in batches)
+    rule = "| --- | --- | --- | --- |" + " ---: |" * len(batches)
+    model_table: list[str] = [head, rule]
+    serve_table = [
+        "| max_batch_clips | concurrency | clips/s | vs off | mean batch | p50 ms | p95 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    sections: list[tuple[Callable[[], list[str]], list[str]]] = [
+        (lambda: model_rows(a, budget, 0.40, eager, batches), model_table),
+        (lambda: model_rows(a, budget, 0.55, graphs, batches), model_table),
+        (lambda: serve_rows(a, budget, 0.80), serve_table),
+        (lambda: model_rows(a, budget, 0.98, compiled, batches), model_table),
+    ]
+    interrupted = False
+    try:
+        for run, table in sections:
+            table.extend(run())
+    except KeyboardInterrupt:  # gpu.sh's hard timeout: keep what was measured
+        interrupted = True
+    card = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    cu = f", CUDA {torch.version.cuda}" if cuda else ""
+    text = (
+        f"### bench/gpu.sh on {card}: torch {torch.__version__}{cu}, TSM {a.segments}x{a.size}², "
+        f"{time.strftime('%Y-%m-%d %H:%M')}{' (interrupted)' if interrupted else ''}\n\n"
+        f"Model-only clips/s (frames already on the device):\n\n"
+        + "\n".join(model_table)
+        + f"\n\nServing in-process ({a.serve_arch}, {'fp16' if cuda else 'fp32'}, channels_last, "
+        f"delay {a.delay_ms:g} ms, "
+        f"1 clip per request, closed-loop clients):\n\n" + "\n".join(serve_table) + "\n"
+    )
+    print("\n" + text)
+    if a.results:
+        with open(a.results, "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

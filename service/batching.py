@@ -1,0 +1,413 @@
+"""Cross-request dynamic batching: clips of many requests share one forward pass.
+
+The unit of work is a **clip** (T frames of one view of one video). Lifecycle of a request::
+
+    reserve(views)            admission, before decode: pending clips are bounded (429 over it)
+    infer(frames, r, dl)      one future per request; its clips join the queue
+      batching task           closes a batch at max_batch_clips, or max_delay_ms after its oldest
+                              clip arrived, as soon as the runner has room (one batch runs, one
+                              is staged); while the runner is busy the open batch keeps filling.
+                              When requests arrive further apart than max_delay on average, the
+                              delay is skipped: it would only add latency (and cost throughput
+                              to a closed-loop client)
+      inference thread        drops rows whose request expired or was cancelled, stages the next
+                              batch while the current one runs, checks rows out == rows in
+      fan-out (event loop)    each row lands in its request; the last row resolves the future
+
+Fairness: a batch takes one clip per waiting request in turn, and a request that still has
+clips goes to the back of the line, so a 10-view request does not hold up 1-view ones.
+
+Views are combined as the official TSM test script does: the **mean of the logits** over a
+request's views, then (by the caller) a softmax. Averaging logits rather than probabilities lets
+a confident view count for more, and keeps this module free of any choice of output activation.
+
+Deadlines use ``time.monotonic()``. A request whose deadline passes before its result is ready
+gets ``deadline_exceeded`` at that moment; its clips that have not reached the model never will.
+A caller that cancels its await has its remaining clips dropped the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import numpy as np
+
+from service.config import Settings
+from service.errors import ErrorKind, ServiceError
+from service.runner import Runner, Staged
+
+log = logging.getLogger(__name__)
+
+
+def _draining() -> ServiceError:
+    return ServiceError(ErrorKind.draining, "the server is shutting down; retry elsewhere")
+
+
+@dataclass
+class BatchInfo:
+    """What one batch held, for tests and metrics (passed to ``on_batch`` on the event loop)."""
+
+    batch_id: int
+    size: int  # clips that went through the model
+    request_ids: list[int]  # the request (Reservation.id) of each row
+    dropped: int  # clips removed at staging: their request expired or was cancelled
+    inference_s: float  # staging + forward + copy back
+    error: str | None = None  # exception type name when the batch failed
+
+    @property
+    def requests(self) -> int:
+        return len(set(self.request_ids))
+
+
+@dataclass
+class InferResult:
+    logits: np.ndarray  # float32 [C]: mean over the request's views of the logits
+    queue_ms: float  # time inside infer() not spent in the model (waiting for batches)
+    inference_ms: float  # summed time of the batches that held the request's clips
+    batches: int  # how many batches the request's clips spanned
+
+
+@dataclass
+class BatcherStats:
+    """Counters for metrics; read them from the event loop."""
+
+    batches: int = 0
+    clips: int = 0
+    rejected: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    failed_batches: int = 0
+
+
+class Reservation:
+    """Admitted clips; releasing returns them to the admission budget (idempotent)."""
+
+    def __init__(self, batcher: Batcher, clips: int, id: int) -> None:
+        self.batcher, self.clips, self.id = batcher, clips, id
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.batcher._reserved -= self.clips
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+
+@dataclass(eq=False)
+class _Request:
+    id: int
+    frames: np.ndarray  # uint8 [V, T, H, W, 3]
+    future: asyncio.Future[InferResult]
+    deadline: float | None
+    submitted: float
+    next_clip: int = 0  # clips [0, next_clip) have been put in a batch
+    scored: int = 0
+    logits: np.ndarray | None = None  # [V, C], filled row by row
+    batch_ids: set[int] = field(default_factory=set)
+    inference_s: float = 0.0
+    dropped: bool = False  # read by the inference thread: skip the remaining clips
+
+    @property
+    def views(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass(eq=False)
+class _Batch:
+    id: int
+    rows: list[tuple[_Request, int]]  # (request, view index)
+    staged: Staged | None = None
+    dropped: int = 0
+    error: BaseException | None = None
+    stage_s: float = 0.0
+
+
+_STOP = _Batch(0, [])  # hand-off marker: the thread returns
+
+
+class Batcher:
+    def __init__(
+        self,
+        runner: Runner,
+        settings: Settings,
+        *,
+        name: str = "model",
+        on_batch: Callable[[BatchInfo], None] | None = None,
+        pipeline_depth: int | None = None,
+    ) -> None:
+        self.runner, self.name, self.on_batch = runner, name, on_batch
+        # Batches handed to the inference thread at once. CUDA: 2, one runs while the next is
+        # staged. CPU: 1, staging cannot overlap there, so the open batch keeps filling instead.
+        self.pipeline_depth = pipeline_depth or (2 if runner.device.type == "cuda" else 1)
+        self.max_batch = settings.max_batch_clips
+        self.max_delay_s = settings.max_delay_ms / 1000.0
+        self.max_queue = settings.max_queue_clips
+        self.request_timeout_s = settings.request_timeout_s
+        self.stats = BatcherStats()
+        self._reserved = 0
+        self._ids = itertools.count(1)
+        self._batch_ids = itertools.count(1)
+        self._waiting: deque[_Request] = deque()  # requests with clips not yet in a batch
+        self._queued = 0  # clips not yet in a batch
+        self._in_flight = 0  # batches handed to the thread and not yet delivered
+        self._handoff: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        # clips/s through the model, smoothed; seeded from warm-up so the first 429 has an estimate
+        self._drain_rate = max((b / t for b, t in runner.warmup_s.items() if t > 0), default=0.0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._last_arrival: float | None = None
+        self._gap_s = 0.0
+
+    @property
+    def pending_clips(self) -> int:
+        """Admitted clips not yet finished (reserved, decoding, queued or in the model)."""
+        return self._reserved
+
+    # ---------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._thread = asyncio.wrap_future(self.runner.submit(self._thread_main))
+        self._task = asyncio.create_task(self._batch_loop(), name=f"batcher-{self.name}")
+
+    async def stop(self, drain: bool = True) -> None:
+        """Finish queued work (or, with ``drain=False``, fail it as ``draining``); join the thread."""
+        self._stopping = True
+        if not drain:
+            for req in list(self._waiting):
+                self._fail(req, _draining())
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task  # it hands every queued clip over, then the stop marker
+        if self._thread is not None:
+            await self._thread
+
+    # ------------------------------------------------------------------------- the requests
+    def reserve(self, clips: int) -> Reservation:
+        if self._stopping:
+            raise _draining()
+        if clips > self.max_queue:
+            raise ServiceError(
+                ErrorKind.bad_request, f"the request needs {clips} clips; this server takes at most {self.max_queue}"
+            )
+        if self._reserved + clips > self.max_queue:
+            self.stats.rejected += 1
+            excess = self._reserved + clips - self.max_queue
+            retry = min(60.0, max(0.1, excess / self._drain_rate)) if self._drain_rate > 0 else 1.0
+            message = f"model {self.name!r} is at capacity; retry shortly"
+            raise ServiceError(ErrorKind.overloaded, message, retry_after_s=round(retry, 2))
+        self._reserved += clips
+        return Reservation(self, clips, next(self._ids))
+
+    async def infer(self, frames: np.ndarray, reservation: Reservation, deadline: float | None = None) -> InferResult:
+        """Score uint8 ``[V, T, H, W, 3]`` frames; the logits are the mean over the V views.
+
+        ``deadline`` is on ``time.monotonic()``; without one, ``request_timeout_s`` from now."""
+        if self._task is None or self._loop is None:
+            raise ServiceError(ErrorKind.not_ready, f"model {self.name!r} is not started")
+        if self._stopping:
+            raise _draining()
+        self.runner.check_clips(frames)
+        if reservation.batcher is not self or reservation.released or not 0 < len(frames) <= reservation.clips:
+            raise ValueError(f"{len(frames)} clips do not fit reservation {reservation.id} of {reservation.clips}")
+        now = time.monotonic()
+        deadline = now + self.request_timeout_s if deadline is None else deadline
+        if deadline <= now:
+            self.stats.expired += 1
+            raise ServiceError(ErrorKind.deadline_exceeded, "the request's deadline passed before inference")
+        req = _Request(reservation.id, frames, self._loop.create_future(), deadline, now)
+        if self._last_arrival is not None:  # smoothed gap between arrivals, for the batch delay
+            self._gap_s = 0.8 * self._gap_s + 0.2 * (now - self._last_arrival)
+        self._last_arrival = now
+        timer = self._loop.call_later(deadline - now, self._expire, req)
+        self._waiting.append(req)
+        self._queued += req.views
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await req.future
+        except asyncio.CancelledError:
+            if not req.dropped:
+                self.stats.cancelled += 1
+            self._drop(req)
+            raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, req: _Request) -> None:
+        if not req.future.done():
+            self.stats.expired += 1
+            waited = (time.monotonic() - req.submitted) * 1000
+            message = f"the request's deadline passed after {waited:.0f} ms waiting for the model"
+            self._fail(req, ServiceError(ErrorKind.deadline_exceeded, message))
+
+    def _fail(self, req: _Request, error: BaseException) -> None:
+        if not req.future.done():
+            req.future.set_exception(error)
+        self._drop(req)
+
+    def _drop(self, req: _Request) -> None:
+        if req.dropped:
+            return
+        req.dropped = True
+        if req.next_clip < req.views:
+            self._queued -= req.views - req.next_clip
+            req.next_clip = req.views
+            self._waiting.remove(req)
+
+    # ------------------------------------------------------------------- the batching task
+    async def _batch_loop(self) -> None:
+        assert self._wakeup is not None and self._loop is not None
+        wakeup = self._wakeup
+        try:
+            while True:
+                while self._queued == 0 or self._in_flight >= self.pipeline_depth:
+                    if self._stopping and self._queued == 0:
+                        return
+                    wakeup.clear()
+                    await wakeup.wait()
+                # The batch stays open until full or until its oldest clip has waited max_delay,
+                # unless requests arrive further apart than that: then waiting cannot pay.
+                close_at = min(r.submitted for r in self._waiting) + self.max_delay_s
+                if self._gap_s > self.max_delay_s:
+                    close_at = 0.0
+                while self._queued < self.max_batch and not self._stopping:
+                    left = close_at - time.monotonic()
+                    if left <= 0:
+                        break
+                    wakeup.clear()
+                    try:
+                        await asyncio.wait_for(wakeup.wait(), left)
+                    except asyncio.TimeoutError:  # Python 3.10: not yet the builtin
+                        break
+                rows = self._take_batch()
+                if rows:
+                    self._in_flight += 1
+                    self._handoff.put(_Batch(next(self._batch_ids), rows))
+        finally:
+            for req in list(self._waiting):  # only left here if this task itself failed
+                self._fail(req, ServiceError(ErrorKind.internal, "the batching task stopped"))
+            self._handoff.put(_STOP)
+
+    def _take_batch(self) -> list[tuple[_Request, int]]:
+        """One clip per waiting request in turn; requests with clips left go to the back."""
+        rows: list[tuple[_Request, int]] = []
+        again: list[_Request] = []
+        while len(rows) < self.max_batch and (self._waiting or again):
+            if not self._waiting:
+                self._waiting.extend(again)
+                again.clear()
+            req = self._waiting.popleft()
+            rows.append((req, req.next_clip))
+            req.next_clip += 1
+            if req.next_clip < req.views:
+                again.append(req)
+        self._waiting.extend(again)
+        self._queued -= len(rows)
+        return rows
+
+    # ------------------------------------------------------------------- the inference thread
+    def _thread_main(self) -> None:
+        """Runs on the runner's thread: stage, launch, stage the next while this one runs, collect."""
+        runner, loop = self.runner, self._loop
+        assert loop is not None
+        ahead: _Batch | None = None  # already taken from the hand-off (and staged)
+        while True:
+            batch = ahead or self._handoff.get()
+            ahead = None
+            if batch is _STOP:
+                return
+            if batch.staged is None and batch.error is None:
+                self._stage(batch)
+            logits: np.ndarray | None = None
+            start = time.perf_counter()
+            if batch.staged is not None and batch.error is None:
+                try:
+                    launched = runner.launch(batch.staged)
+                    while ahead is None and not runner.is_done(launched):  # CUDA: the GPU is busy
+                        with contextlib.suppress(queue.Empty):
+                            ahead = self._handoff.get(timeout=0.0005)
+                            if ahead is not _STOP:
+                                self._stage(ahead)
+                    logits = runner.collect(launched)
+                    if logits.shape[0] != len(batch.rows):
+                        raise RuntimeError(f"batch of {len(batch.rows)} clips returned {logits.shape[0]} rows")
+                except Exception as e:
+                    batch.error = e
+            loop.call_soon_threadsafe(self._deliver, batch, logits, batch.stage_s + time.perf_counter() - start)
+
+    def _stage(self, batch: _Batch) -> None:
+        start = time.perf_counter()
+        now = time.monotonic()
+        keep = [(r, v) for r, v in batch.rows if not r.dropped and (r.deadline is None or r.deadline > now)]
+        batch.dropped = len(batch.rows) - len(keep)
+        batch.rows = keep
+        if keep:
+            try:
+                batch.staged = self.runner.stage([r.frames[v] for r, v in keep])
+            except Exception as e:
+                batch.error = e
+        batch.stage_s = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ fan-out (event loop)
+    def _deliver(self, batch: _Batch, logits: np.ndarray | None, elapsed: float) -> None:
+        self._in_flight -= 1
+        assert self._wakeup is not None
+        self._wakeup.set()  # a pipeline slot is free
+        if not batch.rows:
+            return
+        self.stats.batches += 1
+        self.stats.clips += len(batch.rows)
+        if batch.error is not None:
+            self.stats.failed_batches += 1
+            log.error("batch %d of model %s failed", batch.id, self.name, exc_info=batch.error)
+            for req in {id(r): r for r, _ in batch.rows}.values():
+                error = ServiceError(ErrorKind.internal, "inference failed for this request's batch")
+                error.__cause__ = batch.error
+                self._fail(req, error)
+        else:
+            assert logits is not None
+            rate = len(batch.rows) / max(elapsed, 1e-6)
+            self._drain_rate = rate if self._drain_rate == 0 else 0.8 * self._drain_rate + 0.2 * rate
+            done = time.monotonic()
+            for (req, view), row in zip(batch.rows, logits, strict=True):
+                if req.future.done():
+                    continue
+                if req.logits is None:
+                    req.logits = np.empty((req.views, row.shape[0]), np.float32)
+                req.logits[view] = row
+                req.scored += 1
+                if batch.id not in req.batch_ids:
+                    req.batch_ids.add(batch.id)
+                    req.inference_s += elapsed
+                if req.scored == req.views:
+                    infer_ms, total_ms = req.inference_s * 1000, (done - req.submitted) * 1000
+                    mean = req.logits.mean(axis=0)
+                    req.future.set_result(
+                        InferResult(mean, max(0.0, total_ms - infer_ms), infer_ms, len(req.batch_ids))
+                    )
+        if self.on_batch is not None:
+            failed = None if batch.error is None else type(batch.error).__name__
+            info = BatchInfo(batch.id, len(batch.rows), [r.id for r, _ in batch.rows], batch.dropped, elapsed, failed)
+            try:
+                self.on_batch(info)
+            except Exception:
+                log.exception("on_batch hook failed")

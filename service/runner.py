@@ -1,0 +1,307 @@
+"""Runner: one model on one device, driven by one inference thread.
+
+Frames arrive as uint8 ``[B, T, H, W, 3]`` RGB and travel to the device as uint8 (a quarter of
+the bytes of float32); there they are normalised, cast and laid out channels-last, which is the
+layout ``[..., H, W, 3]`` already has once the channel axis is permuted forward (no copy).
+
+A batch goes through three steps, so a caller can overlap them: :meth:`Runner.stage` (copy rows
+into a pinned host buffer, start the host-to-device copy on a side stream), :meth:`Runner.launch`
+(queue the forward pass; asynchronous on CUDA) and :meth:`Runner.collect` (wait, return logits).
+Every torch call runs on the runner's own thread (CUDA graphs and ``torch.compile``'s graph trees
+are bound to the thread that recorded them); :meth:`forward` and :meth:`warmup` hop onto it.
+
+Precision: autocast float16 (default) or bfloat16 on CUDA; float32 on CPU, whatever is asked
+(CPU half-precision convolutions are slower than float32 on the machines we serve from).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from service.config import Settings
+from service.errors import ErrorKind, ServiceError
+
+log = logging.getLogger(__name__)
+T_ = TypeVar("T_")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but this machine has no usable CUDA device")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        if name not in ("auto", "float32"):
+            log.warning("dtype %s ignored on %s: CPU inference runs in float32", name, device)
+        return torch.float32
+    return torch.float16 if name == "auto" else _DTYPES[name]
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes warmed up (and padded to on CUDA): powers of two below ``max_batch``, then it."""
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return [*sizes, max_batch]
+
+
+@dataclass
+class Staged:
+    """A batch on its way to the device: ``rows`` real clips, maybe padded to a bucket."""
+
+    rows: int
+    data: Tensor  # uint8 [rows or bucket, T, H, W, 3] on the device
+    ready: torch.cuda.Event | None = None  # host-to-device copy finished
+
+
+@dataclass
+class Launched:
+    rows: int
+    out: Tensor  # logits [>= rows, C] on the device, maybe still being computed
+    done: torch.cuda.Event | None = None
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inp: Tensor
+    out: Tensor
+
+
+class Runner:
+    """Owns the model on its device; forward() is blocking and runs only on the inference thread."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_segments: int,
+        input_size: int,
+        settings: Settings,
+    ) -> None:
+        if len(mean) != 3 or len(std) != 3 or max(mean) > 1.0 or min(std) <= 0:
+            raise ValueError("mean/std must be 3 values each, on the [0, 1] pixel scale (ImageNet: 0.485...)")
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.num_segments = num_segments
+        self.input_size = input_size
+        self.clip_shape = (num_segments, input_size, input_size, 3)
+        self._cuda = self.device.type == "cuda"
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        torch.set_flush_denormal(True)  # random or badly trained weights: denormals are 3-4x slower
+        if self._cuda:
+            torch.backends.cudnn.benchmark = True  # shapes are fixed by the buckets
+        self._thread_id: int | None = None
+        self._executor = ThreadPoolExecutor(1, "infer-" + str(self.device), initializer=self._init_thread)
+        self._channels_last = settings.channels_last
+        model = model.eval().requires_grad_(False).to(self.device)
+        if self._channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model
+        # x_norm = (x/255 - mean) / std = x * scale - offset, shaped for [B, T, 3, H, W]
+        m = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 1, 3, 1, 1)
+        self._scale, self._offset = 1.0 / (255.0 * s), m / s
+        self._autocast = self._cuda and self.dtype != torch.float32
+        self._use_graphs = self._cuda and settings.cuda_graphs and not settings.compile
+        self._compute: Callable[[Tensor], Tensor] = self._compute_eager
+        if settings.compile:
+            mode = "reduce-overhead" if self._cuda and settings.cuda_graphs else "default"
+            self._compute = torch.compile(self._compute_eager, mode=mode, dynamic=False)
+        # Padding to buckets keeps shapes fixed for graphs, compile and cuDNN autotuning; on CPU
+        # eager it would only waste work.
+        self._pad = self._cuda or settings.compile
+        self.buckets: list[int] = []
+        self.warmup_s: dict[int, float] = {}  # steady-state seconds per batch, by bucket
+        self.cpu_chunk: int | None = None  # set by warm-up on CPU
+        self._graphs: dict[int, _Graph] = {}
+        self._pinned: list[Tensor] = []
+        self._slot = 0
+        self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
+
+    # ------------------------------------------------------------------ the inference thread
+    def _init_thread(self) -> None:
+        self._thread_id = threading.get_ident()
+        torch.set_flush_denormal(True)  # the flag lives in each thread's FP control register
+        if self._cuda and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+
+    def on_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    def submit(self, fn: Callable[[], T_]) -> Future[T_]:
+        """Run ``fn`` on the inference thread (the Batcher runs its whole loop there)."""
+        return self._executor.submit(fn)
+
+    def _call(self, fn: Callable[[], T_]) -> T_:
+        return fn() if self.on_thread() else self.submit(fn).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------------- public calls
+    def forward(self, clips: np.ndarray) -> np.ndarray:
+        """uint8 ``[B, T, H, W, 3]`` RGB -> float32 logits ``[B, C]`` (blocking).
+
+        From another thread it waits for the inference thread, which a running Batcher occupies:
+        call it before ``Batcher.start`` or after ``stop``, or go through the Batcher."""
+        self.check_clips(clips)
+        return self._call(lambda: self.collect(self.launch(self.stage(clips))))
+
+    def warmup(self, max_batch: int, buckets: Sequence[int] | None = None) -> None:
+        """Run each batch-size bucket (largest first: memory trouble shows at once); sets the buckets.
+
+        ``buckets`` overrides the default powers of two (benches use it to limit compile time)."""
+        self._call(lambda: self._warmup(sorted(set(buckets or batch_buckets(max_batch)))))
+
+    def check_clips(self, clips: np.ndarray) -> None:
+        if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[1:] != self.clip_shape:
+            raise ValueError(
+                f"expected uint8 clips [B, {', '.join(map(str, self.clip_shape))}], "
+                f"got {clips.dtype} {list(clips.shape)}"
+            )
+
+    # ----------------------------------------------------------------------- the three steps
+    def bucket_for(self, rows: int) -> int:
+        return next((b for b in self.buckets if b >= rows), rows) if self._pad else rows
+
+    def stage(self, rows: Sequence[np.ndarray] | np.ndarray) -> Staged:
+        """Copy clips (each ``[T, H, W, 3]`` uint8) towards the device; on CUDA, asynchronously."""
+        n = len(rows)
+        size = self.bucket_for(n)
+        if not self._cuda:
+            if isinstance(rows, np.ndarray) and size == n:
+                return Staged(n, torch.from_numpy(np.ascontiguousarray(rows)))
+            buf = np.zeros((size, *self.clip_shape), np.uint8)
+            for i, clip in enumerate(rows):
+                buf[i] = clip
+            return Staged(n, torch.from_numpy(buf))
+        # Two pinned slots alternate: one being copied while the other's batch computes.
+        host = self._pinned_slot(size)
+        host_np = host.numpy()
+        for i, clip in enumerate(rows):
+            host_np[i] = clip  # rows beyond n keep stale pixels: padding, never read back
+        assert self._copy_stream is not None
+        with torch.cuda.stream(self._copy_stream):  # its own stream: overlaps the running batch
+            data = host[:size].to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        data.record_stream(torch.cuda.current_stream(self.device))
+        return Staged(n, data, ready)
+
+    def launch(self, staged: Staged) -> Launched:
+        if staged.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(staged.ready)
+        out = self._run(staged.data, staged.rows)
+        done = None
+        if self._cuda:
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))
+        return Launched(staged.rows, out, done)
+
+    @staticmethod
+    def is_done(launched: Launched) -> bool:
+        return launched.done is None or launched.done.query()
+
+    @staticmethod
+    def collect(launched: Launched) -> np.ndarray:
+        return launched.out[: launched.rows].float().cpu().numpy()
+
+    # ------------------------------------------------------------------------------- compute
+    def _compute_eager(self, x: Tensor) -> Tensor:
+        # [B, T, H, W, 3] -> [B, T, 3, H, W]: a view whose frames are channels-last in memory
+        x = x.permute(0, 1, 4, 2, 3).float() * self._scale - self._offset
+        if not self._channels_last:
+            x = x.contiguous()
+        with torch.autocast(self.device.type, self.dtype, enabled=self._autocast, cache_enabled=not self._use_graphs):
+            if self._autocast:
+                x = x.to(self.dtype)
+            return self.model(x)
+
+    def _run(self, data: Tensor, rows: int) -> Tensor:
+        """Forward ``data``; a CUDA out-of-memory error splits the batch in halves and retries."""
+        chunk = self.cpu_chunk
+        if chunk is not None and data.shape[0] > chunk:
+            parts = [self._run(data[i : i + chunk], min(chunk, rows - i)) for i in range(0, rows, chunk)]
+            return torch.cat(parts)
+        try:
+            with torch.inference_mode():
+                graph = self._graphs.get(data.shape[0])
+                if graph is None:
+                    return self._compute(data)
+                graph.inp.copy_(data)
+                graph.graph.replay()
+                return graph.out.clone()  # the next replay overwrites graph.out
+        except torch.OutOfMemoryError:
+            if rows <= 1:
+                raise ServiceError(ErrorKind.internal, "the model ran out of device memory on one clip") from None
+            log.warning("out of device memory on a batch of %d clips; splitting it in two", rows)
+            if self._cuda:
+                torch.cuda.empty_cache()
+        half = rows // 2
+        with torch.inference_mode():
+            return torch.cat([self._run(data[:half], half), self._run(data[half:rows], rows - half)])
+
+    def _warmup(self, buckets: list[int]) -> None:
+        self.buckets = buckets
+        zeros = np.zeros((buckets[-1], *self.clip_shape), np.uint8)
+        for size in reversed(self.buckets):
+            if self._use_graphs:
+                self._capture(size)
+            times = []
+            for _ in range(3):  # the first run allocates (and autotunes on CUDA); time the others
+                start = time.perf_counter()
+                self.collect(self.launch(self.stage(zeros[:size])))
+                times.append(time.perf_counter() - start)
+            self.warmup_s[size] = min(times[1:])
+            log.info("batch %d on %s: %.1f clips/s at warm-up", size, self.device, size / self.warmup_s[size])
+        if not self._cuda:
+            # Past a point, CPU batches get slower per clip (the working set leaves the caches):
+            # run big batches as chunks of the fastest size, so batching never costs throughput.
+            # The largest size within 10% of the best rate: warm-up timings are noisy.
+            rate = {b: b / max(t, 1e-9) for b, t in self.warmup_s.items()}
+            self.cpu_chunk = max(b for b in self.buckets if rate[b] >= 0.9 * max(rate.values()))
+            log.info("CPU batches run in chunks of at most %d clips", self.cpu_chunk)
+
+    def _capture(self, size: int) -> None:
+        inp = torch.zeros((size, *self.clip_shape), dtype=torch.uint8, device=self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(3):  # cuDNN autotuning and lazy init must happen outside the capture
+                self._compute(inp)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        pool = next(iter(self._graphs.values())).graph.pool() if self._graphs else None
+        try:
+            with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
+                out = self._compute(inp)
+        except torch.OutOfMemoryError:
+            log.warning("no CUDA graph for batch %d: out of memory; it runs eagerly", size)
+            return
+        self._graphs[size] = _Graph(graph, inp, out)
+
+    def _pinned_slot(self, size: int) -> Tensor:
+        if not self._pinned or self._pinned[0].shape[0] < size:
+            rows = max(size, self.buckets[-1] if self.buckets else size)
+            self._pinned = [torch.empty((rows, *self.clip_shape), dtype=torch.uint8).pin_memory() for _ in range(2)]
+        self._slot ^= 1
+        return self._pinned[self._slot]

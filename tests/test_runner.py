@@ -1,0 +1,184 @@
+"""Runner: preprocessing on the device, thread, buckets, OOM split. Real (small) TSM models."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from service.config import Settings
+from service.errors import ErrorKind, ServiceError
+from service.model.tsm import TSM
+from service.runner import Runner, batch_buckets, resolve_dtype
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SEGMENTS, SIZE, CLASSES = 8, 32, 10
+
+
+def small_tsm(seed: int = 0) -> TSM:
+    """MobileNetV2-0.5 TSM with calibrated BatchNorm (random weights stay out of denormals)."""
+    torch.manual_seed(seed)
+    model = TSM("mobilenetv2", CLASSES, SEGMENTS, width_mult=0.5, dropout=0.0)
+    nn.init.normal_(model.new_fc.weight, 0.0, 0.05)  # logits of a useful size for comparisons
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, SEGMENTS, 3, SIZE, SIZE))
+    return model.eval()
+
+
+def make_runner(model: nn.Module | None = None, **settings: Any) -> Runner:
+    return Runner(
+        model if model is not None else small_tsm(),
+        mean=MEAN,
+        std=STD,
+        num_segments=SEGMENTS,
+        input_size=SIZE,
+        settings=Settings(device="cpu", **settings),
+    )
+
+
+def random_clips(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, SEGMENTS, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def reference_logits(model: nn.Module, clips: np.ndarray) -> np.ndarray:
+    """The model on clips normalised here, independently of the runner."""
+    x = torch.from_numpy(clips).float().div(255).permute(0, 1, 4, 2, 3)
+    x = (x - torch.tensor(MEAN).view(1, 1, 3, 1, 1)) / torch.tensor(STD).view(1, 1, 3, 1, 1)
+    with torch.no_grad():
+        return model(x.contiguous()).numpy()
+
+
+class Recording(nn.Module):
+    """A real model that remembers the batch size and thread of every call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+        self.threads: set[str] = set()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.sizes.append(int(x.shape[0]))
+        self.threads.add(threading.current_thread().name)
+        return self.inner(x)
+
+
+class OomAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit``, as a GPU would."""
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_forward_matches_model_on_normalised_input(channels_last: bool) -> None:
+    model = small_tsm()
+    clips = random_clips(5)
+    expected = reference_logits(model, clips)
+    runner = make_runner(model, channels_last=channels_last)
+    out = runner.forward(clips)
+    assert out.dtype == np.float32 and out.shape == (5, CLASSES)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    runner.close()
+
+
+def test_rows_do_not_depend_on_batch_composition() -> None:
+    runner = make_runner()
+    clips = random_clips(7, seed=1)
+    together = runner.forward(clips)
+    alone = np.concatenate([runner.forward(clips[i : i + 1]) for i in range(7)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+    runner.close()
+
+
+def test_bad_clips_are_refused() -> None:
+    runner = make_runner()
+    with pytest.raises(ValueError, match="uint8"):
+        runner.forward(random_clips(2).astype(np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        runner.forward(np.zeros((2, SEGMENTS, SIZE + 1, SIZE, 3), np.uint8))
+    runner.close()
+
+
+def test_mean_on_the_255_scale_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Runner(
+            small_tsm(),
+            mean=(123.7, 116.3, 103.5),
+            std=(58.4, 57.1, 57.4),
+            num_segments=8,
+            input_size=SIZE,
+            settings=Settings(device="cpu"),
+        )
+
+
+def test_work_runs_on_the_inference_thread_only() -> None:
+    model = Recording(small_tsm())
+    runner = make_runner(model)
+    runner.forward(random_clips(2))
+    runner.warmup(4)
+    assert model.threads == {"infer-cpu_0"}
+    runner.close()
+
+
+def test_warmup_runs_every_bucket_and_picks_a_cpu_chunk() -> None:
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(12) == [1, 2, 4, 8, 12]
+    assert batch_buckets(16) == [1, 2, 4, 8, 16]
+    model = Recording(small_tsm())
+    runner = make_runner(model)
+    runner.warmup(12)
+    assert set(model.sizes) == {1, 2, 4, 8, 12}
+    assert set(runner.warmup_s) == {1, 2, 4, 8, 12}
+    assert runner.cpu_chunk in runner.buckets
+    # A big batch runs as chunks of the fastest size, and keeps every row in order.
+    model.sizes.clear()
+    clips = random_clips(13, seed=4)
+    out = runner.forward(clips)
+    assert max(model.sizes) <= runner.cpu_chunk and sum(model.sizes) == 13
+    np.testing.assert_allclose(out, reference_logits(model.inner, clips), rtol=1e-4, atol=1e-5)
+    runner.close()
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_every_row() -> None:
+    inner = small_tsm()
+    clips = random_clips(7, seed=2)
+    expected = reference_logits(inner, clips)
+    runner = make_runner(OomAbove(inner, limit=2))
+    np.testing.assert_allclose(runner.forward(clips), expected, rtol=1e-4, atol=1e-5)
+    runner.close()
+
+
+def test_out_of_memory_on_one_clip_is_an_error_not_a_crash() -> None:
+    runner = make_runner(OomAbove(small_tsm(), limit=0))
+    with pytest.raises(ServiceError) as info:
+        runner.forward(random_clips(3))
+    assert info.value.kind is ErrorKind.internal
+    runner.close()
+
+
+def test_cpu_precision_and_threads_follow_settings() -> None:
+    assert resolve_dtype("float16", torch.device("cpu")) is torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) is torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cuda")) is torch.bfloat16
+    before = torch.get_num_threads()
+    try:
+        runner = make_runner(torch_threads=1)
+        assert torch.get_num_threads() == 1
+        assert runner.dtype is torch.float32 and runner.device.type == "cpu"
+        runner.close()
+    finally:
+        torch.set_num_threads(before)
