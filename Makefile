@@ -18,6 +18,9 @@ serve: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format -d --exit-code
+	$(PY) tools/gen_proto.py --check
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -1,39 +1,165 @@
-"""``tsm-serve``: run the server, or import a checkpoint into the model store."""
+"""``tsm-serve``: run the server (the default command), or import a checkpoint into the model store.
+
+Every server flag mirrors a ``TSM_*`` environment variable (``--http-port`` = ``TSM_HTTP_PORT``);
+a flag wins over the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import grpc
+import uvicorn
+from pydantic import ValidationError
+
+from service.config import Settings
 from service.model.tsm import CheckpointError
 from service.store import StoreError, import_checkpoint
+
+log = logging.getLogger("tsm")
+_STOP_GRACE_S = 5  # after the drain: the last moments for connections of both servers to close
+
+
+# --------------------------------------------------------------------------------------- serve
+class _Uvicorn(uvicorn.Server):
+    """Uvicorn whose first SIGTERM/SIGINT starts our drain instead of closing at once."""
+
+    def __init__(self, config: uvicorn.Config, on_first_signal: Callable[[], None]):
+        super().__init__(config)
+        self._on_first_signal = on_first_signal
+        self._signalled = False
+
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        if self._signalled:  # a second signal: stop now
+            super().handle_exit(sig, frame)
+            return
+        self._signalled = True
+        self._on_first_signal()
+
+
+async def serve(settings: Settings) -> int:
+    """HTTP (uvicorn) and gRPC (grpc.aio) in this one event loop, over one Server.
+
+    SIGTERM: gRPC health turns NOT_SERVING and readiness false, new work is refused (503 /
+    UNAVAILABLE), in-flight requests of both protocols get ``drain_timeout_s`` to finish, then both
+    servers stop and the process exits 0. A second signal stops at once."""
+    from service.api.grpc import build_grpc_server
+    from service.api.http import create_app
+    from service.server import Server
+
+    server = Server(settings)
+    loop = asyncio.get_running_loop()
+    config = uvicorn.Config(
+        create_app(server), host=settings.host, port=settings.http_port, lifespan="off",
+        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=_STOP_GRACE_S,
+    )  # fmt: skip
+    rpc = build_grpc_server(server, settings)
+    try:
+        grpc_port = _listen_grpc(rpc.server, settings)
+    except (ValueError, OSError, RuntimeError) as e:  # TLS files, or the port is taken
+        print(f"tsm-serve: error: gRPC on {settings.host}:{settings.grpc_port}: {e}", file=sys.stderr)
+        await rpc.stop(0)
+        return 1
+    await rpc.start()
+    exit_code = 0
+
+    async def shut_down() -> None:
+        await rpc.drain()
+        await server.drain()
+        web.should_exit = True
+
+    def on_signal() -> None:
+        log.info("signal received: draining (budget %.0f s)", settings.drain_timeout_s)
+        loop.call_soon_threadsafe(lambda: background.add(loop.create_task(shut_down())))
+
+    async def start() -> None:
+        nonlocal exit_code
+        try:
+            await server.start()
+        except Exception:
+            exit_code = 1
+            web.should_exit = True
+            return
+        if not server.draining:
+            await rpc.set_serving()
+        log.info("ready: http://%s:%d, gRPC %s:%d", settings.host, settings.http_port, settings.host, grpc_port)
+
+    web = _Uvicorn(config, on_signal)
+    background = {loop.create_task(start())}
+    try:
+        await web.serve()
+    finally:
+        for task in background:
+            task.cancel()
+        await rpc.stop(0 if web.force_exit else _STOP_GRACE_S)  # forced (Ctrl-C again): no grace
+        await server.stop()
+    if server.startup_error:
+        print(f"tsm-serve: error: {server.startup_error}", file=sys.stderr)
+    return exit_code
+
+
+def _listen_grpc(rpc: grpc.aio.Server, settings: Settings) -> int:
+    """Binds the gRPC port (TLS when Settings name a certificate); returns the port (0 picks one)."""
+    from service.api.grpc import server_credentials
+
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6 literal
+    address = f"{host}:{settings.grpc_port}"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        return int(rpc.add_insecure_port(address))
+    return int(rpc.add_secure_port(address, credentials))
+
+
+# ------------------------------------------------------------------------------------- the CLI
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field, typed and documented from the field itself."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description or ''} [env TSM_{name.upper()}, default {field.get_default()!r}]".strip()
+        kind = field.annotation
+        args: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        origin = typing.get_origin(kind)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **args)
+        elif origin is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(kind), **args)
+        elif origin is list:
+            parser.add_argument(flag, nargs="*", metavar="NAME", **args)
+        elif kind is int:
+            parser.add_argument(flag, type=int, **args)
+        elif kind is float:
+            parser.add_argument(flag, type=float, **args)
+        else:  # str, Path, Path | None
+            parser.add_argument(flag, **args)
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
     entry = import_checkpoint(
-        args.checkpoint,
-        arch=args.arch,
-        num_segments=args.num_segments,
-        labels=args.labels,
-        name=args.name,
-        version=args.version,
-        store=args.store,
-        shift=not args.no_shift,
-        shift_div=args.shift_div,
-        shift_place=args.shift_place,
-        width_mult=args.width_mult,
-        input_size=args.input_size,
-        scale_size=args.scale_size,
-        overwrite=args.overwrite,
-    )
+        args.checkpoint, arch=args.arch, num_segments=args.num_segments, labels=args.labels, name=args.name,
+        version=args.version, store=args.store, shift=not args.no_shift, shift_div=args.shift_div,
+        shift_place=args.shift_place, width_mult=args.width_mult, input_size=args.input_size,
+        scale_size=args.scale_size, overwrite=args.overwrite,
+    )  # fmt: skip
     print(f"wrote {entry}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tsm-serve", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="tsm-serve",
+        description="Serve TSM video classification over HTTP (and gRPC). With no command, runs the server.",
+    )
+    _add_settings_flags(parser)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the server (the default)")
 
     imp = commands.add_parser(
         "import-checkpoint",
@@ -60,9 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        if args.command == "import-checkpoint":
+            return int(args.run(args))
+        overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
+        settings = Settings(**overrides)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return asyncio.run(serve(settings))
     except (StoreError, CheckpointError) as e:
         print(f"tsm-serve: error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        print(f"tsm-serve: invalid settings: {e}", file=sys.stderr)
         return 2
 
 

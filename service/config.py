@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address both servers bind; 0.0.0.0 in containers")
     http_port: int = Field(default=8000, ge=0, le=65535)
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
+    grpc_max_message_bytes: int | None = Field(
+        default=None, ge=1024, description="largest gRPC message; default: max_upload_bytes + 1 MiB"
+    )
+    grpc_tls_cert_file: Path | None = Field(default=None, description="PEM certificate: serve gRPC over TLS")
+    grpc_tls_key_file: Path | None = Field(default=None, description="PEM private key for grpc_tls_cert_file")
 
     # --- models
     model_store: Path = Field(default=Path("model_store"), description="folder of <name>/<version>/model.json")

@@ -221,6 +221,9 @@ def write_entry(entry_dir: Path, config: ModelConfig, model: TSM, labels: list[s
         (staging / config.labels_file).write_text("\n".join(labels) + "\n", encoding="utf-8")
         final = config.model_copy(update={"weights_sha256": sha256_file(weights)})
         (staging / MODEL_JSON).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        for f in staging.iterdir():
+            f.chmod(0o644)
+        staging.chmod(0o755)  # mkdtemp makes it private; entries are read by the server's own user
         if entry_dir.exists():
             shutil.rmtree(entry_dir)
         staging.rename(entry_dir)

@@ -400,9 +400,9 @@ def test_long_videos_are_refused(tmp_path: Path) -> None:
 def test_settings_map_onto_limits() -> None:
     from service.config import Settings
 
-    settings = Settings(decode_timeout_s=3.0, decode_memory_mb=512, max_duration_s=60.0)
+    settings = Settings(decode_timeout_s=3.0, decode_memory_mb=1024, max_duration_s=60.0)
     limits = DecodeLimits.from_settings(settings)
-    assert (limits.timeout_s, limits.memory_mb, limits.max_duration_s) == (3.0, 512, 60.0)
+    assert (limits.timeout_s, limits.memory_mb, limits.max_duration_s) == (3.0, 1024, 60.0)
     assert limits.max_frame_pixels == settings.max_frame_pixels
 
 

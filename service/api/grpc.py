@@ -1,0 +1,237 @@
+"""gRPC front door: ``tsm.v1.VideoClassifier``, ``grpc.health.v1`` and reflection on one grpc.aio server.
+
+The servicer holds only RPCs and mirrors the HTTP front door: the same ``Classifier.run`` use case,
+the same error table (``ServiceError.kind.grpc_status``, same message), the stable error code in
+the trailing metadata ``tsm-error-code`` (and ``retry-after-s`` when overloaded). Uploads stream
+into the classifier chunk by chunk; the servicer never holds a whole streamed video. Binding a
+port is left to ``serve()`` in ``service.__main__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from service.api.pb.tsm.v1 import classifier_pb2 as pb
+from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
+from service.classifier import Classification, ClassifyOptions, Sampling
+from service.config import MiB, Settings
+from service.errors import ErrorKind, ServiceError
+from service.server import Server
+
+log = logging.getLogger("tsm.grpc")
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["VideoClassifier"].full_name  # "tsm.v1.VideoClassifier"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # the rule of the HTTP X-Request-ID header
+_MAX_TIMEOUT_S = 3600.0  # the classifier refuses longer request timeouts
+_MODEL_FIELDS = set(pb.ModelInfo.DESCRIPTOR.fields_by_name) - {"is_default"}  # "default" over HTTP
+_SAMPLING: dict[int, Sampling] = {
+    pb.SAMPLING_UNSPECIFIED: "uniform",
+    pb.SAMPLING_UNIFORM: "uniform",
+    pb.SAMPLING_KEYFRAMES: "keyframes",
+}
+
+
+# ----------------------------------------------------------------------------------- servicer
+class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
+    def __init__(self, server: Server):
+        self._server = server
+
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        request_id = _request_id(context)
+        async with _status_from_errors(context, request_id):
+            classifier = self._server.require_classifier()
+            options = _options(request.options)
+            result = await classifier.run("grpc", options, _one(request.video), request_id, _timeout(context))
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        return pb.ClassifyResponse(classification=_classification(result))
+
+    async def ClassifyStream(
+        self, request_iterator: AsyncIterable[pb.ClassifyStreamRequest], context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyStreamResponse:
+        request_id = _request_id(context)
+        async with _status_from_errors(context, request_id):
+            classifier = self._server.require_classifier()
+            messages = aiter(request_iterator)
+            options = _options(await _first_options(messages))
+            result = await classifier.run("grpc", options, _chunks(messages), request_id, _timeout(context))
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        return pb.ClassifyStreamResponse(classification=_classification(result))
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        models = []
+        for info in self._server.models_info():
+            fields = {k: v for k, v in info.items() if k in _MODEL_FIELDS}
+            models.append(pb.ModelInfo(is_default=info["default"], **fields))
+        return pb.ListModelsResponse(models=models)
+
+
+# ------------------------------------------------------------------------- requests and errors
+@contextlib.asynccontextmanager
+async def _status_from_errors(context: grpc.aio.ServicerContext, request_id: str) -> AsyncIterator[None]:
+    """ServiceError → its gRPC status and message; anything else → INTERNAL without internals.
+    Cancellation (the client went away or its deadline passed) is a BaseException and passes
+    through, so the classifier's ``finally`` blocks release what the request held."""
+    try:
+        yield
+    except ServiceError as e:
+        await _abort(context, e, request_id)
+    except Exception:
+        log.exception("unhandled error in gRPC request %s", request_id)  # the traceback stays in the log
+        internal = ServiceError(ErrorKind.internal, "internal error; the request was not processed")
+        await _abort(context, internal, request_id)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServiceError, request_id: str) -> NoReturn:
+    metadata = [("tsm-error-code", error.code), ("x-request-id", request_id)]
+    if error.retry_after_s is not None:  # whole seconds, as HTTP's Retry-After
+        metadata.append(("retry-after-s", str(max(1, math.ceil(error.retry_after_s)))))
+    await context.abort(error.kind.grpc_status, error.message, tuple(metadata))
+    raise AssertionError("context.abort returned")  # it raises; this tells the type checker
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's remaining deadline becomes the request's timeout; none: the server's default."""
+    remaining: float | None = context.time_remaining()
+    if remaining is None:
+        return None
+    if remaining <= 0:
+        raise ServiceError(ErrorKind.deadline_exceeded, "the request deadline passed before the video was scored")
+    return min(remaining, _MAX_TIMEOUT_S)
+
+
+def _options(message: pb.ClassifyOptions) -> ClassifyOptions:
+    """Unset fields take the defaults of the HTTP query parameters; the classifier checks ranges."""
+    media = message.content_type.split(";")[0].strip().lower()
+    if media and not (media.startswith("video/") or media == "application/octet-stream"):
+        raise ServiceError(
+            ErrorKind.unsupported_media_type,
+            "content_type must be video/* or application/octet-stream (or left empty)",
+        )
+    sampling = _SAMPLING.get(message.sampling)
+    if sampling is None:
+        raise ServiceError(ErrorKind.bad_request, "sampling must be SAMPLING_UNIFORM or SAMPLING_KEYFRAMES")
+    return ClassifyOptions(
+        model=message.model or None,
+        top_k=message.top_k if message.HasField("top_k") else 5,
+        clips=message.clips if message.HasField("clips") else 1,
+        crops=message.crops if message.HasField("crops") else 1,
+        sampling=sampling,
+    )
+
+
+async def _one(video: bytes) -> AsyncIterator[bytes]:
+    yield video
+
+
+async def _first_options(messages: AsyncIterator[pb.ClassifyStreamRequest]) -> pb.ClassifyOptions:
+    first = await anext(messages, None)
+    if first is None or first.WhichOneof("payload") != "options":
+        raise ServiceError(
+            ErrorKind.bad_request, "the first ClassifyStream message must carry the options; the video chunks follow"
+        )
+    return first.options
+
+
+async def _chunks(messages: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIterator[bytes]:
+    """The video, chunk by chunk, as the client sends it (the classifier spools and limits it)."""
+    async for message in messages:
+        if message.WhichOneof("payload") != "chunk":
+            raise ServiceError(
+                ErrorKind.bad_request, "only the first ClassifyStream message may carry options; then send chunks"
+            )
+        if message.chunk:
+            yield message.chunk
+
+
+def _classification(result: Classification) -> pb.Classification:
+    return pb.Classification(
+        request_id=result.request_id,
+        model=pb.ModelRef(name=result.model, version=result.version, untrained=result.untrained),
+        predictions=[pb.Prediction(label=p.label, index=p.index, score=p.score) for p in result.predictions],
+        video=pb.VideoFacts(**vars(result.video)),
+        clips=result.clips,
+        crops=result.crops,
+        timings=pb.Timings(**{f"{stage}_ms": ms for stage, ms in result.timings_ms.items()}),
+    )
+
+
+# ------------------------------------------------------------------------------- the server
+@dataclass
+class GrpcFrontDoor:
+    """The grpc.aio server with its health servicer. Health says NOT_SERVING until ``set_serving``."""
+
+    server: grpc.aio.Server
+    health: health_aio.HealthServicer
+
+    async def start(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # warming up
+        await self.server.start()
+
+    async def set_serving(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def drain(self) -> None:
+        """NOT_SERVING for good: load balancers stop sending; calls still arriving get UNAVAILABLE."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace_s)
+
+    async def _set_health(self, status: Any) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+
+def max_message_bytes(settings: Settings) -> int:
+    """Large enough for a whole upload plus the message framing, never gRPC's 4 MiB default."""
+    return settings.grpc_max_message_bytes or settings.max_upload_bytes + MiB
+
+
+def build_grpc_server(server: Server, settings: Settings) -> GrpcFrontDoor:
+    """The server with every servicer registered; binds no port (``serve()`` does)."""
+    limit = max_message_bytes(settings)
+    rpc = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a port already in use must fail the start, not be shared
+        ]
+    )
+    pb_grpc.add_VideoClassifierServicer_to_server(VideoClassifierServicer(server), rpc)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, rpc)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], rpc
+    )
+    return GrpcFrontDoor(rpc, health)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the PEM files in Settings; None: plaintext (HTTP/2 prior knowledge)."""
+    cert, key = settings.grpc_tls_cert_file, settings.grpc_tls_key_file
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("set both grpc_tls_cert_file and grpc_tls_key_file, or neither")
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])

@@ -1,0 +1,173 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Sampling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAMPLING_UNSPECIFIED: _ClassVar[Sampling]
+    SAMPLING_UNIFORM: _ClassVar[Sampling]
+    SAMPLING_KEYFRAMES: _ClassVar[Sampling]
+SAMPLING_UNSPECIFIED: Sampling
+SAMPLING_UNIFORM: Sampling
+SAMPLING_KEYFRAMES: Sampling
+
+class ClassifyOptions(_message.Message):
+    __slots__ = ("top_k", "model", "clips", "crops", "sampling", "filename", "content_type")
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLIPS_FIELD_NUMBER: _ClassVar[int]
+    CROPS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    top_k: int
+    model: str
+    clips: int
+    crops: int
+    sampling: Sampling
+    filename: str
+    content_type: str
+    def __init__(self, top_k: _Optional[int] = ..., model: _Optional[str] = ..., clips: _Optional[int] = ..., crops: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, str]] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("options", "video")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    options: ClassifyOptions
+    video: bytes
+    def __init__(self, options: _Optional[_Union[ClassifyOptions, _Mapping]] = ..., video: _Optional[bytes] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("classification",)
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    classification: Classification
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ...) -> None: ...
+
+class ClassifyStreamRequest(_message.Message):
+    __slots__ = ("options", "chunk")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    options: ClassifyOptions
+    chunk: bytes
+    def __init__(self, options: _Optional[_Union[ClassifyOptions, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class ClassifyStreamResponse(_message.Message):
+    __slots__ = ("classification",)
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    classification: Classification
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ...) -> None: ...
+
+class Classification(_message.Message):
+    __slots__ = ("request_id", "model", "predictions", "video", "clips", "crops", "timings")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    CLIPS_FIELD_NUMBER: _ClassVar[int]
+    CROPS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: ModelRef
+    predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    video: VideoFacts
+    clips: int
+    crops: int
+    timings: Timings
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., video: _Optional[_Union[VideoFacts, _Mapping]] = ..., clips: _Optional[int] = ..., crops: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("name", "version", "untrained")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNTRAINED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    untrained: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., untrained: _Optional[bool] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("label", "index", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    index: int
+    score: float
+    def __init__(self, label: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class VideoFacts(_message.Message):
+    __slots__ = ("container", "codec", "width", "height", "frames", "fps", "duration_s", "rotation", "decoder")
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
+    DECODER_FIELD_NUMBER: _ClassVar[int]
+    container: str
+    codec: str
+    width: int
+    height: int
+    frames: int
+    fps: float
+    duration_s: float
+    rotation: int
+    decoder: str
+    def __init__(self, container: _Optional[str] = ..., codec: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., duration_s: _Optional[float] = ..., rotation: _Optional[int] = ..., decoder: _Optional[str] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("upload_ms", "decode_ms", "queue_ms", "inference_ms", "total_ms")
+    UPLOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    upload_ms: float
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    total_ms: float
+    def __init__(self, upload_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "is_default", "arch", "num_segments", "num_classes", "input_size", "scale_size", "shift", "untrained", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    NUM_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_FIELD_NUMBER: _ClassVar[int]
+    UNTRAINED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    is_default: bool
+    arch: str
+    num_segments: int
+    num_classes: int
+    input_size: int
+    scale_size: int
+    shift: bool
+    untrained: bool
+    source: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., arch: _Optional[str] = ..., num_segments: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_size: _Optional[int] = ..., scale_size: _Optional[int] = ..., shift: _Optional[bool] = ..., untrained: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,227 @@
+"""The one use case both front doors call: admit → decode → batch → infer → respond.
+
+A request is admitted before its upload is read (so an overloaded or draining server refuses in
+microseconds), decoded in a worker process, scored in batches shared with other requests, and
+answered with the top-k labels. Every failure is a :class:`ServiceError` from ``service.errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from service.batching import Batcher, Reservation
+from service.config import Settings
+from service.decode import SamplingSpec, VideoFacts, spool_upload
+from service.decode_pool import DecodePool
+from service.errors import ErrorKind, ServiceError
+from service.metrics import Metrics
+from service.store import StoreEntry
+
+Sampling = Literal["uniform", "keyframes"]
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    model: str | None = None
+    top_k: int = 5
+    clips: int = 1
+    crops: int = 1
+    sampling: Sampling = "uniform"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass
+class Classification:
+    request_id: str
+    model: str
+    version: str
+    untrained: bool
+    predictions: list[Prediction]
+    video: VideoFacts
+    clips: int
+    crops: int
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class LoadedModel:
+    entry: StoreEntry
+    batcher: Batcher
+
+    @property
+    def name(self) -> str:
+        return self.entry.config.name
+
+
+@dataclass
+class Admission:
+    """A request that passed admission: its model, its clip budget and its deadline."""
+
+    model: LoadedModel
+    options: ClassifyOptions
+    reservation: Reservation
+    deadline: float  # time.monotonic()
+    started: float = field(default_factory=time.monotonic)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Classifier:
+    def __init__(
+        self,
+        models: dict[str, LoadedModel],
+        default_model: str,
+        pool: DecodePool,
+        spool_dir: Path,
+        settings: Settings,
+        metrics: Metrics,
+    ):
+        self.models = models
+        self.spool_dir = spool_dir
+        self.default_model = default_model
+        self.pool = pool
+        self.settings = settings
+        self.metrics = metrics
+        self.accepting = True  # false while draining
+        self.in_flight = 0
+
+    def resolve(self, name: str | None) -> LoadedModel:
+        model = self.models.get(name or self.default_model)
+        if model is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; loaded models: {known}")
+        return model
+
+    def check_options(self, options: ClassifyOptions, model: LoadedModel) -> None:
+        classes = model.entry.config.num_classes
+        if not 1 <= options.top_k <= classes:
+            raise ServiceError(ErrorKind.bad_request, f"top_k must be between 1 and {classes} for this model")
+        if not 1 <= options.clips <= self.settings.max_clips:
+            raise ServiceError(ErrorKind.bad_request, f"clips must be between 1 and {self.settings.max_clips}")
+        if options.crops not in (1, 3):
+            raise ServiceError(ErrorKind.bad_request, "crops must be 1 (centre) or 3 (along the long side)")
+
+    async def run(
+        self,
+        protocol: str,
+        options: ClassifyOptions,
+        upload: AsyncIterable[bytes],
+        request_id: str,
+        timeout_s: float | None = None,
+    ) -> Classification:
+        """Admit, receive the upload, decode, score, answer; records the request's metrics."""
+        code = "ok"
+        model_label = options.model or self.default_model
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            admission = self._admit(options, timeout_s)
+            try:
+                video = await self._receive(admission, upload)
+                result = await self._classify(admission, video, request_id)
+            finally:
+                admission.reservation.release()
+            for stage, ms in result.timings_ms.items():
+                self.metrics.request_duration.labels(protocol, stage).observe(ms / 1000)
+            return result
+        except ServiceError as e:
+            code = e.code
+            raise
+        except BaseException:
+            code = "cancelled_or_internal"
+            raise
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(protocol, model_label if model_label in self.models else "", code).inc()
+
+    def _admit(self, options: ClassifyOptions, timeout_s: float | None) -> Admission:
+        """Cheap checks before any byte of the upload is read."""
+        if not self.accepting:
+            self.metrics.rejected.labels("draining").inc()
+            raise ServiceError(ErrorKind.draining, "the server is shutting down; retry on another replica")
+        model = self.resolve(options.model)
+        self.check_options(options, model)
+        if timeout_s is not None and not 0 < timeout_s <= 3600:
+            raise ServiceError(ErrorKind.bad_request, "the request timeout must be between 0 and 3600 seconds")
+        try:
+            reservation = model.batcher.reserve(options.clips * options.crops)
+        except ServiceError as e:
+            self.metrics.rejected.labels(e.code).inc()
+            raise
+        deadline = time.monotonic() + (timeout_s or self.settings.request_timeout_s)
+        return Admission(model, options, reservation, deadline)
+
+    @contextlib.contextmanager
+    def _stage(self, admission: Admission, stage: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            admission.timings_ms[stage] = round((time.monotonic() - start) * 1000, 3)
+
+    @staticmethod
+    def _remaining(admission: Admission) -> float:
+        left = admission.deadline - time.monotonic()
+        if left <= 0:
+            raise ServiceError(ErrorKind.deadline_exceeded, "the request deadline passed before the video was scored")
+        return left
+
+    async def _receive(self, admission: Admission, upload: AsyncIterable[bytes]) -> Path:
+        """Spool the upload to a private temp file, enforcing the byte limit while reading."""
+        with self._stage(admission, "upload"):
+            return await spool_upload(upload, self.spool_dir, self.settings.max_upload_bytes)
+
+    async def _classify(self, admission: Admission, video: Path, request_id: str) -> Classification:
+        """Decode, score and answer. Deletes ``video`` when done, whatever happens."""
+        model, options = admission.model, admission.options
+        config = model.entry.config
+        spec = SamplingSpec(
+            num_segments=config.num_segments, scale_size=config.scale_size, input_size=config.input_size,
+            clips=options.clips, crops=options.crops, sampling=options.sampling,
+        )  # fmt: skip
+        try:
+            with self._stage(admission, "decode"):
+                decoded = await self.pool.decode(video, spec, timeout_s=self._remaining(admission))
+        except ServiceError as e:
+            if e.kind is not ErrorKind.deadline_exceeded:
+                self.metrics.decode_failures.labels(e.code).inc()
+            raise
+        finally:
+            video.unlink(missing_ok=True)
+        self._remaining(admission)
+        result = await model.batcher.infer(decoded.frames, admission.reservation, admission.deadline)
+        admission.timings_ms["queue"] = round(result.queue_ms, 3)
+        admission.timings_ms["inference"] = round(result.inference_ms, 3)
+        admission.timings_ms["total"] = round((time.monotonic() - admission.started) * 1000, 3)
+        return Classification(
+            request_id=request_id,
+            model=config.name,
+            version=config.version,
+            untrained=config.untrained,
+            predictions=top_k(result.logits, model.entry.labels, options.top_k),
+            video=decoded.facts,
+            clips=options.clips,
+            crops=options.crops,
+            timings_ms=admission.timings_ms,
+        )
+
+
+def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
+    """Softmax over the (view-averaged) logits, best k first."""
+    z = logits.astype(np.float64) - float(np.max(logits))
+    probs = np.exp(z) / np.exp(z).sum()
+    best = np.argsort(-probs, kind="stable")[:k]
+    return [Prediction(label=labels[i], index=int(i), score=float(probs[i])) for i in best]

@@ -1,0 +1,316 @@
+"""Python clients (HTTP sync and async, gRPC sync) and the ``tsm-classify`` command.
+
+from service.client import Client, GrpcClient
+result = Client("http://127.0.0.1:8000").classify("video.mp4", top_k=3)
+result = GrpcClient("127.0.0.1:50051").classify("video.mp4", top_k=3)  # the same answer, as a dict
+result["predictions"][0]["label"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.api.pb.tsm.v1 import classifier_pb2 as pb
+from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
+from service.errors import ErrorKind
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_GRPC_TARGET = "127.0.0.1:50051"
+_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VideoClassifier"].full_name
+Video = str | Path | bytes
+
+
+class ClassifyError(Exception):
+    """The server refused or failed the request: HTTP status, stable code, message.
+
+    Over gRPC, ``status`` is the HTTP status of the same error (0 when the server sent no stable
+    code, e.g. a transport failure) and ``grpc_status`` the gRPC status name."""
+
+    def __init__(
+        self, status: int, code: str, message: str, retry_after_s: float | None = None, grpc_status: str | None = None
+    ):
+        super().__init__(f"{grpc_status or status} {code}: {message}")
+        self.status, self.code, self.message, self.retry_after_s = status, code, message, retry_after_s
+        self.grpc_status = grpc_status
+
+
+def _params(top_k: int, model: str | None, clips: int, crops: int, sampling: str) -> dict[str, Any]:
+    params: dict[str, Any] = {"top_k": top_k, "clips": clips, "crops": crops, "sampling": sampling}
+    if model:
+        params["model"] = model
+    return params
+
+
+def _headers(timeout_s: float | None, request_id: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/octet-stream"}
+    if timeout_s is not None:
+        headers["X-Request-Timeout"] = str(timeout_s)
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return headers
+
+
+def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def _body(video: Video) -> bytes | Iterator[bytes]:
+    return video if isinstance(video, bytes) else _file_chunks(Path(video))  # streamed, never read whole
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code == 200:
+        return dict(response.json())
+    try:
+        error = response.json()["error"]
+        code, message = error["code"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        code, message = f"http_{response.status_code}", response.text[:200]
+    retry = response.headers.get("retry-after")
+    raise ClassifyError(response.status_code, code, message, float(retry) if retry else None)
+
+
+class Client:
+    """Blocking client over HTTP."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0):
+        self._http = httpx.Client(base_url=url, timeout=timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def classify(
+        self, video: Video, *, top_k: int = 5, model: str | None = None, clips: int = 1, crops: int = 1,
+        sampling: str = "uniform", timeout_s: float | None = None, request_id: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        response = self._http.post(
+            "/classify", params=_params(top_k, model, clips, crops, sampling), content=_body(video),
+            headers=_headers(timeout_s, request_id),
+        )  # fmt: skip
+        return _answer(response)
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(_answer(self._http.get("/v1/models"))["models"])
+
+    def ready(self) -> bool:
+        return self._http.get("/readyz").status_code == 200
+
+
+class AsyncClient:
+    """asyncio client over HTTP; share one across many concurrent ``classify`` calls."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0):
+        self._http = httpx.AsyncClient(base_url=url, timeout=timeout_s)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def classify(
+        self, video: Video, *, top_k: int = 5, model: str | None = None, clips: int = 1, crops: int = 1,
+        sampling: str = "uniform", timeout_s: float | None = None, request_id: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        data = video if isinstance(video, bytes) else await asyncio.to_thread(Path(video).read_bytes)
+        response = await self._http.post(
+            "/classify", params=_params(top_k, model, clips, crops, sampling), content=data,
+            headers=_headers(timeout_s, request_id),
+        )  # fmt: skip
+        return _answer(response)
+
+    async def models(self) -> list[dict[str, Any]]:
+        return list(_answer(await self._http.get("/v1/models"))["models"])
+
+
+class GrpcClient:
+    """Blocking client over gRPC. A file is streamed in chunks (``ClassifyStream``), so any size up
+    to the server's upload limit works; bytes go in one ``Classify`` message. Answers are the dicts
+    the HTTP client returns. ``root_certificates``: PEM of the CA to trust for a TLS server."""
+
+    def __init__(
+        self, target: str = DEFAULT_GRPC_TARGET, timeout_s: float = 120.0, root_certificates: bytes | None = None,
+        chunk_bytes: int = 1 << 20,
+    ):  # fmt: skip
+        if root_certificates is None:
+            self._channel = grpc.insecure_channel(target)
+        else:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+        self._stub = pb_grpc.VideoClassifierStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._timeout_s, self._chunk_bytes = timeout_s, chunk_bytes
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def classify(
+        self, video: Video, *, top_k: int = 5, model: str | None = None, clips: int = 1, crops: int = 1,
+        sampling: str = "uniform", timeout_s: float | None = None, request_id: str | None = None,
+        stream: bool | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """``timeout_s`` is the gRPC deadline (the server honours it; default: the client's timeout).
+        ``stream``: force ``ClassifyStream`` (True) or ``Classify`` (False); default: stream files and
+        bytes larger than one chunk."""
+        options = pb.ClassifyOptions(
+            top_k=top_k, model=model or "", clips=clips, crops=crops,
+            sampling=pb.SAMPLING_KEYFRAMES if sampling == "keyframes" else pb.SAMPLING_UNIFORM,
+            filename="" if isinstance(video, bytes) else Path(video).name,
+        )  # fmt: skip
+        kwargs: dict[str, Any] = {"timeout": timeout_s or self._timeout_s}
+        if request_id:
+            kwargs["metadata"] = (("x-request-id", request_id),)
+        try:
+            if stream is None:  # one message only for small bytes: it must fit the server's message limit
+                stream = not isinstance(video, bytes) or len(video) > self._chunk_bytes
+            if stream:
+                answer = self._stub.ClassifyStream(self._stream_messages(options, video), **kwargs)
+            else:
+                data = video if isinstance(video, bytes) else Path(video).read_bytes()
+                answer = self._stub.Classify(pb.ClassifyRequest(options=options, video=data), **kwargs)
+        except grpc.RpcError as e:
+            raise _grpc_error(e) from None
+        return classification_dict(answer.classification)
+
+    def _stream_messages(self, options: pb.ClassifyOptions, video: Video) -> Iterator[pb.ClassifyStreamRequest]:
+        yield pb.ClassifyStreamRequest(options=options)
+        if isinstance(video, bytes):
+            chunks: Iterator[bytes] = (
+                video[i : i + self._chunk_bytes] for i in range(0, len(video), self._chunk_bytes)
+            )
+        else:
+            chunks = _file_chunks(Path(video), self._chunk_bytes)
+        for chunk in chunks:
+            yield pb.ClassifyStreamRequest(chunk=chunk)
+
+    def models(self) -> list[dict[str, Any]]:
+        try:
+            answer = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout_s)
+        except grpc.RpcError as e:
+            raise _grpc_error(e) from None
+        return [_model_dict(m) for m in answer.models]
+
+    def ready(self) -> bool:
+        """The gRPC health check of ``tsm.v1.VideoClassifier``: SERVING only when ready to classify."""
+        request = health_pb2.HealthCheckRequest(service=_SERVICE_NAME)
+        try:
+            status = self._health.Check(request, timeout=self._timeout_s).status
+        except grpc.RpcError:
+            return False
+        return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def classification_dict(c: pb.Classification) -> dict[str, Any]:
+    """A gRPC answer in the shape of the HTTP JSON answer."""
+    v, t = c.video, c.timings
+    return {
+        "request_id": c.request_id,
+        "model": {"name": c.model.name, "version": c.model.version, "untrained": c.model.untrained},
+        "predictions": [{"label": p.label, "index": p.index, "score": p.score} for p in c.predictions],
+        "video": {
+            "container": v.container, "codec": v.codec, "width": v.width, "height": v.height, "frames": v.frames,
+            "fps": v.fps, "duration_s": v.duration_s, "rotation": v.rotation, "decoder": v.decoder,
+        },
+        "clips": c.clips,
+        "crops": c.crops,
+        "timings_ms": {
+            "upload": t.upload_ms, "decode": t.decode_ms, "queue": t.queue_ms, "inference": t.inference_ms,
+            "total": t.total_ms,
+        },
+    }  # fmt: skip
+
+
+def _model_dict(m: pb.ModelInfo) -> dict[str, Any]:
+    return {
+        "name": m.name, "version": m.version, "default": m.is_default, "arch": m.arch,
+        "num_segments": m.num_segments, "num_classes": m.num_classes, "input_size": m.input_size,
+        "scale_size": m.scale_size, "shift": m.shift, "untrained": m.untrained, "source": m.source,
+    }  # fmt: skip
+
+
+def _grpc_error(error: grpc.RpcError) -> ClassifyError:
+    """The stable code and Retry-After travel in the trailing metadata; the message is the details."""
+    trailers = dict(error.trailing_metadata() or ())
+    code = trailers.get("tsm-error-code")
+    status = error.code()
+    retry = trailers.get("retry-after-s")
+    http_status = next((kind.http_status for kind in ErrorKind if kind.value == code), 0)
+    return ClassifyError(
+        http_status, code or f"grpc_{status.name.lower()}", error.details() or "",
+        float(retry) if retry else None, grpc_status=status.name,
+    )  # fmt: skip
+
+
+def _print_result(path: str, result: dict[str, Any]) -> None:
+    model = result["model"]
+    note = "  (untrained model: scores are meaningless)" if model.get("untrained") else ""
+    print(f"{path}: {model['name']}/{model['version']}, {result['timings_ms']['total']:.0f} ms{note}")
+    for p in result["predictions"]:
+        print(f"  {p['score']:7.2%}  {p['label']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tsm-classify", description="Classify videos with a tsm-serve server.")
+    parser.add_argument("files", nargs="+", type=Path, help="video files")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", default=DEFAULT_URL, help=f"HTTP server address (default {DEFAULT_URL})")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC instead: files are streamed in chunks")
+    parser.add_argument("--ca-cert", type=Path, help="with --grpc: PEM CA certificate of a TLS server")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--model", help="model name (default: the server's default)")
+    parser.add_argument("--clips", type=int, default=1)
+    parser.add_argument("--crops", type=int, default=1)
+    parser.add_argument("--timeout", type=float, help="deadline per video, seconds")
+    parser.add_argument("--json", action="store_true", help="print one JSON answer per line")
+    args = parser.parse_args(argv)
+    failures = 0
+    if args.grpc:
+        root = args.ca_cert.read_bytes() if args.ca_cert else None
+        client: Client | GrpcClient = GrpcClient(args.grpc, root_certificates=root)
+    else:
+        client = Client(args.url)
+    with client:
+        for path in args.files:
+            try:
+                result = client.classify(path, top_k=args.top_k, model=args.model, clips=args.clips,
+                                         crops=args.crops, timeout_s=args.timeout)  # fmt: skip
+            except (ClassifyError, OSError, httpx.HTTPError) as e:
+                failures += 1
+                error = {"file": str(path), "error": str(e)}
+                print(json.dumps(error) if args.json else f"{path}: error: {e}", file=sys.stderr)
+                continue
+            if args.json:
+                print(json.dumps({"file": str(path), **result}))
+            else:
+                _print_result(str(path), result)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

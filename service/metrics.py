@@ -1,0 +1,46 @@
+"""Every Prometheus metric of the server, in one place. ``tsm_`` prefix, base units (seconds, bytes)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from 5 ms (a cached small batch) to 2 min (a long decode under load).
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_CLIPS = (1, 2, 4, 8, 16, 32, 64, 128)
+STAGES = ("upload", "decode", "queue", "inference", "total")
+
+
+class Metrics:
+    """One registry per server, so tests can run several servers in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tsm_requests", "Classification requests by outcome code.", ["protocol", "model", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "tsm_request_duration_seconds", "Time spent per request stage.", ["protocol", "stage"],
+            buckets=_SECONDS, registry=r,
+        )  # fmt: skip
+        self.batch_clips = Histogram(
+            "tsm_batch_clips", "Clips per forward pass.", ["model"], buckets=_CLIPS, registry=r
+        )
+        self.batch_duration = Histogram(
+            "tsm_batch_duration_seconds", "Forward pass time per batch.", ["model"], buckets=_SECONDS, registry=r
+        )
+        self.queue_clips = Gauge(
+            "tsm_queue_clips", "Admitted clips not yet scored (decoding, queued or running).", ["model"], registry=r
+        )
+        self.rejected = Counter("tsm_rejected", "Requests refused before work started.", ["reason"], registry=r)
+        self.decode_failures = Counter(
+            "tsm_decode_failures", "Uploads that could not be decoded, by error code.", ["reason"], registry=r
+        )
+        self.decode_workers = Gauge("tsm_decode_workers", "Decode worker processes by state.", ["state"], registry=r)
+        self.in_flight = Gauge("tsm_requests_in_flight", "Requests being handled now.", registry=r)
+        self.model_info = Gauge(
+            "tsm_model_info", "Loaded models (value 1).", ["name", "version", "arch", "segments", "device", "dtype"],
+            registry=r,
+        )  # fmt: skip
+        self.ready = Gauge("tsm_ready", "1 when models are warm and the server is not draining.", registry=r)
+        self.device_memory = Gauge("tsm_device_memory_bytes", "CUDA memory of this process.", ["kind"], registry=r)

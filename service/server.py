@@ -1,0 +1,165 @@
+"""Composition root: model store → runner → batcher → classifier, plus readiness and drain.
+
+``Server`` owns every long-lived object of one process. The front doors (``service.api``) only
+read it; ``serve()`` in ``service.__main__`` is the only code that touches ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.batching import Batcher, BatchInfo
+from service.classifier import Classifier, LoadedModel
+from service.config import Settings
+from service.decode import DecodeLimits, default_spool_dir
+from service.decode_pool import DecodePool
+from service.errors import ErrorKind, ServiceError
+from service.metrics import Metrics
+from service.runner import Runner
+from service.store import StoreError, find_entries, load_entry
+
+log = logging.getLogger("tsm.server")
+
+
+class Server:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.classifier: Classifier | None = None
+        self.startup_error: str | None = None
+        self.draining = False
+        self._pool: DecodePool | None = None
+        self._runners: list[Runner] = []
+        self._spool_dir: Path | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.classifier is not None and not self.draining
+
+    def require_classifier(self) -> Classifier:
+        if self.draining:
+            raise ServiceError(ErrorKind.draining, "the server is shutting down; retry on another replica")
+        if self.classifier is None:
+            raise ServiceError(
+                ErrorKind.not_ready, "the server is still loading and warming up its models; retry shortly"
+            )
+        return self.classifier
+
+    async def start(self) -> None:
+        """Load every model, warm it up, start the batchers and the decode workers; then ready."""
+        try:
+            await self._start()
+        except (StoreError, ServiceError) as e:
+            self.startup_error = str(e)
+            log.error("start-up failed: %s", e)
+            raise
+        except Exception as e:
+            self.startup_error = repr(e)
+            log.exception("start-up failed")
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        found = find_entries(s.model_store)
+        wanted = s.models or sorted(found)
+        missing = [name for name in [*wanted, s.default_model] if name not in found]
+        if missing:
+            raise StoreError(
+                f"model(s) {', '.join(sorted(set(missing)))} not found in {s.model_store} "
+                f"(found: {', '.join(sorted(found)) or 'none'})"
+            )
+        if s.default_model not in wanted:
+            wanted.append(s.default_model)
+        models: dict[str, LoadedModel] = {}
+        for name in wanted:
+            t0 = time.monotonic()
+            entry = await asyncio.to_thread(load_entry, found[name])
+            c = entry.config
+            runner = Runner(entry.model, mean=c.mean, std=c.std, num_segments=c.num_segments,
+                            input_size=c.input_size, settings=s)  # fmt: skip
+            self._runners.append(runner)
+            await asyncio.to_thread(runner.warmup, s.max_batch_clips)
+            batcher = Batcher(runner, s, name=name, on_batch=self._batch_observer(name))
+            await batcher.start()
+            models[name] = LoadedModel(entry, batcher)
+            self.metrics.model_info.labels(
+                name,
+                c.version,
+                c.arch,
+                str(c.num_segments),
+                str(runner.device),
+                str(runner.dtype).removeprefix("torch."),
+            ).set(1)
+            log.info("model %s/%s ready on %s in %.1f s", name, c.version, runner.device, time.monotonic() - t0)
+        self._pool = DecodePool(DecodeLimits.from_settings(s), s.decode_worker_count(), s.decode_threads)
+        await self._pool.start()
+        self._spool_dir = default_spool_dir(s.spool_dir)
+        self.classifier = Classifier(models, s.default_model, self._pool, self._spool_dir, s, self.metrics)
+        self.metrics.ready.set(1)
+
+    def _batch_observer(self, name: str) -> Any:
+        clips = self.metrics.batch_clips.labels(name)
+        seconds = self.metrics.batch_duration.labels(name)
+
+        def observe(info: BatchInfo) -> None:
+            clips.observe(info.size)
+            seconds.observe(info.inference_s)
+
+        return observe
+
+    def refresh_gauges(self) -> None:
+        """Gauges read at scrape time rather than on every change."""
+        if self.classifier is not None:
+            for name, model in self.classifier.models.items():
+                self.metrics.queue_clips.labels(name).set(model.batcher.pending_clips)
+        if self._pool is not None:
+            for state, count in self._pool.stats().items():
+                self.metrics.decode_workers.labels(state).set(count)
+        if torch.cuda.is_available():
+            self.metrics.device_memory.labels("allocated").set(torch.cuda.memory_allocated())
+            self.metrics.device_memory.labels("reserved").set(torch.cuda.memory_reserved())
+
+    async def drain(self) -> None:
+        """Stop admitting work, let in-flight requests finish within the drain budget."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        if self.classifier is None:
+            return
+        self.classifier.accepting = False
+        budget_end = time.monotonic() + self.settings.drain_timeout_s
+        while self.classifier.in_flight and time.monotonic() < budget_end:
+            await asyncio.sleep(0.05)
+        if self.classifier.in_flight:
+            log.warning("drain budget spent with %d request(s) in flight", self.classifier.in_flight)
+
+    async def stop(self) -> None:
+        if self.classifier is not None:
+            for model in self.classifier.models.values():
+                await model.batcher.stop()
+        for runner in self._runners:
+            runner.close()
+        if self._pool is not None:
+            await self._pool.close()
+        if self._spool_dir is not None and self.settings.spool_dir is None:  # ours: a fresh dir per start
+            shutil.rmtree(self._spool_dir, ignore_errors=True)
+
+    def models_info(self) -> list[dict[str, Any]]:
+        if self.classifier is None:
+            return []
+        out = []
+        for name, model in sorted(self.classifier.models.items()):
+            c = model.entry.config
+            out.append({
+                "name": name, "version": c.version, "default": name == self.classifier.default_model,
+                "arch": c.arch, "num_segments": c.num_segments, "num_classes": c.num_classes,
+                "input_size": c.input_size, "scale_size": c.scale_size, "shift": c.shift,
+                "untrained": c.untrained, "source": c.source,
+            })  # fmt: skip
+        return out
