@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck unit clean
+.PHONY: install system-deps serve test lint typecheck unit clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -11,6 +11,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# promtool and prometheus (Debian package) check metrics, rules and config in the tests.
+system-deps:
+	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } \
+	  || echo "warning: install the Debian package 'prometheus' (promtool) for the observability tests"
 
 serve: install
 	$(VENV)/bin/tsm-serve serve
@@ -25,7 +30,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-unit: install
+unit: install system-deps
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit

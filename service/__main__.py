@@ -21,6 +21,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.logs import configure_logging
 from service.model.tsm import CheckpointError
 from service.store import StoreError, import_checkpoint
 
@@ -58,7 +59,7 @@ async def serve(settings: Settings) -> int:
     server = Server(settings)
     loop = asyncio.get_running_loop()
     config = uvicorn.Config(
-        create_app(server), host=settings.host, port=settings.http_port, lifespan="off",
+        create_app(server), host=settings.host, port=settings.http_port, lifespan="off", log_config=None,
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=_STOP_GRACE_S,
     )  # fmt: skip
     rpc = build_grpc_server(server, settings)
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.run(args))
         overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
         settings = Settings(**overrides)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(serve(settings))
     except (StoreError, CheckpointError) as e:
         print(f"tsm-serve: error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ answered with the top-k labels. Every failure is a :class:`ServiceError` from ``
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from service.metrics import Metrics
 from service.store import StoreEntry
 
 Sampling = Literal["uniform", "keyframes"]
+log = logging.getLogger("tsm.request")
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,13 @@ class Classifier:
     ) -> Classification:
         """Admit, receive the upload, decode, score, answer; records the request's metrics."""
         code = "ok"
+        timings: dict[str, float] = {}
         model_label = options.model or self.default_model
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
             admission = self._admit(options, timeout_s)
+            timings = admission.timings_ms
             try:
                 video = await self._receive(admission, upload)
                 result = await self._classify(admission, video, request_id)
@@ -145,7 +149,12 @@ class Classifier:
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(protocol, model_label if model_label in self.models else "", code).inc()
+            known_model = model_label if model_label in self.models else ""
+            self.metrics.requests.labels(protocol, known_model, code).inc()
+            log.info(
+                "request", extra={"request_id": request_id, "protocol": protocol, "model": known_model,
+                                  "outcome": code, "timings_ms": timings},
+            )  # fmt: skip
 
     def _admit(self, options: ClassifyOptions, timeout_s: float | None) -> Admission:
         """Cheap checks before any byte of the upload is read."""

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
 
     # --- lifecycle and logging
     drain_timeout_s: float = Field(default=30.0, ge=0, description="in-flight work may finish this long on SIGTERM")
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
 
     def decode_worker_count(self) -> int:
         return self.decode_workers or os.cpu_count() or 1
