@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is a field of ours.
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
+_STANDARD |= {"message", "asctime", "taskName", "color_message"}  # color_message: uvicorn's ANSI copy
 
 
 class JsonFormatter(logging.Formatter):
