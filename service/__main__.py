@@ -61,6 +61,7 @@ async def serve(settings: Settings) -> int:
     config = uvicorn.Config(
         create_app(server), host=settings.host, port=settings.http_port, lifespan="off", log_config=None,
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=_STOP_GRACE_S,
+        ssl_certfile=settings.http_tls_cert_file, ssl_keyfile=settings.http_tls_key_file,
     )  # fmt: skip
     rpc = build_grpc_server(server, settings)
     try:

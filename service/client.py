@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,11 +84,23 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     raise ClassifyError(response.status_code, code, message, float(retry) if retry else None)
 
 
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _tls(verify: bool | str) -> bool | ssl.SSLContext:
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+
+
 class Client:
     """Blocking client over HTTP."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0):
-        self._http = httpx.Client(base_url=url, timeout=timeout_s)
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout_s: float = 120.0, api_key: str | None = None,
+        verify: bool | str = True,
+    ):  # fmt: skip
+        """``api_key``: sent as ``Authorization: Bearer``; ``verify``: CA bundle path for an HTTPS server."""
+        self._http = httpx.Client(base_url=url, timeout=timeout_s, headers=_auth(api_key), verify=_tls(verify))
 
     def __enter__(self) -> Client:
         return self
@@ -117,8 +131,11 @@ class Client:
 class AsyncClient:
     """asyncio client over HTTP; share one across many concurrent ``classify`` calls."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 120.0):
-        self._http = httpx.AsyncClient(base_url=url, timeout=timeout_s)
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout_s: float = 120.0, api_key: str | None = None,
+        verify: bool | str = True,
+    ):  # fmt: skip
+        self._http = httpx.AsyncClient(base_url=url, timeout=timeout_s, headers=_auth(api_key), verify=_tls(verify))
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -151,7 +168,7 @@ class GrpcClient:
 
     def __init__(
         self, target: str = DEFAULT_GRPC_TARGET, timeout_s: float = 120.0, root_certificates: bytes | None = None,
-        chunk_bytes: int = 1 << 20,
+        chunk_bytes: int = 1 << 20, api_key: str | None = None,
     ):  # fmt: skip
         if root_certificates is None:
             self._channel = grpc.insecure_channel(target)
@@ -160,6 +177,7 @@ class GrpcClient:
         self._stub = pb_grpc.VideoClassifierStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout_s, self._chunk_bytes = timeout_s, chunk_bytes
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def __enter__(self) -> GrpcClient:
         return self
@@ -183,9 +201,8 @@ class GrpcClient:
             sampling=pb.SAMPLING_KEYFRAMES if sampling == "keyframes" else pb.SAMPLING_UNIFORM,
             filename="" if isinstance(video, bytes) else Path(video).name,
         )  # fmt: skip
-        kwargs: dict[str, Any] = {"timeout": timeout_s or self._timeout_s}
-        if request_id:
-            kwargs["metadata"] = (("x-request-id", request_id),)
+        metadata = self._metadata + ((("x-request-id", request_id),) if request_id else ())
+        kwargs: dict[str, Any] = {"timeout": timeout_s or self._timeout_s, "metadata": metadata}
         try:
             if stream is None:  # one message only for small bytes: it must fit the server's message limit
                 stream = not isinstance(video, bytes) or len(video) > self._chunk_bytes
@@ -211,7 +228,7 @@ class GrpcClient:
 
     def models(self) -> list[dict[str, Any]]:
         try:
-            answer = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout_s)
+            answer = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout_s, metadata=self._metadata)
         except grpc.RpcError as e:
             raise _grpc_error(e) from None
         return [_model_dict(m) for m in answer.models]
@@ -281,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", default=DEFAULT_URL, help=f"HTTP server address (default {DEFAULT_URL})")
     where.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC instead: files are streamed in chunks")
-    parser.add_argument("--ca-cert", type=Path, help="with --grpc: PEM CA certificate of a TLS server")
+    parser.add_argument("--ca-cert", type=Path, help="PEM CA certificate of a TLS (HTTPS or gRPC) server")
+    parser.add_argument("--api-key", default=os.environ.get("TSM_API_KEY"), help="API key (default: $TSM_API_KEY)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--model", help="model name (default: the server's default)")
     parser.add_argument("--clips", type=int, default=1)
@@ -292,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     if args.grpc:
         root = args.ca_cert.read_bytes() if args.ca_cert else None
-        client: Client | GrpcClient = GrpcClient(args.grpc, root_certificates=root)
+        client: Client | GrpcClient = GrpcClient(args.grpc, root_certificates=root, api_key=args.api_key)
     else:
-        client = Client(args.url)
+        client = Client(args.url, api_key=args.api_key, verify=str(args.ca_cert) if args.ca_cert else True)
     with client:
         for path in args.files:
             try:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     )
     grpc_tls_cert_file: Path | None = Field(default=None, description="PEM certificate: serve gRPC over TLS")
     grpc_tls_key_file: Path | None = Field(default=None, description="PEM private key for grpc_tls_cert_file")
+
+    http_tls_cert_file: Path | None = Field(default=None, description="PEM certificate: serve HTTPS")
+    http_tls_key_file: Path | None = Field(default=None, description="PEM private key for http_tls_cert_file")
+
+    # --- auth
+    api_keys: list[SecretStr] = Field(default_factory=list, description="accepted API keys (JSON list); empty: no auth")
+    auth_public_probes: bool = Field(
+        default=True, description="health, readiness, metrics, gRPC health and reflection need no key"
+    )
 
     # --- models
     model_store: Path = Field(default=Path("model_store"), description="folder of <name>/<version>/model.json")
@@ -65,6 +74,14 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, ge=0, description="in-flight work may finish this long on SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        for proto in ("http", "grpc"):
+            cert, key = getattr(self, f"{proto}_tls_cert_file"), getattr(self, f"{proto}_tls_key_file")
+            if (cert is None) != (key is None):
+                raise ValueError(f"set both {proto}_tls_cert_file and {proto}_tls_key_file, or neither")
+        return self
 
     def decode_worker_count(self) -> int:
         return self.decode_workers or os.cpu_count() or 1

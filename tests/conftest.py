@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,7 +51,9 @@ class ServerProcess:
     def __init__(self, store: Path, **settings: object):
         self.http_port = free_port()
         self.grpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        cert = settings.get("http_tls_cert_file")
+        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.http_port}"
+        self.verify: bool | ssl.SSLContext = ssl.create_default_context(cafile=str(cert)) if cert else True
         env = {**os.environ, "TSM_HOST": "127.0.0.1", "TSM_HTTP_PORT": str(self.http_port),
                "TSM_GRPC_PORT": str(self.grpc_port), "TSM_MODEL_STORE": str(store), "TSM_DEFAULT_MODEL": "tiny",
                "TSM_DECODE_WORKERS": "2", "TSM_LOG_LEVEL": "WARNING"}  # fmt: skip
@@ -67,7 +70,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

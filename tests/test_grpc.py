@@ -353,7 +353,7 @@ def test_a_taken_port_or_half_tls_settings_fail_the_start(tiny_store: Path, tmp_
         done = start("--grpc-port", str(taken.getsockname()[1]))
     assert done.returncode == 1 and "tsm-serve: error: gRPC on 127.0.0.1" in done.stderr, done.stderr
     half = start("--grpc-port", "0", "--grpc-tls-cert-file", str(tmp_path / "cert.pem"))
-    assert half.returncode == 1 and "grpc_tls_key_file" in half.stderr, half.stderr
+    assert half.returncode == 2 and "grpc_tls_key_file" in half.stderr, half.stderr
 
 
 def test_sigterm_drains_grpc_and_http_together(tiny_store: Path, clip: Path) -> None:

@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
+from service.auth import ApiKeys
 from service.classifier import Classification, ClassifyOptions, Sampling
 from service.config import MiB, Settings
 from service.errors import ErrorKind, ServiceError
@@ -208,15 +209,57 @@ def max_message_bytes(settings: Settings) -> int:
     return settings.grpc_max_message_bytes or settings.max_upload_bytes + MiB
 
 
+class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses RPCs without an accepted key (metadata ``authorization: Bearer <key>`` or ``x-api-key``),
+    before the handler reads a byte; health and reflection stay open when probes are public."""
+
+    def __init__(self, keys: ApiKeys, public_probes: bool):
+        self._keys = keys
+        self._public = ("/grpc.health.v1.Health/", "/grpc.reflection.") if public_probes else ()
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:  # fmt: skip
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(self._public):
+            return handler
+        metadata = {k: v for k, v in details.invocation_metadata or () if isinstance(v, str)}
+        try:
+            self._keys.check(metadata.get("authorization"), metadata.get("x-api-key"))
+        except ServiceError as e:
+            return _refusing_handler(handler, e)
+        return handler
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that only answers ``error``."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(error.kind.grpc_status, error.message, trailing_metadata=(("tsm-error-code", error.code),))
+
+    serializers = {"request_deserializer": handler.request_deserializer,
+                   "response_serializer": handler.response_serializer}  # fmt: skip
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse, **serializers)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse, **serializers)
+    return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
+
+
 def build_grpc_server(server: Server, settings: Settings) -> GrpcFrontDoor:
     """The server with every servicer registered; binds no port (``serve()`` does)."""
     limit = max_message_bytes(settings)
+    keys = ApiKeys(settings.api_keys)
     rpc = grpc.aio.server(
+        interceptors=[_ApiKeyInterceptor(keys, settings.auth_public_probes)] if keys.enabled else None,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),  # a port already in use must fail the start, not be shared
-        ]
+        ],
     )
     pb_grpc.add_VideoClassifierServicer_to_server(VideoClassifierServicer(server), rpc)
     health = health_aio.HealthServicer()

@@ -9,9 +9,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from python_multipart.exceptions import MultipartParseError
@@ -19,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service.auth import ApiKeys
 from service.classifier import Classification, ClassifyOptions
 from service.errors import ErrorKind, ServiceError
 from service.server import Server
@@ -226,6 +228,20 @@ def _timeout(header: float | None, timeout_ms: int | None) -> float | None:
     return header
 
 
+# -------------------------------------------------------------------------------------- auth
+# Declared as security schemes so OpenAPI shows them; the check itself is ApiKeys, shared with gRPC.
+_BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+async def _require_key(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    api_key: Annotated[str | None, Depends(_API_KEY)],
+) -> None:
+    request.app.state.api_keys.check(request.headers.get("authorization"), api_key)
+
+
 # ------------------------------------------------------------------------------------ routes
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(
@@ -234,9 +250,16 @@ def create_app(server: Server) -> FastAPI:
         description="Video action recognition with the Temporal Shift Module (TSM).",
     )
 
+    keys = app.state.api_keys = ApiKeys(server.settings.api_keys)
+    guarded = [Depends(_require_key)] if keys.enabled else []
+    probe_guard = [] if server.settings.auth_public_probes else guarded
+    auth_errors = (401,) if keys.enabled else ()
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         response = error_response(exc.kind, exc.message, exc.retry_after_s)
+        if exc.kind is ErrorKind.unauthenticated:
+            response.headers["WWW-Authenticate"] = "Bearer"
         if rid := getattr(request.state, "request_id", None):
             response.headers["X-Request-ID"] = rid
         return response
@@ -261,7 +284,8 @@ def create_app(server: Server) -> FastAPI:
     @app.post(
         "/classify",
         response_model=ClassifyResponse,
-        responses=_errors(400, 404, 413, 415, 422, 429, 500, 503, 504),
+        responses=_errors(400, *auth_errors, 404, 413, 415, 422, 429, 500, 503, 504),
+        dependencies=guarded,
         openapi_extra=_UPLOAD_BODY,
         summary="Classify the actions in a video",
     )
@@ -289,29 +313,31 @@ def create_app(server: Server) -> FastAPI:
         body = _response(result).model_dump(mode="json")
         return JSONResponse(body, headers={"X-Request-ID": request_id})
 
-    @app.get("/v1/models", response_model=ModelsResponse)
+    @app.get("/v1/models", response_model=ModelsResponse, responses=_errors(*auth_errors), dependencies=guarded)
     async def list_models() -> dict[str, Any]:
         return {"models": server.models_info()}
 
-    @app.get("/v1/models/{name}", response_model=ModelOut, responses=_errors(404))
+    @app.get("/v1/models/{name}", response_model=ModelOut, responses=_errors(*auth_errors, 404), dependencies=guarded)
     async def get_model(name: str) -> dict[str, Any]:
         for info in server.models_info():
             if info["name"] == name:
                 return info
         raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; see GET /v1/models")
 
-    @app.get("/healthz", summary="Liveness: the process answers")
+    @app.get("/healthz", summary="Liveness: the process answers", dependencies=probe_guard)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+    @app.get(
+        "/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}, dependencies=probe_guard
+    )
     async def readyz() -> JSONResponse:
         if server.ready:
             return JSONResponse({"ready": True, "reason": ""})
         reason = "draining" if server.draining else (server.startup_error or "loading and warming up models")
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=probe_guard)
     async def metrics() -> Response:
         server.refresh_gauges()
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
