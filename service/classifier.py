@@ -19,11 +19,12 @@ import numpy as np
 
 from service.batching import Batcher, Reservation
 from service.config import Settings
-from service.decode import SamplingSpec, VideoFacts, spool_upload
+from service.decode import SamplingSpec, VideoFacts
 from service.decode_pool import DecodePool
 from service.errors import ErrorKind, ServiceError
 from service.metrics import Metrics
 from service.store import StoreEntry
+from service.uploads import spool_upload
 
 Sampling = Literal["uniform", "keyframes"]
 log = logging.getLogger("tsm.request")

@@ -1,4 +1,4 @@
-"""Video decoding: spool, probe, sample, decode only the sampled frames, resize, crop.
+"""Video decoding: probe, sample, decode only the sampled frames, resize, crop.
 
 ``decode_file`` runs in-process (decode workers call it; so can training code). Hostile uploads are
 decoded in worker processes (``service.decode_pool``), never in the server process. The rules:
@@ -13,13 +13,9 @@ decoded in worker processes (``service.decode_pool``), never in the server proce
 
 from __future__ import annotations
 
-import atexit
 import bisect
-import errno
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -469,55 +465,3 @@ def _pyav_frames(
             if len(got) == len(wanted):
                 break
     return got
-
-
-# --- spooling ---------------------------------------------------------------------------------
-
-
-def default_spool_dir(settings_spool_dir: Path | None, min_free_bytes: int = 512 * MiB) -> Path:
-    """A private (0700) directory for uploads: ``settings_spool_dir`` if set, else a fresh one under
-    /dev/shm (RAM; skipped when small, as Docker's 64 MB default) or the system temp dir."""
-    if settings_spool_dir is not None:
-        settings_spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return settings_spool_dir
-    base = Path(tempfile.gettempdir())
-    shm = Path("/dev/shm")
-    try:
-        st = os.statvfs(shm)
-        if os.access(shm, os.W_OK | os.X_OK) and st.f_bavail * st.f_frsize >= min_free_bytes:
-            base = shm
-    except OSError:
-        pass
-    directory = Path(tempfile.mkdtemp(prefix="tsm-spool-", dir=base))
-    atexit.register(shutil.rmtree, directory, True)
-    return directory
-
-
-async def spool_upload(chunks: AsyncIterable[bytes], directory: Path, max_bytes: int) -> Path:
-    """Writes the upload to a new private file (0600, no extension: ffmpeg must not guess the
-    format from a name we chose). Enforces ``max_bytes`` while reading. The caller deletes it."""
-    fd, name = tempfile.mkstemp(prefix="upload-", dir=directory)
-    total = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            async for chunk in chunks:
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ServiceError(
-                        ErrorKind.too_large,
-                        f"The upload is larger than {max_bytes} bytes. Send a shorter or smaller video.",
-                    )
-                f.write(chunk)
-        if total == 0:
-            raise ServiceError(ErrorKind.empty_upload, "The upload is empty: send the video file's bytes.")
-    except OSError as exc:
-        os.unlink(name)
-        if exc.errno == errno.ENOSPC:
-            raise ServiceError(
-                ErrorKind.overloaded, "The server is short of space for uploads; retry shortly.", 5.0
-            ) from exc
-        raise
-    except BaseException:
-        os.unlink(name)
-        raise
-    return Path(name)

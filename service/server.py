@@ -18,12 +18,13 @@ import torch
 from service.batching import Batcher, BatchInfo
 from service.classifier import Classifier, LoadedModel
 from service.config import Settings
-from service.decode import DecodeLimits, default_spool_dir
+from service.decode import DecodeLimits
 from service.decode_pool import DecodePool
 from service.errors import ErrorKind, ServiceError
 from service.metrics import Metrics
 from service.runner import Runner
 from service.store import StoreError, find_entries, load_entry
+from service.uploads import default_spool_dir
 
 log = logging.getLogger("tsm.server")
 

@@ -10,8 +10,7 @@ import asyncio
 import json
 import os
 import signal
-import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,8 @@ from service.decode import (
     SamplingSpec,
     crop_offsets,
     decode_file,
-    default_spool_dir,
     sample_indices,
     scaled_size,
-    spool_upload,
 )
 from service.decode_pool import DecodePool
 from service.errors import ServiceError
@@ -404,57 +401,6 @@ def test_settings_map_onto_limits() -> None:
     limits = DecodeLimits.from_settings(settings)
     assert (limits.timeout_s, limits.memory_mb, limits.max_duration_s) == (3.0, 1024, 60.0)
     assert limits.max_frame_pixels == settings.max_frame_pixels
-
-
-# --- spooling ---------------------------------------------------------------------------------
-
-
-async def chunks_of(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
-
-
-def test_spool_writes_a_private_file(tmp_path: Path) -> None:
-    data = (SAMPLES / "hardware-example_h264_10frames.mp4").read_bytes()
-    path = asyncio.run(spool_upload(chunks_of(data), tmp_path, max_bytes=len(data)))
-    try:
-        assert path.parent == tmp_path and path.suffix == ""
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert path.read_bytes() == data
-        assert decode_file(path, SMALL, LIMITS).facts.frames == 10
-    finally:
-        path.unlink()
-
-
-def test_spool_stops_reading_past_the_limit_and_leaves_nothing(tmp_path: Path) -> None:
-    read = 0
-
-    async def endless() -> AsyncIterator[bytes]:
-        nonlocal read
-        while True:
-            read += 1
-            yield b"x" * 1000
-
-    with pytest.raises(ServiceError) as info:
-        asyncio.run(spool_upload(endless(), tmp_path, max_bytes=10_000))
-    assert info.value.code == "too_large"
-    assert read == 11
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_spool_refuses_an_empty_upload(tmp_path: Path) -> None:
-    with pytest.raises(ServiceError) as info:
-        asyncio.run(spool_upload(chunks_of(b""), tmp_path, max_bytes=100))
-    assert info.value.code == "empty_upload"
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_default_spool_dir_is_private(tmp_path: Path) -> None:
-    directory = default_spool_dir(None)
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert directory != default_spool_dir(None)  # one per call: unique, never shared
-    chosen = default_spool_dir(tmp_path / "spool")
-    assert chosen == tmp_path / "spool" and stat.S_IMODE(chosen.stat().st_mode) == 0o700
 
 
 # --- the worker pool --------------------------------------------------------------------------

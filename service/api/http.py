@@ -15,8 +15,6 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -24,6 +22,7 @@ from service.auth import ApiKeys
 from service.classifier import Classification, ClassifyOptions
 from service.errors import ErrorKind, ServiceError
 from service.server import Server
+from service.uploads import multipart_file
 
 log = logging.getLogger("tsm.http")
 RAW_TYPES = ("application/octet-stream",)
@@ -132,69 +131,6 @@ def error_response(kind: ErrorKind, message: str, retry_after_s: float | None = 
 
 
 # ----------------------------------------------------------------------------------- uploads
-class _FileField:
-    """Callbacks for python-multipart's streaming parser that keep the bytes of field ``file`` only."""
-
-    def __init__(self) -> None:
-        self.pending: list[bytes] = []
-        self.seen = False
-        self._in_file = False
-        self._headers: dict[bytes, bytes] = {}
-        self._name = b""
-        self._value = b""
-
-    def callbacks(self) -> Any:
-        return {
-            "on_header_field": self._header_field, "on_header_value": self._header_value,
-            "on_header_end": self._header_end, "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data, "on_part_end": self._part_end,
-        }  # fmt: skip
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._name += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _header_end(self) -> None:
-        self._headers[self._name.lower()] = self._value
-        self._name, self._value = b"", b""
-
-    def _headers_finished(self) -> None:
-        _, disposition = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._in_file = disposition.get(b"name") == b"file" and not self.seen  # the first 'file' field only
-        self.seen = self.seen or self._in_file
-        self._headers = {}
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._in_file:
-            self.pending.append(data[start:end])
-
-    def _part_end(self) -> None:
-        self._in_file = False
-
-
-async def _multipart_file(request: Request, content_type: str) -> AsyncIterator[bytes]:
-    """Stream the bytes of the multipart field ``file`` as they arrive (nothing is buffered whole)."""
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise ServiceError(ErrorKind.bad_request, "multipart upload without a boundary")
-    field = _FileField()
-    parser = MultipartParser(boundary, field.callbacks())
-    async for chunk in _body(request):
-        try:
-            parser.write(chunk)
-        except MultipartParseError as e:
-            raise ServiceError(ErrorKind.bad_request, "malformed multipart body") from e
-        for piece in field.pending:
-            yield piece
-        field.pending.clear()
-    parser.finalize()
-    if not field.seen:
-        raise ServiceError(ErrorKind.bad_request, "the multipart upload has no field named 'file'")
-
-
 async def _body(request: Request) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.stream():
@@ -212,7 +148,7 @@ def _upload(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
     if length is not None and length.isdigit() and int(length) > max_bytes + 64 * 1024:  # multipart framing
         raise ServiceError(ErrorKind.too_large, f"the upload is larger than the limit of {max_bytes} bytes")
     if media == "multipart/form-data":
-        return _multipart_file(request, content_type)
+        return multipart_file(_body(request), content_type)
     if media.startswith("video/") or media in RAW_TYPES:
         return _body(request)
     raise ServiceError(
