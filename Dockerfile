@@ -1,0 +1,63 @@
+# tsm-serve image. GPU (the default base, CUDA build of PyTorch):
+#   docker build -t tsm-serve:gpu .
+# CPU only (slim Python, torch from PyTorch's CPU wheel index, no multi-GB CUDA libraries):
+#   docker build -t tsm-serve:cpu --build-arg BASE_IMAGE=python:3.11-slim \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+# Run: docker run --gpus all -p 8000:8000 -p 50051:50051 tsm-serve:gpu
+# Other models: mount a store over the baked one: -v /srv/models:/opt/tsm/model_store:ro
+ARG BASE_IMAGE=pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+# Set for a base image without torch: torch is installed from this index first.
+ARG TORCH_INDEX_URL=""
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /opt/tsm
+
+RUN if [ -n "${TORCH_INDEX_URL}" ]; then pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.3"; fi
+
+# Dependencies first, from pyproject alone (an empty package stands in for the code), so a code
+# change does not reinstall grpcio, av and decord. torch is already there and is kept.
+COPY pyproject.toml README.md /opt/tsm/src/
+RUN mkdir -p /opt/tsm/src/service \
+    && touch /opt/tsm/src/service/__init__.py \
+    && pip install /opt/tsm/src \
+    && pip uninstall -y tsm-serve
+
+COPY service /opt/tsm/src/service
+RUN pip install --no-deps /opt/tsm/src \
+    && rm -rf /opt/tsm/src \
+    && python -c "import torch, decord, av, service.__main__"
+
+# Baked-in models; a volume mounted here replaces them.
+COPY model_store /opt/tsm/model_store
+
+# Numeric uid/gid, so Kubernetes' runAsNonRoot can verify it. The code and models stay root-owned:
+# the server cannot change them.
+RUN groupadd --system --gid 10001 tsm \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tsm
+USER 10001:10001
+
+# HOME=/tmp: caches (torch, CUDA kernels) land on the one writable path when the root filesystem
+# is read-only. Uploads spool under /tmp too unless TSM_SPOOL_DIR says otherwise.
+ENV HOME=/tmp \
+    TSM_HOST=0.0.0.0 \
+    TSM_HTTP_PORT=8000 \
+    TSM_GRPC_PORT=50051 \
+    TSM_MODEL_STORE=/opt/tsm/model_store
+
+EXPOSE 8000 50051
+
+# Liveness only (the process answers); /readyz gates traffic in Kubernetes. Python, not curl:
+# slim bases have no curl. HTTPS when the server serves it (loopback: no certificate check).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, ssl, urllib.request as u; tls = bool(os.environ.get('TSM_HTTP_TLS_CERT_FILE')); u.urlopen('%s://127.0.0.1:%s/healthz' % ('https' if tls else 'http', os.environ.get('TSM_HTTP_PORT', '8000')), timeout=4, context=ssl._create_unverified_context() if tls else None)"]
+
+# Exec form: tsm-serve is PID 1 and gets SIGTERM itself, which starts the drain.
+ENTRYPOINT ["tsm-serve"]
+CMD ["serve"]

