@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a lent GPU, inside 8 minutes: model-only clips/s of ResNet-50 and MobileNetV2
 # TSM (8x224²) at batch 1..128 in fp32/fp16/bf16, ± channels_last, ± CUDA graphs / torch.compile,
-# then the batcher + runner under load at concurrency 1..64 (batching off vs on). Prints the
-# tables and appends them, with the card's name, to bench/RESULTS.md.
+# then the batcher + runner under load at concurrency 1..64 (batching off vs on), then the whole
+# service over HTTP (bench/e2e.py --quick). Prints the tables and appends them, with the card's
+# name, to bench/RESULTS.md.
 #
 #   bench/gpu.sh                 # the full run (needs CUDA)
 #   bench/gpu.sh --budget-s 200  # extra flags go to bench/gpu_bench.py (see --help)
@@ -18,5 +19,11 @@ case "${1:-}" in
 esac
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "bench/gpu.sh: no CUDA device visible to torch")'
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
-# The script stops starting new work after --budget-s (420 s); SIGINT at 470 s keeps what was measured.
-exec timeout --signal=INT --kill-after=20 470 "$PY" -m bench.gpu_bench --device cuda --results bench/RESULTS.md "$@"
+# Model-only and in-process serving: stops starting new work after --budget-s; SIGINT keeps what was measured.
+timeout --signal=INT --kill-after=20 330 "$PY" -m bench.gpu_bench --device cuda --budget-s 280 \
+  --results bench/RESULTS.md "$@" || true
+# The whole service over HTTP on this GPU (decode workers on the host's cores), default vs naive.
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 || echo "unknown GPU")
+printf '\n## Whole service over HTTP on %s (bench/e2e.py --quick), %s\n' "$card" "$(date -u +%F)" >> bench/RESULTS.md
+TSM_DEVICE=cuda timeout --signal=INT --kill-after=20 150 "$PY" -m bench.e2e --quick --seconds 130 \
+  --results bench/RESULTS.md

@@ -13,8 +13,8 @@ Sections, in order, each cut short when the time budget (``--budget-s``) runs lo
 4. model-only with ``torch.compile`` (float16, channels_last, two batch sizes: compiles are slow).
 
 "Model-only" times launch + forward + logits back for frames already on the device (the
-runner's own path: normalise on device, autocast, channels_last). TODO(lead): once the HTTP
-server exists, add the whole-service load (bench/load generator against ``/classify``) here.
+runner's own path: normalise on device, autocast, channels_last). The whole service over HTTP
+is measured after this script by ``bench/gpu.sh`` (``bench/e2e.py --quick``).
 """
 
 from __future__ import annotations

@@ -76,6 +76,7 @@ async def serve(settings: Settings) -> int:
     async def shut_down() -> None:
         await rpc.drain()
         await server.drain()
+        await server.abort_in_flight()  # budget spent: answer what is left with 503 draining, not a 500
         web.should_exit = True
 
     def on_signal() -> None:

@@ -42,14 +42,10 @@ from types import TracebackType
 import numpy as np
 
 from service.config import Settings
-from service.errors import ErrorKind, ServiceError
+from service.errors import ErrorKind, ServiceError, shutting_down
 from service.runner import Runner, Staged
 
 log = logging.getLogger(__name__)
-
-
-def _draining() -> ServiceError:
-    return ServiceError(ErrorKind.draining, "the server is shutting down; retry elsewhere")
 
 
 @dataclass
@@ -192,7 +188,7 @@ class Batcher:
         self._stopping = True
         if not drain:
             for req in list(self._waiting):
-                self._fail(req, _draining())
+                self._fail(req, shutting_down())
         if self._wakeup is not None:
             self._wakeup.set()
         if self._task is not None:
@@ -203,7 +199,7 @@ class Batcher:
     # ------------------------------------------------------------------------- the requests
     def reserve(self, clips: int) -> Reservation:
         if self._stopping:
-            raise _draining()
+            raise shutting_down()
         if clips > self.max_queue:
             raise ServiceError(
                 ErrorKind.bad_request, f"the request needs {clips} clips; this server takes at most {self.max_queue}"
@@ -224,7 +220,7 @@ class Batcher:
         if self._task is None or self._loop is None:
             raise ServiceError(ErrorKind.not_ready, f"model {self.name!r} is not started")
         if self._stopping:
-            raise _draining()
+            raise shutting_down()
         self.runner.check_clips(frames)
         if reservation.batcher is not self or reservation.released or not 0 < len(frames) <= reservation.clips:
             raise ValueError(f"{len(frames)} clips do not fit reservation {reservation.id} of {reservation.clips}")

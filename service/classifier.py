@@ -7,13 +7,14 @@ answered with the top-k labels. Every failure is a :class:`ServiceError` from ``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from service.batching import Batcher, Reservation
 from service.config import Settings
 from service.decode import SamplingSpec, VideoFacts
 from service.decode_pool import DecodePool
-from service.errors import ErrorKind, ServiceError
+from service.errors import ErrorKind, ServiceError, shutting_down
 from service.metrics import Metrics
 from service.store import StoreEntry
 from service.uploads import spool_upload
@@ -99,6 +100,14 @@ class Classifier:
         self.metrics = metrics
         self.accepting = True  # false while draining
         self.in_flight = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._aborting = False
+
+    def abort_in_flight(self) -> None:
+        """Ends every running request with ``draining`` (the drain budget is spent)."""
+        self._aborting = True
+        for task in self._tasks:
+            task.cancel()
 
     def resolve(self, name: str | None) -> LoadedModel:
         model = self.models.get(name or self.default_model)
@@ -130,6 +139,9 @@ class Classifier:
         model_label = options.model or self.default_model
         self.in_flight += 1
         self.metrics.in_flight.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             admission = self._admit(options, timeout_s)
             timings = admission.timings_ms
@@ -144,10 +156,20 @@ class Classifier:
         except ServiceError as e:
             code = e.code
             raise
+        except asyncio.CancelledError:
+            if not self._aborting or task is None:
+                code = "cancelled_or_internal"
+                raise
+            if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is answered, not pending
+                task.uncancel()
+            code = ErrorKind.draining.value
+            raise shutting_down() from None
         except BaseException:
             code = "cancelled_or_internal"
             raise
         finally:
+            if task is not None:
+                self._tasks.discard(task)
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             known_model = model_label if model_label in self.models else ""
@@ -161,7 +183,7 @@ class Classifier:
         """Cheap checks before any byte of the upload is read."""
         if not self.accepting:
             self.metrics.rejected.labels("draining").inc()
-            raise ServiceError(ErrorKind.draining, "the server is shutting down; retry on another replica")
+            raise shutting_down()
         model = self.resolve(options.model)
         self.check_options(options, model)
         if timeout_s is not None and not 0 < timeout_s <= 3600:

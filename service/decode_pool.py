@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from service.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, MiB, SamplingSpec, VideoFacts
-from service.errors import ErrorKind, ServiceError
+from service.errors import ErrorKind, ServiceError, shutting_down
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class DecodePool:
             while not self._queue.empty():
                 job = self._queue.get_nowait()
                 if not job.future.done():
-                    job.future.set_exception(ServiceError(ErrorKind.draining, "The server is shutting down."))
+                    job.future.set_exception(shutting_down())
         await asyncio.gather(*(self._stop(slot) for slot in self._slots))
         self._threads.shutdown(wait=True)
 
@@ -177,7 +177,7 @@ class DecodePool:
                 result: DecodedVideo | ServiceError = await self._run(slot, job)
             except asyncio.CancelledError:
                 if not job.future.done():
-                    job.future.set_exception(ServiceError(ErrorKind.draining, "The server is shutting down."))
+                    job.future.set_exception(shutting_down())
                 raise
             except Exception:  # a bug of ours: the request fails, the pool goes on
                 log.exception("decode pool error")

@@ -77,3 +77,8 @@ class ServiceError(Exception):
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code!r}, {self.message!r})"
+
+
+def shutting_down() -> ServiceError:
+    """The one answer to work that arrives, or is still running, while the server shuts down."""
+    return ServiceError(ErrorKind.draining, "the server is shutting down; retry on another replica")

@@ -20,7 +20,7 @@ from service.classifier import Classifier, LoadedModel
 from service.config import Settings
 from service.decode import DecodeLimits
 from service.decode_pool import DecodePool
-from service.errors import ErrorKind, ServiceError
+from service.errors import ErrorKind, ServiceError, shutting_down
 from service.metrics import Metrics
 from service.runner import Runner
 from service.store import StoreError, find_entries, load_entry
@@ -46,7 +46,7 @@ class Server:
 
     def require_classifier(self) -> Classifier:
         if self.draining:
-            raise ServiceError(ErrorKind.draining, "the server is shutting down; retry on another replica")
+            raise shutting_down()
         if self.classifier is None:
             raise ServiceError(
                 ErrorKind.not_ready, "the server is still loading and warming up its models; retry shortly"
@@ -139,6 +139,17 @@ class Server:
             await asyncio.sleep(0.05)
         if self.classifier.in_flight:
             log.warning("drain budget spent with %d request(s) in flight", self.classifier.in_flight)
+
+    async def abort_in_flight(self, grace_s: float = 2.0) -> None:
+        """After the drain budget: answer every request still in flight with ``draining`` (HTTP
+        503 JSON, gRPC UNAVAILABLE) while the front doors can still send it, instead of letting the
+        servers' own shutdown cancel them into bare 500s / CANCELLED."""
+        if self.classifier is None or not self.classifier.in_flight:
+            return
+        self.classifier.abort_in_flight()
+        end = time.monotonic() + grace_s
+        while self.classifier.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self.classifier is not None:

@@ -1,0 +1,285 @@
+"""End to end: our default configuration against a naive one of our own server, over HTTP.
+
+    bench/e2e.sh                                   # the full run (~7-15 min on 2 cores)
+    bench/e2e.sh --quick                           # a smoke run (a few minutes)
+    bench/e2e.sh --results bench/RESULTS.md        # append the tables to RESULTS.md
+
+Two server processes start side by side on loopback (same model store, same decode workers):
+``default`` (our defaults: batches of up to 16 clips, 10 ms delay) and ``naive`` (batching off:
+``TSM_MAX_BATCH_CLIPS=1``, one request = one forward pass). Only one is loaded at a time; cells
+alternate which goes first, so drifting background load on a shared machine hits both alike.
+
+Each cell is a closed loop at concurrency c ∈ {1, 4, 16, 64} of multipart uploads, round-robin
+over a preloaded mix of 320×240, 640×360 and 1280×720 H.264 clips (moving shapes over a panning
+texture, a keyframe every 2 s, see ``bench.decode.make_clip``), for two models: the bundled
+default model (MobileNetV2 TSM ×0.5 at 8×112²) and an untrained MobileNetV2 TSM ×1.0 at 8×224²
+(400 classes, He-initialised with calibrated BatchNorm). Alongside: per-stage server timings,
+decode-worker busy fraction (``/metrics``), mean batch size, server and machine CPU use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.decode import make_clip  # noqa: E402
+from bench.load import HttpTarget, Record, Sampler, closed_loop, load_average, load_videos, metric, summarize  # noqa: E402
+from tests.conftest import ServerProcess  # noqa: E402
+
+DEFAULT_MODEL = "tsm_mobilenetv2_synthetic_motion"
+BIG_MODEL = "mbv2_224"
+CONFIGS: dict[str, dict[str, object]] = {"default": {}, "naive": {"max_batch_clips": 1}}
+SIZES = ((320, 240), (640, 360), (1280, 720))
+
+
+def make_videos(directory: Path, seconds: int) -> list[Path]:
+    """The clip mix, encoded once and cached (encoding 720p takes a while on 2 cores)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for w, h in SIZES:
+        path = directory / f"shapes_{w}x{h}_{seconds}s.mp4"
+        if not path.exists():
+            tmp = path.with_suffix(".part.mp4")
+            make_clip(tmp, w, h, seconds)
+            tmp.rename(path)
+        paths.append(path)
+    return paths
+
+
+def make_store(directory: Path) -> Path:
+    """The default entry (copied) plus a MobileNetV2 TSM at 8×224² with random weights."""
+    from service.store import write_random_entry
+
+    store = directory / "store"
+    shutil.copytree(ROOT / "model_store" / DEFAULT_MODEL, store / DEFAULT_MODEL)
+    labels = (ROOT / "model_store" / "labels" / "kinetics400.txt").read_text().split("\n")
+    labels = [label for label in labels if label.strip()]
+    write_random_entry(store, name=BIG_MODEL, labels=labels, width_mult=1.0, input_size=224, scale_size=256)
+    return store
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return metric(text, "tsm_batch_clips_count", model=model), metric(text, "tsm_batch_clips_sum", model=model)
+
+
+@dataclass
+class Tally:
+    """One configuration's share of a cell, summed over its rounds."""
+
+    records: list[Record] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    batches: float = 0.0
+    clips: float = 0.0
+    rounds: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (seconds, profile)
+
+    def report(self) -> dict[str, Any]:
+        out = summarize(self.records, self.elapsed_s)
+        out["mean_batch"] = round(self.clips / self.batches, 2) if self.batches else None
+        out["round_videos_per_s"] = [round(p["videos_per_s"], 2) for _, p in self.rounds]
+        profile: dict[str, Any] = {}
+        for key in ("decode_busy_fraction", "server_cpu_cores", "machine_cpu_util"):
+            pairs = [(t, p[key]) for t, p in self.rounds if p.get(key) is not None]
+            weight = sum(t for t, _ in pairs)
+            profile[key] = round(sum(t * v for t, v in pairs) / weight, 2) if weight else None
+        out["profile"] = profile
+        return out
+
+
+async def one_round(
+    server: ServerProcess, videos: list[Any], model: str, concurrency: int, requests: int, seconds: float, tally: Tally
+) -> None:
+    target = HttpTarget(server.url, concurrency, timeout_s=600, params={"top_k": 5, "model": model})
+    before = batch_stats(server.url, model)
+    try:
+        async with Sampler(server.url, server.proc.pid) as sampler:
+            records, elapsed = await closed_loop(target, videos, concurrency, requests, seconds)
+    finally:
+        await target.close()
+    after = batch_stats(server.url, model)
+    tally.records += records
+    tally.elapsed_s += elapsed
+    tally.batches += after[0] - before[0]
+    tally.clips += after[1] - before[1]
+    ok = sum(r.ok for r in records)
+    tally.rounds.append((elapsed, {**sampler.result, "videos_per_s": ok / elapsed if elapsed else 0.0}))
+
+
+async def warm_up(server: ServerProcess, videos: list[Any], model: str) -> None:
+    """Every clip once per decode worker: first decodes and first forward passes are slow."""
+    target = HttpTarget(server.url, 2, timeout_s=600, params={"model": model})
+    try:
+        await closed_loop(target, videos, 2, 2 * len(videos), 300)
+    finally:
+        await target.close()
+
+
+def machine() -> str:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.machine(),
+    )  # fmt: skip
+    return f"{os.cpu_count()}-core CPU ({model}), {platform.system()}"
+
+
+def fmt_s(ms: float) -> str:
+    return f"{ms / 1000:.2f}"
+
+
+def tables(results: list[dict[str, Any]], head: dict[str, Any]) -> str:
+    lines = [
+        f"## End to end (`bench/e2e.sh{head['flags']}`), {head['date']}, {head['machine']}",
+        "",
+        f"Load average {head['load_before']} before, {head['load_after']} after (other jobs share this machine). "
+        f"HTTP multipart, closed loop, {head['requests_note']}; mix of {', '.join(head['videos'])} round-robin. "
+        "naive = our server with `TSM_MAX_BATCH_CLIPS=1` (one request = one forward pass); both configurations "
+        "use the same decode pool (one worker per core). Latency in seconds.",
+        "",
+        "| model | c | default videos/s | naive videos/s | ratio | default p50 / p99 | naive p50 / p99 "
+        "| p99 ratio | mean batch default |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        d, n = r["default"], r["naive"]
+        ratio = d["videos_per_s"] / n["videos_per_s"] if n["videos_per_s"] else float("nan")
+        p99 = d["latency_ms"]["p99"] / n["latency_ms"]["p99"] if n["latency_ms"]["p99"] else float("nan")
+        lines.append(
+            f"| {r['label']} | {r['c']} | {d['videos_per_s']:.2f} | {n['videos_per_s']:.2f} | {ratio:.2f}x "
+            f"| {fmt_s(d['latency_ms']['p50'])} / {fmt_s(d['latency_ms']['p99'])} "
+            f"| {fmt_s(n['latency_ms']['p50'])} / {fmt_s(n['latency_ms']['p99'])} | {p99:.2f} | {d['mean_batch']} |"
+        )
+    lines += [
+        "",
+        "Profile of the same cells: mean server-reported stage times (ms), decode workers busy (share of "
+        "samples of `tsm_decode_workers`), CPU cores used by the server process tree (server + decode "
+        "workers), whole-machine CPU utilisation (includes other jobs), non-200 answers.",
+        "",
+        "| model | c | config | upload | decode | queue | inference | total | decode busy | server CPU cores "
+        "| machine CPU | videos/s per round | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        for name in CONFIGS:
+            x = r[name]
+            st = x["stages_ms"]
+            prof = x["profile"]
+            errors = {k: v for k, v in x["status_counts"].items() if k != "200"} or "-"
+            lines.append(
+                f"| {r['label']} | {r['c']} | {name} | "
+                + " | ".join(f"{st.get(s, {}).get('mean', float('nan')):.0f}" for s in STAGES)
+                + f" | {prof['decode_busy_fraction']} | {prof['server_cpu_cores']} | {prof['machine_cpu_util']} "
+                f"| {' / '.join(str(v) for v in x['round_videos_per_s'])} | {errors} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+STAGES = ("upload", "decode", "queue", "inference", "total")
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="tsm-e2e-"))
+    head: dict[str, Any] = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "load_before": load_average(),
+        "flags": " --quick" if args.quick else "",
+    }
+    paths = make_videos(args.video_dir, args.seconds)
+    videos = load_videos(paths)
+    head["videos"] = [f"{w}×{h}" for w, h in SIZES]
+    store = make_store(work)
+    models = [(DEFAULT_MODEL, "default (MobileNetV2 ×0.5, 8×112²)"), (BIG_MODEL, "MobileNetV2 ×1.0, 8×224²")]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    head["requests_note"] = (
+        f"max({args.min_requests}, {args.per_client}×c) requests per cell and configuration in {args.rounds} "
+        f"alternating rounds (no new request after {args.cell_seconds:g} s in a round), after a warm-up of every "
+        "clip twice; videos/s = all answers / all round time"
+    )
+    servers: dict[str, ServerProcess] = {}
+    results: list[dict[str, Any]] = []
+    try:
+        for name, settings in CONFIGS.items():
+            servers[name] = ServerProcess(store, default_model=DEFAULT_MODEL, decode_workers=0, **settings)
+        for model, label in models:
+            for name in CONFIGS:
+                await warm_up(servers[name], videos, model)
+            for i, c in enumerate(concurrencies):
+                requests = max(args.min_requests, args.per_client * c)
+                row: dict[str, Any] = {"model": model, "label": label, "c": c, "requests": requests}
+                tallies = {name: Tally() for name in CONFIGS}
+                t = time.monotonic()
+                # Short alternating rounds (AB, BA, AB, ...): background load on a shared machine
+                # drifts over minutes, and this spreads it over both configurations alike.
+                for r in range(args.rounds):
+                    order = list(CONFIGS) if (i + r) % 2 == 0 else list(reversed(CONFIGS))
+                    for name in order:
+                        per_round = max(c, requests // args.rounds)
+                        await one_round(servers[name], videos, model, c, per_round, args.cell_seconds, tallies[name])
+                for name in CONFIGS:
+                    row[name] = tallies[name].report()
+                print(
+                    f"{model} c={c}: "
+                    + ", ".join(
+                        f"{n} {row[n]['videos_per_s']:.2f} videos/s {row[n]['round_videos_per_s']} "
+                        f"p99 {row[n]['latency_ms']['p99']:.0f} ms {row[n]['status_counts']}"
+                        for n in CONFIGS
+                    )
+                    + f" ({time.monotonic() - t:.0f} s, load {load_average()})",
+                    flush=True,
+                )
+                results.append(row)
+    finally:
+        for server in servers.values():
+            code = server.stop()
+            if code != 0:
+                print(f"server exited with {code}:\n{server.output()[-3000:]}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+    head["load_after"] = load_average()
+    return {"head": head, "results": results, "table": tables(results, head)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/e2e.sh", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="c=1,4,16, fewer requests: a smoke run")
+    p.add_argument("--concurrency", help="comma-separated client counts (default 1,4,16,64; --quick 1,4,16)")
+    p.add_argument("--per-client", type=int, default=4, help="requests per cell: this many per client...")
+    p.add_argument("--min-requests", type=int, default=40, help="...but at least this many")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell and configuration")
+    p.add_argument("--cell-seconds", type=float, default=150.0, help="no new request in a cell after this long")
+    p.add_argument("--seconds", type=int, default=8, help="length of each generated clip")
+    p.add_argument("--video-dir", type=Path, default=Path(tempfile.gettempdir()) / "tsm-bench-videos")
+    p.add_argument("--json", type=Path, help="write every number here")
+    p.add_argument("--results", type=Path, help="append the tables to this markdown file (bench/RESULTS.md)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.min_requests, args.per_client, args.cell_seconds = 8, 1, 30.0
+    args.concurrency = args.concurrency or ("1,4,16" if args.quick else "1,4,16,64")
+    out = asyncio.run(main_async(args))
+    print(out["table"])
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    if args.results:
+        with args.results.open("a") as f:
+            f.write("\n" + out["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
