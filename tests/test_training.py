@@ -1,0 +1,221 @@
+"""The synthetic-motion generator, the training script and the bundled model it produced.
+
+Labels are checked independently of the generator's own settings: from the rendered object's
+compositing weights (and colours, for turns) we measure centroid, area, opacity and rotation over time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.decode import SamplingSpec, decode_file
+from service.store import load_entry, sha256_file
+from tests.conftest import ROOT, ServerProcess
+from training import train
+from training.common import DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, LIMITS
+from training.synthetic import (
+    CCW,
+    CW,
+    DOWN,
+    FADE_IN,
+    FADE_OUT,
+    GROW,
+    LABELS,
+    LEFT_TO_RIGHT,
+    RIGHT_TO_LEFT,
+    SHRINK,
+    SPLIT_TRAIN,
+    STILL,
+    UP,
+    Ranges,
+    render,
+    sample_clip,
+    write_clip,
+)
+
+EXAMPLES = ROOT / "examples"
+# Many frames per second, so a turn between two frames stays well under the search range below.
+QUICK = Ranges(duration_s=(1.5, 2.5), fps=(24, 30), long_side=(128, 176))
+
+
+def _polar(patch: np.ndarray, centre: tuple[float, float], radius: float) -> np.ndarray:
+    """``patch`` sampled (bilinearly) on rings around ``centre``: [angle (2° steps, clockwise), ring, channel]."""
+    h, w = patch.shape[:2]
+    angles = np.radians(np.arange(0, 360, 2.0))[:, None]
+    rings = radius * np.linspace(0.2, 1.0, 8)[None, :]
+    sx = centre[0] + rings * np.cos(angles) - 0.5  # y points down: growing angles turn clockwise
+    sy = centre[1] + rings * np.sin(angles) - 0.5
+    ix, iy = np.clip(np.floor(sx).astype(int), 0, w - 1), np.clip(np.floor(sy).astype(int), 0, h - 1)
+    fx, fy = np.clip(sx - ix, 0, 1)[..., None], np.clip(sy - iy, 0, 1)[..., None]
+    padded = np.pad(patch, ((0, 1), (0, 1), (0, 0)))
+    top = padded[iy, ix] * (1 - fx) + padded[iy, ix + 1] * fx
+    return np.asarray(top * (1 - fy) + (padded[iy + 1, ix] * (1 - fx) + padded[iy + 1, ix + 1] * fx) * fy)
+
+
+def _turn(a: np.ndarray, b: np.ndarray) -> float:
+    """Clockwise degrees from polar profile ``a`` to ``b``: the best circular shift (ties: the smallest)."""
+    shifts = sorted(range(-89, 90), key=abs)
+    errors = [float(((np.roll(a, k, axis=0) - b) ** 2).sum()) for k in shifts]
+    return 2.0 * shifts[int(np.argmin(errors))]
+
+
+def measure(label: int, index: int) -> dict[str, float]:
+    """Start-to-end changes of the object's centroid, area, opacity and angle in one rendered clip,
+    measured from the pixels of the object's layer (not from the generator's settings)."""
+    spec = sample_clip(SPLIT_TRAIN, 7, index, QUICK, label=label)
+    cx, cy, area, opacity, turn = [], [], [], [], 0.0
+    previous: np.ndarray | None = None
+    for _, layer in render(spec, with_layer=True):
+        assert layer is not None
+        alpha = layer[..., 3]
+        top = float(alpha.max())
+        ys, xs = np.mgrid[0 : alpha.shape[0], 0 : alpha.shape[1]]
+        mass = float(alpha.sum())
+        centre = (float((alpha * (xs + 0.5)).sum() / mass), float((alpha * (ys + 0.5)).sum() / mass))
+        cx.append(centre[0])
+        cy.append(centre[1])
+        area.append(float((alpha >= 0.5 * top).sum()))
+        opacity.append(top)
+        # shape and colours of the object, divided by its opacity so fades do not look like turns
+        profile = _polar(layer / top, centre, 1.2 * math.sqrt(area[-1] / math.pi))
+        if previous is not None:
+            turn += _turn(previous, profile)
+        previous = profile
+    ends = slice(0, 2), slice(-2, None)
+    start, end = ({k: float(np.mean(v[s])) for k, v in (("x", cx), ("y", cy), ("area", area), ("opacity", opacity))}
+                  for s in ends)  # fmt: skip
+    return {"dx": (end["x"] - start["x"]) / spec.width, "dy": (end["y"] - start["y"]) / spec.height,
+            "area": end["area"] / start["area"], "opacity0": start["opacity"], "opacity1": end["opacity"],
+            "turn": turn, "moved_px": math.hypot(end["x"] - start["x"], end["y"] - start["y"])}  # fmt: skip
+
+
+@pytest.mark.parametrize("label", range(len(LABELS)), ids=[s.replace(" ", "_") for s in LABELS])
+def test_generator_labels_match_what_is_drawn(label: int) -> None:
+    for index in range(2):
+        m = measure(label, index)
+        what = f"{LABELS[label]} clip {index}: {m}"
+        moves = {LEFT_TO_RIGHT: m["dx"] > 0.1, RIGHT_TO_LEFT: m["dx"] < -0.1, DOWN: m["dy"] > 0.1, UP: m["dy"] < -0.1}
+        if label in moves:
+            assert moves[label], what
+            assert abs(m["dx"] if label in (UP, DOWN) else m["dy"]) < 0.1, what  # small perpendicular drift
+        elif label not in (CW, CCW):  # turning shapes may wobble around their centroid
+            assert m["moved_px"] < 6, what  # camera jitter only
+        if label == CW:
+            assert m["turn"] >= 60, what
+        if label == CCW:
+            assert m["turn"] <= -60, what
+        if label == GROW:
+            assert m["area"] > 1.5, what
+        if label == SHRINK:
+            assert m["area"] < 1 / 1.5, what
+        if label in (STILL, FADE_IN, FADE_OUT):
+            assert 0.8 < m["area"] < 1.25, what
+        if label == FADE_IN:
+            assert m["opacity0"] <= 0.1 and m["opacity1"] >= 0.9, what
+        elif label == FADE_OUT:
+            assert m["opacity0"] >= 0.9 and m["opacity1"] <= 0.1, what
+        else:
+            assert abs(m["opacity1"] - m["opacity0"]) < 0.02, what
+
+
+def test_label_maps_are_involutions_that_keep_still_still() -> None:
+    for name, perm in LABEL_MAPS.items():
+        assert sorted(perm) == list(range(len(LABELS))), name
+        assert list(perm[perm]) == list(range(len(LABELS))), name
+        assert perm[STILL] == STILL and perm[GROW] in (GROW, SHRINK), name
+    assert LABEL_MAPS["transpose"][LEFT_TO_RIGHT] == DOWN
+    assert LABEL_MAPS["hflip"][CW] == CCW and LABEL_MAPS["reverse"][FADE_IN] == FADE_OUT
+
+
+def test_clips_in_every_format_decode_through_the_server_decoder(tmp_path: Path) -> None:
+    found: dict[str, int] = {}
+    for index in range(60):
+        spec = sample_clip(SPLIT_TRAIN, 3, index, Ranges(duration_s=(1.0, 1.5), long_side=(128, 160)))
+        found.setdefault(spec.encoder, index)
+    assert set(found) == {"libx264", "libvpx-vp9", "mpeg4"}
+    for encoder, index in found.items():
+        spec = sample_clip(SPLIT_TRAIN, 3, index, Ranges(duration_s=(1.0, 1.5), long_side=(128, 160)))
+        video = decode_file(write_clip(spec, tmp_path), SamplingSpec(8, 128, 112), LIMITS)
+        assert video.frames.shape == (1, 8, 112, 112, 3), encoder
+        assert video.facts.frames == spec.frames
+        assert (video.facts.width, video.facts.height) == (spec.width, spec.height)
+        assert video.frames.std() > 5  # a picture, not a blank
+
+
+def test_same_seed_and_index_give_the_same_clip() -> None:
+    a, b = (next(render(sample_clip(SPLIT_TRAIN, 5, 9, QUICK)))[0] for _ in range(2))
+    c = next(render(sample_clip(SPLIT_TRAIN, 6, 9, QUICK)))[0]
+    assert np.array_equal(a, b) and not (a.shape == c.shape and np.array_equal(a, c))
+
+
+def test_two_step_training_run_writes_a_loadable_entry(tmp_path: Path) -> None:
+    out = tmp_path / "store" / "smoke" / "1"
+    args = ["--out", str(out), "--clips-per-class", "1", "--val-per-class", "1", "--steps", "2", "--batch-size", "4",
+            "--epochs", "1", "--cache", str(tmp_path / "cache"), "--workers", "1", "--max-duration", "1.5",
+            "--max-long-side", "160"]  # fmt: skip
+    assert train.main(args) == 0
+    entry = load_entry(out)
+    assert entry.labels == LABELS
+    assert entry.config.name == "smoke" and entry.config.shift and not entry.config.untrained
+    assert (out / "README.md").is_file()
+
+
+def _examples() -> list[Path]:
+    return sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".mp4", ".webm", ".avi"))
+
+
+def test_shipped_entry_loads_and_matches_its_checksum() -> None:
+    entry = load_entry(DEFAULT_ENTRY)  # verifies the sha256 of the weights
+    assert entry.config.weights_sha256 == sha256_file(DEFAULT_ENTRY / entry.config.weights_file)
+    assert entry.config.name == ENTRY_NAME and entry.config.version == "1"
+    assert entry.labels == LABELS and entry.config.shift
+    assert (DEFAULT_ENTRY / entry.config.weights_file).stat().st_size <= 20 * 1024 * 1024
+
+
+def _trained_entry() -> None:
+    if load_entry(DEFAULT_ENTRY).config.untrained:
+        pytest.skip(f"{DEFAULT_ENTRY} is still the untrained placeholder: run python -m training.train")
+
+
+def test_shipped_entry_has_a_model_card() -> None:
+    _trained_entry()
+    card = (DEFAULT_ENTRY / "README.md").read_text()
+    assert "not a general-purpose action recogniser" in card and "TSN" in card
+
+
+def test_examples_readme_lists_every_clip_with_its_answer() -> None:
+    readme = (EXAMPLES / "README.md").read_text()
+    clips = _examples()
+    assert 3 <= len(clips) <= 5
+    for clip in clips:
+        assert f"file=@examples/{clip.name}" in readme
+        assert re.search(rf"{re.escape(clip.name)}.*{re.escape(_expected(clip))}", readme), clip.name
+
+
+def _expected(clip: Path) -> str:
+    return clip.stem.replace("_", " ")
+
+
+@pytest.mark.slow
+def test_server_classifies_every_example_correctly(tmp_path: Path) -> None:
+    _trained_entry()
+    store = tmp_path / "store"
+    shutil.copytree(DEFAULT_ENTRY, store / ENTRY_NAME / "1")
+    server = ServerProcess(store, default_model=ENTRY_NAME)
+    try:
+        for clip in _examples():
+            with clip.open("rb") as f:
+                r = httpx.post(f"{server.url}/classify", params={"top_k": 3}, files={"file": f}, timeout=60)
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            assert answer["model"]["name"] == ENTRY_NAME and not answer["model"]["untrained"]
+            assert answer["predictions"][0]["label"] == _expected(clip), (clip.name, answer["predictions"])
+    finally:
+        assert server.stop() == 0, server.output()

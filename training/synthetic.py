@@ -1,0 +1,515 @@
+"""Synthetic action clips in which only temporal order separates most classes.
+
+Every clip shows one main object over a static background. Ten classes come in time-reversed pairs
+(left→right / right→left, up / down, clockwise / counterclockwise, growing / shrinking, fading in /
+fading out): the *set* of frames of a clip and of its time reversal are alike, only their order
+differs. "standing still" has no motion at all.
+
+A clip is fully determined by ``(split, seed, index)``: :func:`sample_clip` draws its settings,
+:func:`render` draws its frames with numpy (the object is a premultiplied RGBA sprite, mip-mapped,
+warped per frame with bilinear sampling, so edges are anti-aliased at any size), :func:`write_clip`
+encodes it with PyAV (H.264 MP4 mostly, some VP9 WebM and MPEG-4 AVI).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+LABELS = [
+    "moving left to right",
+    "moving right to left",
+    "moving up",
+    "moving down",
+    "rotating clockwise",
+    "rotating counterclockwise",
+    "growing",
+    "shrinking",
+    "fading in",
+    "fading out",
+    "standing still",
+]
+LEFT_TO_RIGHT, RIGHT_TO_LEFT, UP, DOWN, CW, CCW, GROW, SHRINK, FADE_IN, FADE_OUT, STILL = range(11)
+
+# Splits keep training, validation and evaluation clips apart whatever seeds are passed.
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_EVAL, SPLIT_EXAMPLE = 1, 2, 3, 4
+
+ASPECTS = [(4, 3), (16, 9), (1, 1), (3, 4), (9, 16)]
+SHAPES = ["circle", "ellipse", "square", "rectangle", "triangle", "star", "polygon", "glyph", "patch", "arrow"]
+# Shapes whose turn is visible without help; the others get an off-centre marker when they rotate.
+ASYMMETRIC = {"triangle", "glyph", "patch", "arrow"}
+# container, encoder, suffix, share of clips
+FORMATS = [("mp4", "libx264", ".mp4", 0.7), ("webm", "libvpx-vp9", ".webm", 0.15), ("avi", "mpeg4", ".avi", 0.15)]
+SPRITE = 512  # side of the finest sprite level; coarser levels halve it
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """What clips vary over. ``FULL`` is the issue's range; training may use shorter, smaller clips."""
+
+    duration_s: tuple[float, float] = (1.0, 10.0)
+    fps: tuple[int, int] = (8, 30)
+    long_side: tuple[int, int] = (128, 640)
+
+
+FULL = Ranges()
+TRAIN = Ranges(duration_s=(1.0, 5.0), long_side=(128, 400))
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    label: int
+    width: int
+    height: int
+    fps: int
+    frames: int
+    container: str
+    encoder: str
+    suffix: str
+    quality: float  # 0 best .. 1 worst, mapped to each encoder's own scale
+    scene_seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.scene_seed:016x}{self.suffix}"
+
+
+def clip_rng(split: int, seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([split, seed, index])
+
+
+def sample_clip(split: int, seed: int, index: int, ranges: Ranges = FULL, label: int | None = None) -> ClipSpec:
+    """The settings of clip ``index``; classes cycle with the index unless ``label`` is given."""
+    rng = clip_rng(split, seed, index)
+    label = index % len(LABELS) if label is None else label
+    aw, ah = ASPECTS[rng.integers(len(ASPECTS))]
+    long_side = rng.uniform(*ranges.long_side)
+    scale = long_side / max(aw, ah)
+    width, height = (max(2 * round(aw * scale / 2), 16), max(2 * round(ah * scale / 2), 16))
+    fps = int(rng.integers(ranges.fps[0], ranges.fps[1] + 1))
+    frames = max(round(rng.uniform(*ranges.duration_s) * fps), 1)
+    pick = rng.uniform()
+    container, encoder, suffix = FORMATS[-1][:3]
+    for fmt in FORMATS:
+        if pick < fmt[3]:
+            container, encoder, suffix = fmt[:3]
+            break
+        pick -= fmt[3]
+    return ClipSpec(label, width, height, fps, frames, container, encoder, suffix, float(rng.uniform()),
+                    int(rng.integers(1 << 62)))  # fmt: skip
+
+
+# --- shapes and textures, in object coordinates: u right, v down, the shape inside the unit disc
+
+
+def _polygon_inside(u: np.ndarray, v: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Even-odd rule, vectorised over the edges."""
+    inside = np.zeros(u.shape, bool)
+    for (x1, y1), (x2, y2) in zip(pts, np.roll(pts, -1, axis=0), strict=True):
+        if y1 == y2:
+            continue
+        crosses = (y1 > v) != (y2 > v)
+        inside ^= crosses & (u < (x2 - x1) * (v - y1) / (y2 - y1) + x1)
+    return inside
+
+
+def _fit(pts: np.ndarray) -> np.ndarray:
+    """Centres a polygon on its vertex mean (turns are about the middle) and fits it in r=0.95."""
+    pts = pts - pts.mean(axis=0)
+    return pts * (0.95 / np.hypot(pts[:, 0], pts[:, 1]).max())
+
+
+def _star(n: int, inner: float, phase: float) -> np.ndarray:
+    a = phase + np.arange(2 * n) * math.pi / n
+    r = np.where(np.arange(2 * n) % 2 == 0, 1.0, inner)
+    return np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
+
+
+def _shape_mask(kind: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    if kind == "circle":
+        return u * u + v * v <= 0.9
+    if kind == "ellipse":
+        b = rng.uniform(0.3, 0.7)
+        return (u / 0.95) ** 2 + (v / b) ** 2 <= 1
+    if kind == "square":
+        return (np.abs(u) <= 0.66) & (np.abs(v) <= 0.66)
+    if kind == "rectangle":
+        b = rng.uniform(0.2, 0.5)
+        half = math.sqrt(0.9 - b * b)
+        return (np.abs(u) <= half) & (np.abs(v) <= b)
+    if kind in ("patch",):  # a rounded square of texture
+        return np.maximum(np.abs(u), np.abs(v)) + 0.1 * np.minimum(np.abs(u), np.abs(v)) <= 0.7
+    if kind == "triangle":
+        a = -math.pi / 2 + np.array([0, 2 * math.pi / 3, 4 * math.pi / 3]) + rng.uniform(-0.45, 0.45, 3)
+        r = rng.uniform(0.6, 1.0, 3)
+        pts = np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
+    elif kind == "star":
+        pts = _star(int(rng.integers(5, 8)), rng.uniform(0.38, 0.6), rng.uniform(0, 2 * math.pi))
+    elif kind == "polygon":
+        n = int(rng.integers(5, 9))
+        a = np.arange(n) * 2 * math.pi / n + rng.uniform(-0.25, 0.25, n) * (rng.uniform() < 0.5)
+        r = rng.uniform(0.65, 1.0, n) if rng.uniform() < 0.5 else np.ones(n)
+        pts = np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
+    elif kind == "arrow":
+        w, head = rng.uniform(0.15, 0.3), rng.uniform(0.35, 0.5)
+        pts = np.array([[-1, -w], [1 - 2 * head, -w], [1 - 2 * head, -2 * w - 0.15], [1, 0],
+                        [1 - 2 * head, 2 * w + 0.15], [1 - 2 * head, w], [-1, w]])  # fmt: skip
+    elif kind == "glyph":
+        return _glyph(rng, u, v)
+    else:
+        raise ValueError(kind)
+    return _polygon_inside(u, v, _fit(pts))
+
+
+def _glyph(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """2-4 thick strokes through random points: letter-like, without symmetry."""
+    pts = rng.uniform(-0.6, 0.6, (int(rng.integers(3, 6)), 2))
+    width = rng.uniform(0.1, 0.2)
+    mask = np.zeros(u.shape, bool)
+    for p, q in itertools.pairwise(pts):
+        d = q - p
+        t = np.clip(((u - p[0]) * d[0] + (v - p[1]) * d[1]) / max(float(d @ d), 1e-9), 0, 1)
+        mask |= (u - p[0] - t * d[0]) ** 2 + (v - p[1] - t * d[1]) ** 2 <= width * width
+    return mask
+
+
+def _value_noise(rng: np.random.Generator, cells: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Smooth noise in [0, 1]: a random grid over [-1, 1]², bilinearly interpolated."""
+    grid = rng.uniform(0, 1, (cells + 1, cells + 1))
+    x = np.clip((u + 1) / 2 * cells, 0, cells - 1e-6)
+    y = np.clip((v + 1) / 2 * cells, 0, cells - 1e-6)
+    x0, y0 = x.astype(int), y.astype(int)
+    fx, fy = x - x0, y - y0
+    top = grid[y0, x0] * (1 - fx) + grid[y0, x0 + 1] * fx
+    bottom = grid[y0 + 1, x0] * (1 - fx) + grid[y0 + 1, x0 + 1] * fx
+    return np.asarray(top * (1 - fy) + bottom * fy)
+
+
+def _pattern(rng: np.random.Generator, kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Mixing weight in [0, 1] between two colours."""
+    a = rng.uniform(0, math.pi)
+    along = u * math.cos(a) + v * math.sin(a)
+    if kind == "gradient":
+        return np.clip((along + 1) / 2, 0, 1)
+    if kind == "stripes":
+        return (np.sin(along * 2 * math.pi / rng.uniform(0.25, 0.6) + rng.uniform(0, 6.3)) > 0).astype(np.float32)
+    if kind == "checker":
+        p = rng.uniform(0.2, 0.5)
+        across = -u * math.sin(a) + v * math.cos(a)
+        return ((np.floor(along / p) + np.floor(across / p)) % 2).astype(np.float32)
+    if kind == "noise":
+        return _value_noise(rng, int(rng.integers(3, 9)), u, v)
+    return np.zeros_like(u)
+
+
+def _colour(rng: np.random.Generator, away_from: np.ndarray | None = None, min_dist: float = 90) -> np.ndarray:
+    """A random RGB colour (0-255), far enough from ``away_from`` to stay visible."""
+    best, best_d = rng.uniform(0, 255, 3), -1.0
+    for _ in range(30):
+        c = rng.uniform(0, 255, 3)
+        d = float(np.linalg.norm(c - away_from)) if away_from is not None else min_dist
+        if d >= min_dist:
+            return c
+        if d > best_d:
+            best, best_d = c, d
+    return best
+
+
+def make_sprite(
+    rng: np.random.Generator, kind: str, colour: np.ndarray, marker: bool, size: int = SPRITE
+) -> list[np.ndarray]:
+    """Premultiplied RGBA levels (float32 [L+2, L+2, 4], zero border), finest first."""
+    g = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    u, v = np.meshgrid(g, g)
+    cover = _shape_mask(kind, rng, u, v).astype(np.float32)
+    texture = rng.choice(["flat", "gradient", "stripes", "checker", "noise"], p=[0.4, 0.15, 0.15, 0.1, 0.2])
+    if kind == "patch":
+        texture = "noise" if rng.uniform() < 0.6 else rng.choice(["stripes", "checker"])
+    second = _colour(rng, colour, 70)
+    mix = _pattern(rng, str(texture), u, v)[..., None]
+    rgb = colour * (1 - mix) + second * mix
+    if marker:  # an off-centre dot makes the turn of a symmetric shape visible
+        dot = (u - 0.5) ** 2 + v**2 <= 0.3**2
+        rgb[dot] = _colour(rng, colour, 150)
+    level = np.zeros((size + 2, size + 2, 4), np.float32)
+    level[1:-1, 1:-1, :3] = rgb * cover[..., None]
+    level[1:-1, 1:-1, 3] = cover
+    levels = [level]
+    while size > 8:
+        inner = levels[-1][1:-1, 1:-1]
+        size //= 2
+        pooled = inner.reshape(size, 2, size, 2, 4).mean(axis=(1, 3))
+        nxt = np.zeros((size + 2, size + 2, 4), np.float32)
+        nxt[1:-1, 1:-1] = pooled
+        levels.append(nxt)
+    return levels
+
+
+def draw_sprite(
+    levels: list[np.ndarray], cx: float, cy: float, radius: float, angle: float, width: int, height: int
+) -> tuple[slice, slice, np.ndarray] | None:
+    """The sprite placed at (cx, cy) with ``radius`` px and turned clockwise by ``angle`` (radians):
+    (rows, cols, premultiplied RGBA [h, w, 4]) of its bounding box, or None when off-frame."""
+    x0, x1 = max(math.floor(cx - radius) - 1, 0), min(math.ceil(cx + radius) + 1, width)
+    y0, y1 = max(math.floor(cy - radius) - 1, 0), min(math.ceil(cy + radius) + 1, height)
+    if x0 >= x1 or y0 >= y1 or radius <= 0:
+        return None
+    # The coarsest level that still has a texel per pixel (a cheap mip-map: no aliasing when small).
+    level = levels[0]
+    for candidate in levels:
+        if candidate.shape[0] - 2 >= 2 * radius:
+            level = candidate
+    size = level.shape[0] - 2
+    xs = np.arange(x0, x1, dtype=np.float32) + 0.5 - cx
+    ys = np.arange(y0, y1, dtype=np.float32) + 0.5 - cy
+    c, s = math.cos(angle), math.sin(angle)
+    # Inverse of a clockwise turn on screen (y down).
+    u = (c * xs[None, :] + s * ys[:, None]) / radius
+    v = (-s * xs[None, :] + c * ys[:, None]) / radius
+    px = (u + 1) / 2 * size + 0.5  # +1 border, -0.5 texel centre
+    py = (v + 1) / 2 * size + 0.5
+    ix = np.clip(np.floor(px).astype(np.int64), 0, size)
+    iy = np.clip(np.floor(py).astype(np.int64), 0, size)
+    fx = np.clip(px - ix, 0, 1)[..., None]
+    fy = np.clip(py - iy, 0, 1)[..., None]
+    top = level[iy, ix] * (1 - fx) + level[iy, ix + 1] * fx
+    bottom = level[iy + 1, ix] * (1 - fx) + level[iy + 1, ix + 1] * fx
+    return slice(y0, y1), slice(x0, x1), top * (1 - fy) + bottom * fy
+
+
+# --- the scene -------------------------------------------------------------------------------------
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    u = xs / max(width, height) * 2 - 1
+    v = ys / max(width, height) * 2 - 1
+    kind = str(rng.choice(["flat", "gradient", "noise", "textured"]))
+    a, b = _colour(rng), _colour(rng)
+    if kind == "flat":
+        mix = np.zeros_like(u)
+    elif kind == "gradient":
+        mix = _pattern(rng, "gradient", u, v)
+    elif kind == "noise":
+        mix = 0.7 * _value_noise(rng, int(rng.integers(3, 12)), u, v) + 0.3 * rng.uniform(0, 1, u.shape)
+        b = a + rng.uniform(-80, 80, 3)
+    else:
+        mix = _pattern(rng, str(rng.choice(["stripes", "checker", "noise"])), u, v)
+        b = a + rng.uniform(-60, 60, 3)  # textures stay low-contrast next to the main object
+    img = a * (1 - mix[..., None]) + np.clip(b, 0, 255) * mix[..., None]
+    return img.astype(np.float32)
+
+
+def _ease(rng: np.random.Generator) -> str:
+    return str(rng.choice(["linear", "smooth", "in", "out"]))
+
+
+def _progress(t: float, start: float, span: float, ease: str) -> float:
+    p = min(max((t - start) / span, 0.0), 1.0)
+    if ease == "smooth":
+        return p * p * (3 - 2 * p)
+    if ease == "in":
+        return p * p
+    if ease == "out":
+        return 1 - (1 - p) ** 2
+    return p
+
+
+@dataclass
+class Scene:
+    levels: list[np.ndarray]
+    background: np.ndarray  # float32 [H + 2J, W + 2J, 3], distractors drawn in
+    jitter: int
+    start: float  # motion start and span, as fractions of the clip
+    span: float
+    ease: str
+    xy: tuple[tuple[float, float], tuple[float, float]]  # centre at progress 0 and 1, px
+    radius: tuple[float, float]
+    angle: tuple[float, float]  # radians, clockwise
+    opacity: tuple[float, float]
+    noise: float
+    blur: int
+
+
+def build_scene(spec: ClipSpec) -> Scene:
+    rng = np.random.default_rng(spec.scene_seed)
+    w, h, label = spec.width, spec.height, spec.label
+    short = min(w, h)
+    jitter = int(rng.integers(0, 3))
+    background = _background(rng, w + 2 * jitter, h + 2 * jitter)
+    for _ in range(int(rng.integers(0, 4))):  # static distractors
+        sprite = make_sprite(rng, str(rng.choice(SHAPES)), _colour(rng), False, 128)
+        drawn = draw_sprite(sprite, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.12) * short,
+                            rng.uniform(0, 2 * math.pi), w + 2 * jitter, h + 2 * jitter)  # fmt: skip
+        if drawn is not None:
+            rows, cols, rgba = drawn
+            background[rows, cols] = background[rows, cols] * (1 - rgba[..., 3:]) + rgba[..., :3]
+
+    kind = str(rng.choice(SHAPES))
+    marker = label in (CW, CCW) and kind not in ASYMMETRIC
+    mean_bg = background.reshape(-1, 3).mean(axis=0)
+    levels = make_sprite(rng, kind, _colour(rng, mean_bg, 110), marker)
+
+    span = rng.uniform(0.3, 1.0)
+    start = rng.uniform(0, 1 - span)
+    r = rng.uniform(0.08, 0.45) * short / 2  # object diameter 8-45% of the short side
+    angle = rng.uniform(0, 2 * math.pi)
+    # Servers centre-crop the short side's square: keep the object mostly inside it.
+    central = rng.uniform() < 0.85
+
+    def place(extent: int) -> float:
+        if central:
+            return (extent - short) / 2 + rng.uniform(0.2, 0.8) * short
+        return rng.uniform(0.2, 0.8) * extent
+
+    centre = (place(w), place(h))
+    xy, radius, angles, opacity = (centre, centre), (r, r), (angle, angle), (1.0, 1.0)
+    if label in (LEFT_TO_RIGHT, RIGHT_TO_LEFT, UP, DOWN):
+        along, across = (w, h) if label in (LEFT_TO_RIGHT, RIGHT_TO_LEFT) else (h, w)
+        travel = rng.uniform(0.18, 0.85)
+        lo, hi = 0.06 + travel / 2, 0.94 - travel / 2  # where the path's middle may lie
+        if central:  # ... and inside the centre square
+            lo, hi = max(lo, (along - short) / 2 / along + 0.1), min(hi, (along + short) / 2 / along - 0.1)
+        mid = rng.uniform(lo, hi) if lo < hi else 0.5
+        b0 = place(across)
+        drift = rng.uniform(-0.05, 0.05) * short * (rng.uniform() < 0.5)
+        path = [((mid - travel / 2) * along, b0), ((mid + travel / 2) * along, b0 + drift)]
+        if label in (RIGHT_TO_LEFT, UP):
+            path.reverse()
+        if label in (UP, DOWN):
+            path = [(q, p) for p, q in path]
+        xy = (path[0], path[1])
+    elif label in (CW, CCW):
+        turn = math.radians(rng.uniform(80, 380)) * (1 if label == CW else -1)
+        angles = (angle, angle + turn)
+    elif label in (GROW, SHRINK):
+        factor = rng.uniform(1.4, 4.2)
+        if rng.uniform() < 0.5:  # the drawn size is either end's
+            small, big = r, min(r * factor, 0.48 * short)
+        else:
+            small, big = max(r / factor, 0.02 * short), r
+        radius = (small, big) if label == GROW else (big, small)
+    elif label in (FADE_IN, FADE_OUT):
+        low, high = rng.uniform(0, 0.1), rng.uniform(0.9, 1.0)
+        opacity = (low, high) if label == FADE_IN else (high, low)
+    else:
+        opacity = (1.0, 1.0)
+    noise = rng.uniform(0, 8) if rng.uniform() < 0.7 else 0.0
+    blur = int(rng.choice([0, 0, 1, 2]))
+    return Scene(levels, background, jitter, start, span, _ease(rng), xy, radius, angles, opacity, noise, blur)
+
+
+def _blur(img: np.ndarray, passes: int) -> np.ndarray:
+    for _ in range(passes):  # separable [1, 2, 1] / 4, edges replicated
+        p = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        img = (p[:-2] + 2 * p[1:-1] + p[2:]) / 4
+        img = (img[:, :-2] + 2 * img[:, 1:-1] + img[:, 2:]) / 4
+    return img
+
+
+def render(spec: ClipSpec, with_layer: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Frames of the clip: (uint8 RGB [H, W, 3], the main object's layer or None). The layer is what was
+    composited over the background: premultiplied RGBA (float [H, W, 4], alpha = coverage × opacity)."""
+    scene = build_scene(spec)
+    rng = np.random.default_rng(spec.scene_seed + 1)
+    w, h, j = spec.width, spec.height, scene.jitter
+    pad = 8
+    noise_fields = [rng.normal(0, scene.noise, (h + pad, w + pad, 3)).astype(np.float32) for _ in range(2)]
+    for i in range(spec.frames):
+        t = i / max(spec.frames - 1, 1)
+        p = _progress(t, scene.start, scene.span, scene.ease)
+        dx, dy = (int(rng.integers(-j, j + 1)), int(rng.integers(-j, j + 1))) if j else (0, 0)
+        frame = scene.background[j + dy : j + dy + h, j + dx : j + dx + w].copy()
+        cx = scene.xy[0][0] + p * (scene.xy[1][0] - scene.xy[0][0]) - dx
+        cy = scene.xy[0][1] + p * (scene.xy[1][1] - scene.xy[0][1]) - dy
+        # Size changes geometrically, so growing and shrinking look alike played backwards.
+        radius = scene.radius[0] * (scene.radius[1] / scene.radius[0]) ** p
+        angle = scene.angle[0] + p * (scene.angle[1] - scene.angle[0])
+        opacity = scene.opacity[0] + p * (scene.opacity[1] - scene.opacity[0])
+        layer = np.zeros((h, w, 4), np.float32) if with_layer else None
+        drawn = draw_sprite(scene.levels, cx, cy, radius, angle, w, h)
+        if drawn is not None:
+            rows, cols, rgba = drawn
+            frame[rows, cols] = frame[rows, cols] * (1 - opacity * rgba[..., 3:]) + opacity * rgba[..., :3]
+            if layer is not None:
+                layer[rows, cols] = opacity * rgba
+        if scene.blur:
+            frame = _blur(frame, scene.blur)
+        if scene.noise:
+            field = noise_fields[i % 2]
+            ox, oy = int(rng.integers(0, pad + 1)), int(rng.integers(0, pad + 1))
+            frame += field[oy : oy + h, ox : ox + w]
+        yield np.clip(frame + 0.5, 0, 255).astype(np.uint8), layer
+
+
+def write_clip(spec: ClipSpec, out_dir: Path, name: str | None = None) -> Path:
+    """Renders and encodes the clip into ``out_dir``; returns the file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / (name or spec.name)
+    tmp = path.with_name(path.stem + ".part" + path.suffix)
+    q = spec.quality
+    options: dict[str, str] = {}
+    if spec.encoder == "libx264":
+        options = {"preset": "veryfast", "crf": str(round(18 + 12 * q))}
+    elif spec.encoder == "libvpx-vp9":
+        options = {"deadline": "realtime", "cpu-used": "8", "crf": str(round(28 + 14 * q)), "b": "0"}
+    with av.open(str(tmp), "w", format=spec.container) as out:
+        stream = out.add_stream(spec.encoder, rate=Fraction(spec.fps), options=options)
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
+        if spec.encoder == "mpeg4":
+            stream.codec_context.bit_rate = int(spec.width * spec.height * spec.fps * (0.5 - 0.35 * q))
+        for i, (img, _) in enumerate(render(spec)):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            frame.time_base = Fraction(1, spec.fps)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    tmp.rename(path)
+    return path
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+# Example clips: label, index in FORMATS, seed (picked by eye for a motion that is easy to see).
+EXAMPLES = [("moving left to right", 0, 5), ("rotating clockwise", 1, 0), ("growing", 2, 0), ("fading out", 0, 0),
+            ("moving up", 0, 3)]  # fmt: skip
+EXAMPLE_RANGES = Ranges(duration_s=(2.0, 4.0), fps=(12, 25), long_side=(240, 320))
+
+
+def example_spec(label: str, fmt: int, seed: int = 0) -> ClipSpec:
+    container, encoder, suffix, _ = FORMATS[fmt]
+    spec = sample_clip(SPLIT_EXAMPLE, seed, LABELS.index(label), EXAMPLE_RANGES, label=LABELS.index(label))
+    return replace(spec, container=container, encoder=encoder, suffix=suffix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m training.synthetic", description="Write synthetic motion clips.")
+    p.add_argument("out", type=Path, help="folder for the clips")
+    p.add_argument("--count", type=int, default=22, help="clips (classes cycle)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--examples", action="store_true", help="write the examples/ clips (named by label), not --count")
+    args = p.parse_args(argv)
+    if args.examples:
+        for label, fmt, seed in EXAMPLES:
+            spec = example_spec(label, fmt, seed)
+            print(write_clip(spec, args.out, label.replace(" ", "_") + spec.suffix))
+        return 0
+    for i in range(args.count):
+        spec = sample_clip(SPLIT_EVAL, args.seed, i)
+        name = f"{i:04d}_" + LABELS[spec.label].replace(" ", "_") + spec.suffix
+        print(write_clip(spec, args.out, name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Train the bundled TSM (or, with ``--no-shift``, the TSN baseline) on synthetic motion clips.
+
+    python -m training.train                      # -> model_store/tsm_mobilenetv2_synthetic_motion/1
+    python -m training.train --no-shift --out /tmp/tsn_entry
+
+Clips are rendered, encoded and decoded once through the server's own ``decode_file`` (short side
+``scale_size``, centre ``scale_size`` square), cached as uint8, then trained on from RAM with
+random ``input_size`` crops. Flips, transposes and time reversal relabel the clip (see
+``common.LABEL_MAPS``), so augmentation never teaches a wrong direction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.decode import SamplingSpec
+from service.store import ModelConfig, build_model, load_entry, write_entry
+from training import common
+from training.card import write_card
+from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, decoded_clips, seed_everything
+from training.synthetic import LABELS, SPLIT_TRAIN, SPLIT_VAL, TRAIN, Ranges
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_ENTRY, help="entry folder to write (…/<name>/<version>)")
+    p.add_argument("--no-shift", action="store_true", help="train the TSN baseline (no temporal shift)")
+    p.add_argument("--clips-per-class", type=int, default=200)
+    p.add_argument("--val-per-class", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--easy-epochs", type=int, default=1, help="first epochs drawn from the easier half of the clips")
+    p.add_argument("--init", type=Path, help="start from the weights of this entry folder (continue a run)")
+    p.add_argument("--steps", type=int, default=0, help="stop after this many steps (smoke runs); 0: all epochs")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--segments", type=int, default=8)
+    p.add_argument("--width-mult", type=float, default=0.5)
+    p.add_argument("--input-size", type=int, default=112)
+    p.add_argument("--scale-size", type=int, default=128)
+    p.add_argument("--max-duration", type=float, default=TRAIN.duration_s[1], help="longest training clip, s")
+    p.add_argument("--max-long-side", type=int, default=TRAIN.long_side[1], help="largest training frame side")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="rendered clips and decoded frames")
+    p.add_argument("--workers", type=int, default=2, help="processes that render and decode clips")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    return p.parse_args(argv)
+
+
+def augment(
+    frames: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random crop per clip, then flips / transpose / time reversal with their relabelling."""
+    n, t, full = frames.shape[:3]
+    out = np.empty((n, t, size, size, 3), np.uint8)
+    labels = labels.copy()
+    for i in range(n):
+        y, x = rng.integers(0, full - size + 1, 2)
+        clip = frames[i, :, y : y + size, x : x + size]
+        if rng.uniform() < 0.5:
+            clip, labels[i] = clip[:, :, ::-1], LABEL_MAPS["hflip"][labels[i]]
+        if rng.uniform() < 0.5:
+            clip, labels[i] = clip[:, ::-1], LABEL_MAPS["vflip"][labels[i]]
+        if rng.uniform() < 0.5:
+            clip, labels[i] = clip.transpose(0, 2, 1, 3), LABEL_MAPS["transpose"][labels[i]]
+        if rng.uniform() < 0.5:
+            clip, labels[i] = clip[::-1], LABEL_MAPS["reverse"][labels[i]]
+        if rng.uniform() < 0.5:  # colours carry no class: permute channels
+            clip = clip[..., rng.permutation(3)]
+        out[i] = clip
+    return out, labels
+
+
+def to_input(frames: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> normalised float [B, T, 3, H, W], as the server's runner does."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3).float().div_(255)
+    m = torch.tensor(mean).view(1, 1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 1, 3, 1, 1)
+    return (x - m) / s
+
+
+def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """The server's crop of a ``scale``-square decode (``service.decode.crop_offsets``)."""
+    full = frames.shape[2]
+    o = round((full - size) / 2.0)
+    return frames[:, :, o : o + size, o : o + size]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, frames: np.ndarray, config: ModelConfig, batch: int = 32) -> np.ndarray:
+    model.eval()
+    out = [model(to_input(frames[i : i + batch], config.mean, config.std)).argmax(1).numpy()
+           for i in range(0, len(frames), batch)]  # fmt: skip
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # denormals run 3-4x slower on CPU
+    seed_everything(args.seed)
+    ranges = Ranges(duration_s=(TRAIN.duration_s[0], args.max_duration),
+                    long_side=(TRAIN.long_side[0], args.max_long_side))  # fmt: skip
+    classes = len(LABELS)
+    # Training clips keep the scale square so random crops can shift; validation is exactly what the
+    # server samples (scale, then centre crop).
+    train_spec = SamplingSpec(args.segments, args.scale_size, args.scale_size)
+    val_spec = SamplingSpec(args.segments, args.scale_size, args.input_size)
+    train_x, train_y = decoded_clips(
+        SPLIT_TRAIN, args.seed, args.clips_per_class * classes, ranges, args.cache, train_spec, args.workers
+    )
+    val_x, val_y = decoded_clips(SPLIT_VAL, args.seed, args.val_per_class * classes, ranges, args.cache, val_spec,
+                                 args.workers)  # fmt: skip
+    # A curriculum: motion has to be found before it can be told apart; big, long, sharp motions first.
+    easy = np.argsort(-common.easiness(SPLIT_TRAIN, args.seed, len(train_y), ranges, args.workers))[: len(train_y) // 2]
+    data_s = time.monotonic() - started
+    print(f"data: {len(train_y)} training clips, {len(val_y)} validation clips, {data_s:.0f} s", flush=True)
+
+    name = args.out.parent.name if args.out.parent.name else ENTRY_NAME
+    config = ModelConfig(
+        name=name, version=args.out.name, arch="mobilenetv2", num_segments=args.segments, shift=not args.no_shift,
+        width_mult=args.width_mult, num_classes=classes, input_size=args.input_size, scale_size=args.scale_size,
+        weights_sha256="0" * 64, untrained=False,
+        source=f"trained on synthetic motion clips by training/train.py (seed {args.seed})",
+    )  # fmt: skip
+    model = build_model(config)
+    if args.init:
+        model.load_state_dict(load_entry(args.init).model.state_dict())
+    model.dropout.p = 0.3
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # faster on CPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_y) / args.batch_size)
+    total = steps_per_epoch * args.epochs if not args.steps else min(args.steps, steps_per_epoch * args.epochs)
+    warmup = min(100, max(total // 10, 1))
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    rng = np.random.default_rng(args.seed)
+    step, history = 0, list[dict[str, object]]()
+    train_started = time.monotonic()
+    for epoch in range(args.epochs):
+        model.train()
+        order = rng.choice(easy, len(train_y)) if epoch < args.easy_epochs else rng.permutation(len(train_y))
+        losses = []
+        for b in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = np.sort(order[b * args.batch_size : (b + 1) * args.batch_size])
+            frames, labels = augment(train_x[idx], train_y[idx], args.input_size, rng)
+            x = to_input(frames, config.mean, config.std)
+            # brightness and contrast jitter per clip
+            gain = torch.empty(len(idx), 1, 1, 1, 1).uniform_(0.8, 1.2)
+            x = x * gain + torch.empty(len(idx), 1, 1, 1, 1).uniform_(-0.2, 0.2)
+            loss = loss_fn(model(x), torch.from_numpy(labels))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            step += 1
+            if step % 20 == 0:
+                print(f"epoch {epoch + 1} step {step}/{total} loss {np.mean(losses[-20:]):.3f} "
+                      f"{time.monotonic() - train_started:.0f} s", flush=True)  # fmt: skip
+        acc = float((predict(model, val_x, config) == val_y).mean()) if len(val_y) else float("nan")
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "val_top1": acc})
+        print(f"epoch {epoch + 1}: loss {history[-1]['loss']}, validation top-1 {acc:.3f}", flush=True)
+        # written after every epoch, so a run stopped early still leaves its best-so-far entry
+        save(model, config, args, argv, started, data_s, step, history, len(train_y), len(val_y), ranges)
+        if step >= total:
+            break
+    print(f"wrote {args.out} in {time.monotonic() - started:.0f} s (data {data_s:.0f} s)", flush=True)
+    return 0
+
+
+def save(
+    model: nn.Module, config: ModelConfig, args: argparse.Namespace, argv: list[str] | None, started: float,
+    data_s: float, step: int, history: list[dict[str, object]], train_clips: int, val_clips: int, ranges: Ranges,
+) -> None:  # fmt: skip
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+    wall_s = time.monotonic() - started
+    write_entry(args.out, config, model, LABELS)  # type: ignore[arg-type]
+    facts = {
+        "command": "python -m training.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "shift": not args.no_shift, "seed": args.seed, "train_clips": train_clips, "val_clips": val_clips,
+        "epochs": args.epochs, "easy_epochs": args.easy_epochs, "steps": step, "batch_size": args.batch_size,
+        "lr": args.lr,
+        "data_s": round(data_s), "wall_s": round(wall_s), "threads": args.threads,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "history": history,
+        "ranges": {"duration_s": ranges.duration_s, "fps": ranges.fps, "long_side": ranges.long_side},
+    }  # fmt: skip
+    (args.out / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
+    write_card(args.out, config, facts, [])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
