@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from service.auth import ApiKeys
 from service.classifier import Classification, ClassifyOptions
+from service.decode import VideoFacts
 from service.errors import ErrorKind, ServiceError
 from service.server import Server
 from service.uploads import multipart_file
@@ -45,18 +46,6 @@ class PredictionOut(BaseModel):
     score: float = Field(description="softmax probability")
 
 
-class VideoOut(BaseModel):
-    container: str
-    codec: str
-    width: int
-    height: int
-    frames: int
-    fps: float
-    duration_s: float
-    rotation: int
-    decoder: str
-
-
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -67,7 +56,7 @@ class ClassifyResponse(BaseModel):
     request_id: str
     model: ModelRef
     predictions: list[PredictionOut] = Field(description="best first")
-    video: VideoOut
+    video: VideoFacts
     clips: int
     crops: int
     timings_ms: dict[str, float] = Field(description="upload, decode, queue, inference, total")
@@ -286,7 +275,7 @@ def _response(result: Classification) -> ClassifyResponse:
         request_id=result.request_id,
         model=ModelRef(name=result.model, version=result.version, untrained=result.untrained),
         predictions=[PredictionOut(label=p.label, index=p.index, score=p.score) for p in result.predictions],
-        video=VideoOut(**vars(result.video)),
+        video=result.video,
         clips=result.clips,
         crops=result.crops,
         timings_ms=result.timings_ms,
