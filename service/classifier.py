@@ -99,9 +99,12 @@ class Classifier:
         self.settings = settings
         self.metrics = metrics
         self.accepting = True  # false while draining
-        self.in_flight = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # the requests being handled now
         self._aborting = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
 
     def abort_in_flight(self) -> None:
         """Ends every running request with ``draining`` (the drain budget is spent)."""
@@ -137,11 +140,10 @@ class Classifier:
         code = "ok"
         timings: dict[str, float] = {}
         model_label = options.model or self.default_model
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
         task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
+        assert task is not None, "run() is a coroutine on an asyncio loop"
+        self._tasks.add(task)
+        self.metrics.in_flight.inc()
         try:
             admission = self._admit(options, timeout_s)
             timings = admission.timings_ms
@@ -157,7 +159,7 @@ class Classifier:
             code = e.code
             raise
         except asyncio.CancelledError:
-            if not self._aborting or task is None:
+            if not self._aborting:
                 code = "cancelled_or_internal"
                 raise
             if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is answered, not pending
@@ -168,9 +170,7 @@ class Classifier:
             code = "cancelled_or_internal"
             raise
         finally:
-            if task is not None:
-                self._tasks.discard(task)
-            self.in_flight -= 1
+            self._tasks.discard(task)
             self.metrics.in_flight.dec()
             known_model = model_label if model_label in self.models else ""
             self.metrics.requests.labels(protocol, known_model, code).inc()
