@@ -211,13 +211,15 @@ async def closed_loop(
     seconds: float,
     stop_after: Callable[[Record], bool] | None = None,
     on_record: Callable[[Record], None] | None = None,
+    origin: float | None = None,
 ) -> tuple[list[Record], float]:
     """``concurrency`` clients back to back; returns the records and the run's wall time.
-    ``stop_after(record)`` true ends that client (e.g. a 503 while the server drains)."""
+    ``stop_after(record)`` true ends that client (e.g. a 503 while the server drains). Record times
+    count from ``origin`` (a ``time.monotonic()``; default: now), so runs side by side share a clock."""
     requests, seconds = _caps(requests, seconds)
     records: list[Record] = []
     issued = 0
-    t0 = time.monotonic()
+    t0 = time.monotonic() if origin is None else origin
     deadline = t0 + seconds
 
     async def client() -> None:

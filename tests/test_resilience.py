@@ -137,8 +137,8 @@ def test_sigterm_under_load_completes_in_flight_refuses_new_and_loses_nothing(
 
         try:
             (http_records, _), (grpc_records, _), _ = await asyncio.gather(
-                closed_loop(http, [busy_clip], 8, 300, HANG_S, stop_after=refused, on_record=count),
-                closed_loop(rpc, [busy_clip], 4, 150, HANG_S, stop_after=refused, on_record=count),
+                closed_loop(http, [busy_clip], 8, 300, HANG_S, stop_after=refused, on_record=count, origin=t0),
+                closed_loop(rpc, [busy_clip], 4, 150, HANG_S, stop_after=refused, on_record=count, origin=t0),
                 signal_mid_run(),
             )
         finally:
