@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.load import HttpTarget, Record, Video, load_average  # noqa: E402
+from bench.load import HttpTarget, Record, Video, emit_report, load_average  # noqa: E402
 
 ALLOWED = frozenset({"200", "400", "413", "415", "422"})
 HANG_MARGIN_S = 30.0  # beyond the decode timeout: upload, queueing and a slow shared machine
@@ -248,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 (args.save_dir / f"case{f['case']}.bin").write_bytes(by_index[f["case"]].data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit_report(report, args.json)
     return 0 if report["passed"] else 1
 
 

@@ -493,12 +493,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", action="store_true", help="include every request in the JSON")
     p.add_argument("--json", type=Path, help="write the report here as well as to stdout")
     args = p.parse_args(argv)
-    report = asyncio.run(run(args))
+    emit_report(asyncio.run(run(args)), args.json)
+    return 0
+
+
+def emit_report(report: dict[str, Any], json_path: Path | None) -> None:
+    """Print the report as JSON, and write it to ``json_path`` too when one is given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0
+    if json_path:
+        json_path.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import sys
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.load import HttpTarget, Record, Video, children, closed_loop, fd_count, load_average, rss_mb  # noqa: E402
+from bench.load import HttpTarget, Record, Video, children, closed_loop, emit_report, fd_count, load_average, rss_mb  # noqa: E402
 
 # Malformed files that no decoder can make sense of: these must be refused with a 4xx. The other
 # malformed ones (a corrupted middle, a header that lies about the frame size) may decode: 200 or 4xx.
@@ -260,10 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         report.update(load_average=load_average(), decode_max_jobs=args.decode_max_jobs, exit_code=code)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit_report(report, args.json)
     return 0 if report["passed"] else 1
 
 
