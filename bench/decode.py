@@ -64,7 +64,8 @@ def run_one(method: str, path: str, repeat: int, threads: int) -> dict[str, floa
     """Runs in a fresh process: one warm-up, then ``repeat`` timed decodes."""
     import numpy as np
 
-    from service.decode import DecodeLimits, SamplingSpec, assemble, decode_file, sample_indices, scaled_size
+    from service.decode import DecodeLimits, decode_file
+    from service.sampling import SamplingSpec, assemble, sample_indices, scaled_size
 
     limits = DecodeLimits(4096 * 2304, 8192, 3600.0, 60.0, 4096, 1000)
     spec = SamplingSpec(**SPEC)  # type: ignore[arg-type]
@@ -195,8 +196,9 @@ def idle_rss() -> float:
 
 
 async def pool_throughput(path: Path, workers: int, threads: int, videos: int) -> float:
-    from service.decode import DecodeLimits, SamplingSpec
+    from service.decode import DecodeLimits
     from service.decode_pool import DecodePool
+    from service.sampling import SamplingSpec
 
     pool = DecodePool(DecodeLimits(4096 * 2304, 8192, 3600.0, 60.0, 4096, 1000), workers, decoder_threads=threads)
     await pool.start()

@@ -20,10 +20,11 @@ import numpy as np
 
 from service.batching import Batcher, Reservation
 from service.config import Settings
-from service.decode import SamplingSpec, VideoFacts
+from service.decode import VideoFacts
 from service.decode_pool import DecodePool
 from service.errors import ErrorKind, ServiceError, shutting_down
 from service.metrics import Metrics
+from service.sampling import SamplingSpec
 from service.store import StoreEntry
 from service.uploads import spool_upload
 

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from service.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, MiB, SamplingSpec, VideoFacts
+from service.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, MiB, VideoFacts
 from service.errors import ErrorKind, ServiceError, shutting_down
+from service.sampling import SamplingSpec
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.decode import SamplingSpec, decode_file
+from service.decode import decode_file
+from service.sampling import SamplingSpec
 from service.store import load_entry, sha256_file
 from tests.conftest import ROOT, ServerProcess
 from training import train

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.decode import DecodeLimits, SamplingSpec, decode_file
+from service.decode import DecodeLimits, decode_file
+from service.sampling import SamplingSpec
 from training.synthetic import LABELS, Ranges, sample_clip, write_clip
 
 ENTRY_NAME = "tsm_mobilenetv2_synthetic_motion"

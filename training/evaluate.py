@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.decode import SamplingSpec
+from service.sampling import SamplingSpec
 from service.store import ModelConfig, load_entry
 from training.card import write_card
 from training.common import DEFAULT_CACHE, decoded_clips

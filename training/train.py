@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.decode import SamplingSpec
+from service.sampling import SamplingSpec
 from service.store import ModelConfig, build_model, load_entry, write_entry
 from training import common
 from training.card import write_card

@@ -1,0 +1,102 @@
+"""Which frames a request needs: TSN test sampling, multi-view clips and crops, and the arithmetic
+of resizing and cropping. Pure functions, shared by the decoders, the benches and training."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What one request needs: T frames per view, resized so the short side is ``scale_size``,
+    then cropped to ``input_size`` squares. ``clips`` temporal views are evenly offset inside each
+    segment (clip 0 is the segment centre); ``crops`` is 1 (centre) or 3 (start, centre and end
+    of the long side). ``sampling="keyframes"`` takes the keyframe nearest each sampled frame:
+    much faster on long clips, approximate by up to half a GOP."""
+
+    num_segments: int
+    scale_size: int
+    input_size: int
+    clips: int = 1
+    crops: int = 1
+    sampling: Literal["uniform", "keyframes"] = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.num_segments < 1 or self.clips < 1:
+            raise ValueError("num_segments and clips must be at least 1")
+        if self.crops not in (1, 3):
+            raise ValueError("crops must be 1 or 3")
+        if not 1 <= self.input_size <= self.scale_size:
+            raise ValueError("input_size must be between 1 and scale_size")
+        if self.sampling not in ("uniform", "keyframes"):
+            raise ValueError("sampling must be 'uniform' or 'keyframes'")
+
+    @property
+    def views(self) -> int:
+        return self.clips * self.crops
+
+
+def sample_indices(num_frames: int, num_segments: int, clips: int = 1) -> list[list[int]]:
+    """TSN test sampling: frame ``int(tick * (x + offset))`` of each of T segments, tick = n / T.
+
+    Clip 0 takes the segment centres (offset 1/2, the official single-clip protocol); further clips
+    are evenly offset inside the segments (two clips: centre and start, the official "twice"
+    sampling). Videos shorter than T frames repeat frames.
+    """
+    tick = num_frames / num_segments
+    out = []
+    for c in range(clips):
+        offset = (0.5 + c / clips) % 1.0
+        out.append([min(int(tick * (x + offset)), num_frames - 1) for x in range(num_segments)])
+    return out
+
+
+def nearest_keyframes(indices: list[list[int]], keyframes: Sequence[int]) -> list[list[int]]:
+    """Replaces each index by the nearest keyframe (``sampling="keyframes"``)."""
+    if not keyframes:
+        return indices
+    keys = sorted(keyframes)
+
+    def nearest(i: int) -> int:
+        j = bisect.bisect_left(keys, i)
+        candidates = keys[max(j - 1, 0) : j + 1]
+        return min(candidates, key=lambda k: (abs(k - i), k))
+
+    return [[nearest(i) for i in clip] for clip in indices]
+
+
+def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """(width, height) with the short side at ``scale``, as torchvision's ``Resize(int)``."""
+    if width < height:
+        return scale, int(scale * height / width)
+    return int(scale * width / height), scale
+
+
+def crop_offsets(width: int, height: int, size: int, crops: int) -> list[tuple[int, int]]:
+    """(x, y) of each crop: the centre, or start / centre / end of the long side."""
+    cx, cy = round((width - size) / 2.0), round((height - size) / 2.0)
+    if crops == 1:
+        return [(cx, cy)]
+    if width >= height:
+        return [(0, cy), (cx, cy), (width - size, cy)]
+    return [(cx, 0), (cx, cy), (cx, height - size)]
+
+
+def assemble(unique: np.ndarray, order: list[int], indices: list[list[int]], spec: SamplingSpec) -> np.ndarray:
+    """Gathers views from ``unique`` (the decoded frames of sorted ``order``): [views, T, S, S, 3]."""
+    pos = {frame: i for i, frame in enumerate(order)}
+    size = spec.input_size
+    height, width = unique.shape[1:3]
+    out = np.empty((spec.views, spec.num_segments, size, size, 3), np.uint8)
+    view = 0
+    for clip in indices:
+        rows = [pos[i] for i in clip]
+        for x, y in crop_offsets(width, height, size, spec.crops):
+            out[view] = unique[rows, y : y + size, x : x + size]
+            view += 1
+    return out
