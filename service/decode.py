@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import av
-import decord
 import numpy as np
+
+try:
+    import decord
+except ImportError:  # decord has no wheels for ARM (aarch64, Apple silicon): PyAV decodes everything there
+    decord = None
 
 from service.errors import ErrorKind, ServiceError
 from service.sampling import SamplingSpec, assemble, nearest_keyframes, sample_indices, scaled_size
@@ -239,9 +243,14 @@ def decode_file(
 ) -> DecodedVideo:
     """Probes, checks the limits, decodes the sampled frames. Raises :class:`ServiceError`.
     ``threads``: decoder threads (0: the decoder's choice)."""
+    if decoder == "decord" and decord is None:
+        raise RuntimeError("decoder='decord' asked for, but decord is not installed")
     info = probe(path, limits)
     use_decord = decoder == "decord" or (
-        decoder == "auto" and info.container not in _PYAV_ONLY_CONTAINERS and info.codec not in _PYAV_ONLY_CODECS
+        decoder == "auto"
+        and decord is not None
+        and info.container not in _PYAV_ONLY_CONTAINERS
+        and info.codec not in _PYAV_ONLY_CODECS
     )
     if use_decord:
         try:

@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from tests.media import (
     truncate,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = Path(__file__).parent / "data" / "videos"
 MANIFEST = json.loads((SAMPLES / "manifest.json").read_text())
 LIMITS = DecodeLimits(
@@ -194,6 +197,22 @@ def test_three_crops_span_the_long_side(tmp_path: Path) -> None:
     assert quadrant_is_red(end) == [False, False, False, False]
     single = decode_file(path, SamplingSpec(num_segments=4, scale_size=48, input_size=48), LIMITS)
     assert np.array_equal(single.frames[0], video.frames[1])  # view order: clip-major, crops start/centre/end
+
+
+def test_without_decord_pyav_decodes_everything(tmp_path: Path) -> None:
+    # decord has no ARM wheels: where it is missing, "auto" must still decode (with PyAV).
+    path = make_video(tmp_path / "clip.mp4", frames=12)
+    code = (
+        "import sys, json; sys.modules['decord'] = None\n"
+        "from service.decode import DecodeLimits, decode_file\nfrom service.sampling import SamplingSpec\n"
+        f"v = decode_file({str(path)!r}, SamplingSpec(4, 48, 48), DecodeLimits(9437184, 8192, 3600.0, 20.0, 2048, 9))\n"
+        "print(json.dumps([v.facts.decoder, v.frames[0, :, 0, 0, 0].tolist()]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    decoder, grey = json.loads(out.stdout)
+    assert decoder == "pyav"
+    expected = decode_file(path, SamplingSpec(4, 48, 48), LIMITS, decoder="pyav").frames[0, :, 0, 0, 0]
+    assert grey == expected.tolist()
 
 
 @pytest.mark.parametrize("decoder", ["auto", "pyav"])
