@@ -223,7 +223,7 @@ class Classifier:
         config = model.entry.config
         spec = SamplingSpec(
             num_segments=config.num_segments, scale_size=config.scale_size, input_size=config.input_size,
-            clips=options.clips, crops=options.crops, sampling=options.sampling,
+            clips=options.clips, crops=options.crops, sampling=options.sampling, resize=config.resize,
         )  # fmt: skip
         try:
             with self._stage(admission, "decode"):

@@ -267,7 +267,7 @@ def _model_dict(m: pb.ModelInfo) -> dict[str, Any]:
     return {
         "name": m.name, "version": m.version, "default": m.is_default, "arch": m.arch,
         "num_segments": m.num_segments, "num_classes": m.num_classes, "input_size": m.input_size,
-        "scale_size": m.scale_size, "shift": m.shift, "untrained": m.untrained, "source": m.source,
+        "scale_size": m.scale_size, "resize": m.resize, "shift": m.shift, "untrained": m.untrained, "source": m.source,
     }  # fmt: skip
 
 

@@ -275,10 +275,10 @@ def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _decode_decord(path: str, info: _Probe, spec: SamplingSpec, threads: int) -> DecodedVideo:
-    width, height = scaled_size(*info.display_size, spec.scale_size)
-    # decord rotates by the display matrix itself, but its resize is wrong for 90/270 turns:
-    # decode those at full size and resize afterwards.
-    resize_late = info.rotation in (90, 270)
+    width, height = scaled_size(*info.display_size, spec.scale_size, spec.resize)
+    # decord rotates by the display matrix itself, but its resize is wrong for 90/270 turns, and
+    # it fails on a change of aspect ratio: decode those at full size and resize afterwards.
+    resize_late = info.rotation in (90, 270) or spec.resize == "stretch"
     try:
         if resize_late:
             reader = decord.VideoReader(path, num_threads=threads)
@@ -309,7 +309,7 @@ def _decode_decord(path: str, info: _Probe, spec: SamplingSpec, threads: int) ->
 
 
 def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimits, threads: int) -> DecodedVideo:
-    width, height = scaled_size(*info.display_size, spec.scale_size)
+    width, height = scaled_size(*info.display_size, spec.scale_size, spec.resize)
     coded_w, coded_h = (height, width) if info.rotation in (90, 270) else (width, height)
     turns = info.rotation // 90  # np.rot90 turns counter-clockwise, as the display matrix does
     try:

@@ -13,8 +13,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """What one request needs: T frames per view, resized so the short side is ``scale_size``,
-    then cropped to ``input_size`` squares. ``clips`` temporal views are evenly offset inside each
+    """What one request needs: T frames per view, resized so the short side is ``scale_size``
+    (``resize="short_side"``, the TSN protocol) or the whole frame to a ``scale_size`` square, aspect
+    not kept (``resize="stretch"``: nothing at the edges is cropped away), then cropped to
+    ``input_size`` squares. ``clips`` temporal views are evenly offset inside each
     segment (clip 0 is the segment centre); ``crops`` is 1 (centre) or 3 (start, centre and end
     of the long side). ``sampling="keyframes"`` takes the keyframe nearest each sampled frame:
     much faster on long clips, approximate by up to half a GOP."""
@@ -25,6 +27,7 @@ class SamplingSpec:
     clips: int = 1
     crops: int = 1
     sampling: Literal["uniform", "keyframes"] = "uniform"
+    resize: Literal["short_side", "stretch"] = "short_side"
 
     def __post_init__(self) -> None:
         if self.num_segments < 1 or self.clips < 1:
@@ -35,6 +38,8 @@ class SamplingSpec:
             raise ValueError("input_size must be between 1 and scale_size")
         if self.sampling not in ("uniform", "keyframes"):
             raise ValueError("sampling must be 'uniform' or 'keyframes'")
+        if self.resize not in ("short_side", "stretch"):
+            raise ValueError("resize must be 'short_side' or 'stretch'")
 
     @property
     def views(self) -> int:
@@ -70,8 +75,13 @@ def nearest_keyframes(indices: list[list[int]], keyframes: Sequence[int]) -> lis
     return [[nearest(i) for i in clip] for clip in indices]
 
 
-def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
-    """(width, height) with the short side at ``scale``, as torchvision's ``Resize(int)``."""
+def scaled_size(
+    width: int, height: int, scale: int, resize: Literal["short_side", "stretch"] = "short_side"
+) -> tuple[int, int]:
+    """(width, height) with the short side at ``scale``, as torchvision's ``Resize(int)``, or the
+    ``scale`` square for ``resize="stretch"``."""
+    if resize == "stretch":
+        return scale, scale
     if width < height:
         return scale, int(scale * height / width)
     return int(scale * width / height), scale

@@ -171,7 +171,7 @@ class Server:
             out.append({
                 "name": name, "version": c.version, "default": name == self.classifier.default_model,
                 "arch": c.arch, "num_segments": c.num_segments, "num_classes": c.num_classes,
-                "input_size": c.input_size, "scale_size": c.scale_size, "shift": c.shift,
+                "input_size": c.input_size, "scale_size": c.scale_size, "resize": c.resize, "shift": c.shift,
                 "untrained": c.untrained, "source": c.source,
             })  # fmt: skip
         return out

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -48,6 +49,11 @@ class ModelConfig(BaseModel):
     num_classes: int = Field(ge=1)
     input_size: int = Field(default=224, ge=32, le=1024)
     scale_size: int = Field(default=256, ge=32, le=2048)
+    resize: Literal["short_side", "stretch"] = Field(
+        default="short_side",
+        description="short_side: short side to scale_size, then centre crop (TSN); stretch: whole frame to a "
+        "scale_size square (aspect not kept), then centre crop",
+    )
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     labels_file: str = "labels.txt"

@@ -199,6 +199,20 @@ def test_three_crops_span_the_long_side(tmp_path: Path) -> None:
     assert np.array_equal(single.frames[0], video.frames[1])  # view order: clip-major, crops start/centre/end
 
 
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_stretch_keeps_the_whole_frame(tmp_path: Path, decoder: str) -> None:
+    # 96x48, red top-left quarter: stretched to a 48 square, every view shows all of it (a quarter
+    # of the pixels), where short_side's start crop would be half red and its end crop none.
+    path = make_video(tmp_path / "wide.mp4", width=96, height=48, pattern="corner")
+    spec = SamplingSpec(num_segments=4, scale_size=48, input_size=48, crops=3, resize="stretch")
+    video = decode_file(path, spec, LIMITS, decoder=decoder)
+    assert_frames(video, spec)
+    for view in video.frames[:, 0]:
+        assert quadrant_is_red(view) == [True, False, False, False]
+        red = (view[..., 0] > 150) & (view[..., 1] < 100)
+        assert abs(red.mean() - 0.25) < 0.03
+
+
 def test_without_decord_pyav_decodes_everything(tmp_path: Path) -> None:
     # decord has no ARM wheels: where it is missing, "auto" must still decode (with PyAV).
     path = make_video(tmp_path / "clip.mp4", frames=12)

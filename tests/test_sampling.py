@@ -39,6 +39,11 @@ def test_scale_keeps_aspect_with_the_short_side_at_scale_size() -> None:
     assert scaled_size(100, 100, 128) == (128, 128)
 
 
+def test_stretch_resizes_the_whole_frame_to_the_scale_square() -> None:
+    assert scaled_size(1280, 720, 128, "stretch") == (128, 128)
+    assert scaled_size(720, 1280, 112, "stretch") == (112, 112)
+
+
 def test_crops_are_centre_or_along_the_long_side() -> None:
     assert crop_offsets(455, 256, 224, 1) == [(116, 16)]
     assert crop_offsets(455, 256, 256, 3) == [(0, 0), (100, 0), (199, 0)]
@@ -53,6 +58,7 @@ def test_crops_are_centre_or_along_the_long_side() -> None:
         {"input_size": 300},
         {"clips": 0},
         {"sampling": "random"},
+        {"resize": "letterbox"},
     ],
 )
 def test_bad_sampling_specs_are_refused(kwargs: dict[str, object]) -> None:

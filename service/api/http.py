@@ -71,6 +71,7 @@ class ModelOut(BaseModel):
     num_classes: int
     input_size: int
     scale_size: int
+    resize: str = Field(description="short_side (resize, then centre crop) or stretch (whole frame, aspect not kept)")
     shift: bool
     untrained: bool
     source: str
