@@ -20,10 +20,10 @@ esac
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "bench/gpu.sh: no CUDA device visible to torch")'
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 # Model-only and in-process serving: stops starting new work after --budget-s; SIGINT keeps what was measured.
-timeout --signal=INT --kill-after=20 330 "$PY" -m bench.gpu_bench --device cuda --budget-s 280 \
+timeout --signal=INT --kill-after=20 260 "$PY" -m bench.gpu_bench --device cuda --budget-s 220 \
   --results bench/RESULTS.md "$@" || true
 # The whole service over HTTP on this GPU (decode workers on the host's cores), default vs naive.
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 || echo "unknown GPU")
 printf '\n## Whole service over HTTP on %s (bench/e2e.py --quick), %s\n' "$card" "$(date -u +%F)" >> bench/RESULTS.md
-TSM_DEVICE=cuda timeout --signal=INT --kill-after=20 150 "$PY" -m bench.e2e --quick --seconds 130 \
+TSM_DEVICE=cuda timeout --signal=INT --kill-after=20 220 "$PY" -m bench.e2e --quick \
   --results bench/RESULTS.md

@@ -162,6 +162,8 @@ def main() -> None:
     p.add_argument("--delay-ms", type=float, default=2.0)
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new work after this long")
     p.add_argument("--results", help="append the tables to this markdown file")
+    p.add_argument("--sections", default="eager,graphs,serve,compile", help="which sections to run, in this order")
+    p.add_argument("--dtypes", default="float32,float16,bfloat16", help="model-only dtypes (CPU: float32 only)")
     a = p.parse_args()
     if a.quick:
         a.size, a.batches, a.compile_batches, a.point_s = 64, "1,2", "2", 0.05
@@ -172,7 +174,7 @@ def main() -> None:
     batches = [int(x) for x in a.batches.split(",")]
     archs = a.archs.split(",")
     cuda = a.device.startswith("cuda")
-    dtypes = list(DTYPES) if cuda else ["float32"]
+    dtypes = a.dtypes.split(",") if cuda else ["float32"]
     budget = Budget(a.budget_s)
 
     eager = [dict(arch=x, dtype=d, channels_last=cl) for x in archs for d in dtypes for cl in (False, True)]
@@ -183,7 +185,7 @@ def main() -> None:
         if cuda and d != "float32"
     ]
     compiled = [
-        dict(arch=x, mode="compile", dtype=dtypes[1 if cuda else 0], channels_last=True, compile=True)
+        dict(arch=x, mode="compile", dtype="float16" if cuda else "float32", channels_last=True, compile=True)
         for x in archs[:1]
     ]
 
@@ -194,15 +196,16 @@ def main() -> None:
         "| max_batch_clips | concurrency | clips/s | vs off | mean batch | p50 ms | p95 ms |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    sections: list[tuple[Callable[[], list[str]], list[str]]] = [
-        (lambda: model_rows(a, budget, 0.40, eager, batches), model_table),
-        (lambda: model_rows(a, budget, 0.55, graphs, batches), model_table),
-        (lambda: serve_rows(a, budget, 0.80), serve_table),
-        (lambda: model_rows(a, budget, 0.98, compiled, batches), model_table),
-    ]
+    sections: dict[str, tuple[Callable[[], list[str]], list[str]]] = {
+        "eager": (lambda: model_rows(a, budget, 0.40, eager, batches), model_table),
+        "graphs": (lambda: model_rows(a, budget, 0.55, graphs, batches), model_table),
+        "serve": (lambda: serve_rows(a, budget, 0.80), serve_table),
+        "compile": (lambda: model_rows(a, budget, 0.98, compiled, batches), model_table),
+    }
     interrupted = False
     try:
-        for run, table in sections:
+        for name in a.sections.split(","):
+            run, table = sections[name]
             table.extend(run())
     except KeyboardInterrupt:  # gpu.sh's hard timeout: keep what was measured
         interrupted = True
