@@ -258,12 +258,13 @@ def calibrate_batchnorm(model: TSM, input_size: int, steps: int = 2, seed: int =
 def write_random_entry(
     store: str | Path, *, name: str, labels: list[str], arch: Arch = "mobilenetv2", num_segments: int = 8,
     width_mult: float = 1.0, input_size: int = 224, scale_size: int = 256, seed: int = 0,
+    resize: Literal["short_side", "stretch"] = "short_side",
 ) -> Path:  # fmt: skip
     """An untrained entry (He-initialised, BN calibrated): for tests, benches, a server with no model yet."""
     torch.manual_seed(seed)
     config = ModelConfig(
         name=name, version="1", arch=arch, num_segments=num_segments, width_mult=width_mult,
-        num_classes=len(labels), input_size=input_size, scale_size=scale_size, weights_sha256="0" * 64,
+        num_classes=len(labels), input_size=input_size, scale_size=scale_size, resize=resize, weights_sha256="0" * 64,
         untrained=True, source=f"random initialisation, seed {seed}",
     )  # fmt: skip
     model = build_model(config)

@@ -31,11 +31,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two small untrained models: fast enough to serve many requests on 2 cores."""
+    """Two small untrained models: fast enough to serve many requests on 2 cores; tiny4 sees whole frames."""
     store = tmp_path_factory.mktemp("store")
     small = {"width_mult": 0.5, "input_size": 64, "scale_size": 72}
     write_random_entry(store, name="tiny", labels=TINY_LABELS, **small)
-    write_random_entry(store, name="tiny4", labels=TINY_LABELS[:3], num_segments=4, seed=1, **small)
+    write_random_entry(store, name="tiny4", labels=TINY_LABELS[:3], num_segments=4, seed=1, resize="stretch", **small)
     return store
 
 

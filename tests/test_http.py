@@ -161,6 +161,7 @@ def test_models_health_ready_and_metrics(server: ServerProcess) -> None:
     models = httpx.get(f"{server.url}/v1/models").json()["models"]
     assert {m["name"]: m["default"] for m in models} == {"tiny": True, "tiny4": False}
     assert all(m["untrained"] for m in models)
+    assert {m["name"]: m["resize"] for m in models} == {"tiny": "short_side", "tiny4": "stretch"}
     assert httpx.get(f"{server.url}/v1/models/tiny4").json()["num_segments"] == 4
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").json() == {"ready": True, "reason": ""}
