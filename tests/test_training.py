@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -61,21 +62,24 @@ def _polar(patch: np.ndarray, centre: tuple[float, float], radius: float) -> np.
 
 
 def _turn(a: np.ndarray, b: np.ndarray) -> float:
-    """Clockwise degrees from polar profile ``a`` to ``b``: the best circular shift (ties: the smallest)."""
-    shifts = sorted(range(-89, 90), key=abs)
+    """Clockwise degrees from polar profile ``a`` to ``b``: the best circular shift (ties: the smallest).
+    Within ±60°: QUICK clips turn at most ~35° a frame, and a wider window lets a nearly 2- or 4-fold
+    symmetric shape match itself half or a quarter turn away."""
+    shifts = sorted(range(-30, 31), key=abs)
     errors = [float(((np.roll(a, k, axis=0) - b) ** 2).sum()) for k in shifts]
     return 2.0 * shifts[int(np.argmin(errors))]
 
 
-def measure(label: int, index: int) -> dict[str, float]:
+def measure(label: int, index: int, ranges: Ranges = QUICK) -> dict[str, float]:
     """Start-to-end changes of the object's centroid, area, opacity and angle in one rendered clip,
     measured from the pixels of the object's layer (not from the generator's settings)."""
-    spec = sample_clip(SPLIT_TRAIN, 7, index, QUICK, label=label)
-    cx, cy, area, opacity, turn = [], [], [], [], 0.0
+    spec = sample_clip(SPLIT_TRAIN, 7, index, ranges, label=label)
+    cx, cy, area, opacity, turn, cut = [], [], [], [], 0.0, False
     previous: np.ndarray | None = None
     for _, layer in render(spec, with_layer=True):
         assert layer is not None
         alpha = layer[..., 3]
+        cut |= bool(alpha[[0, -1]].any() or alpha[:, [0, -1]].any())  # partly out of frame
         top = float(alpha.max())
         ys, xs = np.mgrid[0 : alpha.shape[0], 0 : alpha.shape[1]]
         mass = float(alpha.sum())
@@ -94,20 +98,23 @@ def measure(label: int, index: int) -> dict[str, float]:
                   for s in ends)  # fmt: skip
     return {"dx": (end["x"] - start["x"]) / spec.width, "dy": (end["y"] - start["y"]) / spec.height,
             "area": end["area"] / start["area"], "opacity0": start["opacity"], "opacity1": end["opacity"],
-            "turn": turn, "moved_px": math.hypot(end["x"] - start["x"], end["y"] - start["y"])}  # fmt: skip
+            "turn": turn, "moved_px": math.hypot(end["x"] - start["x"], end["y"] - start["y"]),
+            "cut": cut, "radius_change_px": abs(math.sqrt(end["area"] / math.pi) - math.sqrt(start["area"] / math.pi)),
+            }  # fmt: skip
 
 
 @pytest.mark.parametrize("label", range(len(LABELS)), ids=[s.replace(" ", "_") for s in LABELS])
 def test_generator_labels_match_what_is_drawn(label: int) -> None:
-    for index in range(2):
-        m = measure(label, index)
+    for index, ranges in ((0, QUICK), (1, QUICK), (2, replace(QUICK, easy=True))):
+        m = measure(label, index, ranges)
         what = f"{LABELS[label]} clip {index}: {m}"
         moves = {LEFT_TO_RIGHT: m["dx"] > 0.1, RIGHT_TO_LEFT: m["dx"] < -0.1, DOWN: m["dy"] > 0.1, UP: m["dy"] < -0.1}
         if label in moves:
             assert moves[label], what
             assert abs(m["dx"] if label in (UP, DOWN) else m["dy"]) < 0.1, what  # small perpendicular drift
-        elif label not in (CW, CCW):  # turning shapes may wobble around their centroid
-            assert m["moved_px"] < 6, what  # camera jitter only
+        elif label not in (CW, CCW) and not m["cut"]:  # turning or cut-off shapes' centroids wobble
+            # camera jitter, and a shape scaled about its middle moves its centroid with its size
+            assert m["moved_px"] < 6 + 0.5 * m["radius_change_px"], what
         if label == CW:
             assert m["turn"] >= 60, what
         if label == CCW:
@@ -158,7 +165,8 @@ def test_same_seed_and_index_give_the_same_clip() -> None:
 
 def test_two_step_training_run_writes_a_loadable_entry(tmp_path: Path) -> None:
     out = tmp_path / "store" / "smoke" / "1"
-    args = ["--out", str(out), "--clips-per-class", "1", "--val-per-class", "1", "--steps", "2", "--batch-size", "4",
+    args = ["--out", str(out), "--clips-per-class", "1", "--easy-clips-per-class", "1", "--val-per-class", "1",
+            "--steps", "2", "--batch-size", "4",
             "--epochs", "1", "--cache", str(tmp_path / "cache"), "--workers", "1", "--max-duration", "1.5",
             "--max-long-side", "160"]  # fmt: skip
     assert train.main(args) == 0

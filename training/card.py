@@ -18,11 +18,15 @@ def _pct(x: object) -> str:
 
 def render_card(config: ModelConfig, training: dict[str, Any], results: list[dict[str, Any]]) -> str:
     kind = "TSM (temporal shift)" if config.shift else "TSN (no shift) baseline"
+    frames = (
+        f"the whole frame stretched to {config.scale_size}² (aspect not kept), centre {config.input_size}² crop"
+        if config.resize == "stretch"
+        else f"{config.input_size}² centre crop of frames scaled to a {config.scale_size}-pixel short side"
+    )
     lines = [
         f"# {config.name}, version {config.version}",
         "",
-        f"A {kind} MobileNetV2 (width ×{config.width_mult}, {config.num_segments} segments, "
-        f"{config.input_size}² centre crop of frames scaled to a {config.scale_size}-pixel short side) that "
+        f"A {kind} MobileNetV2 (width ×{config.width_mult}, {config.num_segments} segments, {frames}) that "
         "tells 11 kinds of motion of one object apart in **synthetic** clips. It exists so the server answers "
         "something true out of the box; it is **not a general-purpose action recogniser**: on real videos "
         "its answers mean little.",
@@ -47,19 +51,23 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "of it). Translation 18-85% of the frame along its axis with small drift, rotation 80-380°, "
         "scale change 1.4-4.2×, fades between 0-10% and 90-100% opacity. Aspect 4:3, 16:9, 1:1, 3:4, 9:16.",
         "",
-        f"- training: {training.get('train_clips', '?')} clips (seed {training.get('seed', '?')}), "
-        f"{_range(training.get('ranges', {}))}; validation: {training.get('val_clips', '?')} clips",
+        f"- training: {training.get('easy_clips', 0)} easy clips (one big, sharp object on a flat or gradient "
+        "background, no distractors, noise or jitter, motion over 80-100% of the clip: translation ≥ 45%, "
+        f"turn ≥ 180°, scale ≥ 2.5×), then {training.get('train_clips', '?')} clips of the full variety "
+        f"(seed {training.get('seed', '?')}), {_range(training.get('ranges', {}))}; validation: "
+        f"{training.get('val_clips', '?')} clips",
         f"- evaluation: fresh clips from a separate split of the generator, full ranges {_range(_full())}",
         "",
         "Every clip is decoded once through the server's own `service.decode.decode_file` (the "
-        "server's sampling: centre frame of each of the segments). Training takes random "
-        f"{config.input_size}² crops of the {config.scale_size}² centre and flips, transposes and time "
+        "server's sampling: centre frame of each of the segments, the entry's resize). Training takes random "
+        f"{config.input_size}² crops of the {config.scale_size}² frames and flips, transposes and time "
         "reversals that relabel the clip (a mirrored left-to-right clip is a right-to-left clip).",
         "",
         "## Training",
         "",
         f"- command: `{training.get('command', TRAIN_COMMAND)}`",
-        f"- {training.get('epochs', '?')} epochs, {training.get('steps', '?')} steps of "
+        f"- a curriculum: {training.get('easy_epochs', 0)} epochs over the easy clips, then "
+        f"{training.get('epochs', '?')} epochs over the full variety; {training.get('steps', '?')} steps of "
         f"{training.get('batch_size', '?')} clips, AdamW (lr {training.get('lr', '?')}, cosine), label "
         "smoothing 0.1, seeded (python, numpy, torch)",
         f"- wall time {_minutes(training.get('wall_s'))} (of which data {_minutes(training.get('data_s'))}) "
@@ -81,9 +89,9 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
             *[f"| {name} | " + " | ".join(_pct(r["per_class"][name]) for r in results) + " |" for name in LABELS],
             "| **overall** | " + " | ".join(f"**{_pct(r['top1'])}**" for r in results) + " |",
             "",
-            f"The TSN baseline is trained the same way (`{TSN_COMMAND}`). It sees the same set of frames "
-            "for a clip and its time reversal, so it can only guess within each pair: near 50% on ten "
-            "classes, 100% on standing still, about 55% overall.",
+            f"The TSN baseline is trained the same way (`{TSN_COMMAND}`). Each frame is scored on its own "
+            "and the scores averaged, so it sees the same thing for a clip and its time reversal: within "
+            "each of the five pairs it can only guess.",
         ]
     else:
         lines.append("Not evaluated yet: `python -m training.evaluate --entry <this folder>`.")
@@ -105,8 +113,8 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "",
         "- Synthetic data only: one object, simple shapes, static camera but for jitter. Real videos, "
         "several moving objects, camera motion, occlusion or actions of people are out of its world.",
-        "- The server looks at the centre square of the frame (short side); motion outside it on wide or "
-        "portrait videos is not seen. The generator keeps 85% of its objects mostly inside that square.",
+        "- Frames are stretched to a square (`resize: stretch` in model.json), so motion near the edges "
+        "of wide or portrait videos is seen; shapes look squeezed, which this task does not mind.",
         "- 8 frames per clip: a motion that fills only a sliver of a long clip, or a turn faster than "
         "about 90° per sampled frame, can be missed or read backwards.",
         "- Held-back clips from another renderer may differ in ways this generator does not cover.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import random
@@ -12,7 +13,7 @@ import numpy as np
 
 from service.decode import DecodeLimits, decode_file
 from service.sampling import SamplingSpec
-from training.synthetic import LABELS, Ranges, sample_clip, write_clip
+from training.synthetic import GENERATOR_VERSION, LABELS, Ranges, sample_clip, write_clip
 
 ENTRY_NAME = "tsm_mobilenetv2_synthetic_motion"
 DEFAULT_ENTRY = Path(__file__).resolve().parent.parent / "model_store" / ENTRY_NAME / "1"
@@ -52,17 +53,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _make_one(job: tuple[int, int, int, Ranges, str, int, int, int]) -> tuple[np.ndarray, int]:
-    split, seed, index, ranges, cache, segments, scale, size = job
+def _make_one(job: tuple[int, int, int, Ranges, str, SamplingSpec]) -> tuple[np.ndarray, int]:
+    split, seed, index, ranges, cache, sampling = job
     cache_dir = Path(cache)
     spec = sample_clip(split, seed, index, ranges)
-    arrays = cache_dir / "frames" / f"{split}-{seed}-{index}-{segments}x{scale}x{size}.npy"
+    # The generator's version and ranges decide the pixels: a change never reuses stale clips.
+    key = hashlib.sha1(repr((GENERATOR_VERSION, ranges)).encode()).hexdigest()[:10]
+    name = f"{split}-{seed}-{index}-{key}"
+    s = sampling
+    arrays = cache_dir / "frames" / f"{name}-{s.num_segments}x{s.scale_size}x{s.input_size}-{s.resize}.npy"
     if arrays.is_file():
         return np.load(arrays), spec.label
-    video = cache_dir / "videos" / f"{split}-{seed}-{index}{spec.suffix}"
+    video = cache_dir / "videos" / f"{name}{spec.suffix}"
     if not video.is_file():
         write_clip(spec, video.parent, video.name)
-    frames = decode_file(video, SamplingSpec(segments, scale, size), LIMITS).frames[0]
+    frames = decode_file(video, sampling, LIMITS).frames[0]
     arrays.parent.mkdir(parents=True, exist_ok=True)
     tmp = arrays.with_name(arrays.stem + f".{os.getpid()}.tmp.npy")
     np.save(tmp, frames)
@@ -81,8 +86,7 @@ def decoded_clips(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clips ``0..count-1`` of a split, rendered, encoded and decoded once through the server's
     ``decode_file`` (cached on disk): uint8 [N, T, S, S, 3] and labels [N]."""
-    jobs = [(split, seed, i, ranges, str(cache), sampling.num_segments, sampling.scale_size, sampling.input_size)
-            for i in range(count)]  # fmt: skip
+    jobs = [(split, seed, i, ranges, str(cache), sampling) for i in range(count)]
     if workers > 1:
         # forkserver: workers stay free of torch's thread pools (see DESIGN.md on forking)
         with multiprocessing.get_context("forkserver").Pool(workers) as pool:
@@ -92,21 +96,3 @@ def decoded_clips(
     frames = np.stack([f for f, _ in results])
     labels = np.array([label for _, label in results], dtype=np.int64)
     return frames, labels
-
-
-def _ease_of(job: tuple[int, int, int, Ranges]) -> float:
-    from training.synthetic import build_scene
-
-    spec = sample_clip(*job)
-    scene = build_scene(spec)
-    # big objects, long motions and sharp frames are easy to see
-    return max(scene.radius) * 2 / min(spec.width, spec.height) * scene.span / (1 + scene.blur)
-
-
-def easiness(split: int, seed: int, count: int, ranges: Ranges, workers: int = 2) -> np.ndarray:
-    """How easy each clip's motion is to see (a score from the clip's settings, for a curriculum)."""
-    jobs = [(split, seed, i, ranges) for i in range(count)]
-    if workers > 1:
-        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-            return np.array(pool.map(_ease_of, jobs, chunksize=16))
-    return np.array([_ease_of(j) for j in jobs])

@@ -3,7 +3,7 @@
     python -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/1 --clips-per-class 20 --seed 0
 
 Clips cover the issue's full ranges (1-10 s, 8-30 fps, 128-640 px) and go through exactly what the
-server does: ``decode_file`` with the entry's segments, scale and crop, then the entry's network.
+server does: ``decode_file`` with the entry's segments, resize and crop, then the entry's network.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def evaluate(
 ) -> dict[str, object]:
     entry = load_entry(entry_dir)
     c = entry.config
-    frames, labels = decoded_clips(SPLIT_EVAL, seed, clips_per_class * len(LABELS), FULL, cache,
-                                   SamplingSpec(c.num_segments, c.scale_size, c.input_size), workers)  # fmt: skip
+    spec = SamplingSpec(c.num_segments, c.scale_size, c.input_size, resize=c.resize)
+    frames, labels = decoded_clips(SPLIT_EVAL, seed, clips_per_class * len(LABELS), FULL, cache, spec, workers)
     predicted = predict(entry.model, frames, c)
     per_class = {name: float((predicted[labels == k] == k).mean()) for k, name in enumerate(entry.labels)}
     confusion = np.zeros((len(LABELS), len(LABELS)), np.int64)

@@ -39,7 +39,9 @@ LABELS = [
 LEFT_TO_RIGHT, RIGHT_TO_LEFT, UP, DOWN, CW, CCW, GROW, SHRINK, FADE_IN, FADE_OUT, STILL = range(11)
 
 # Splits keep training, validation and evaluation clips apart whatever seeds are passed.
-SPLIT_TRAIN, SPLIT_VAL, SPLIT_EVAL, SPLIT_EXAMPLE = 1, 2, 3, 4
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_EVAL, SPLIT_EXAMPLE, SPLIT_EASY = 1, 2, 3, 4, 5
+# Bumped whenever a clip's pixels change for the same (split, seed, index): it keys the clip caches.
+GENERATOR_VERSION = 2
 
 ASPECTS = [(4, 3), (16, 9), (1, 1), (3, 4), (9, 16)]
 SHAPES = ["circle", "ellipse", "square", "rectangle", "triangle", "star", "polygon", "glyph", "patch", "arrow"]
@@ -52,15 +54,18 @@ SPRITE = 512  # side of the finest sprite level; coarser levels halve it
 
 @dataclass(frozen=True)
 class Ranges:
-    """What clips vary over. ``FULL`` is the issue's range; training may use shorter, smaller clips."""
+    """What clips vary over. ``FULL`` is the issue's range; training may use shorter, smaller clips.
+    ``easy`` clips (a curriculum's first stage) show one big, sharp object on a plain background that
+    moves, turns, scales or fades a lot over the whole clip."""
 
     duration_s: tuple[float, float] = (1.0, 10.0)
     fps: tuple[int, int] = (8, 30)
     long_side: tuple[int, int] = (128, 640)
+    easy: bool = False
 
 
 FULL = Ranges()
-TRAIN = Ranges(duration_s=(1.0, 5.0), long_side=(128, 400))
+TRAIN = Ranges(duration_s=(1.0, 5.0), long_side=(128, 360))
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class ClipSpec:
     suffix: str
     quality: float  # 0 best .. 1 worst, mapped to each encoder's own scale
     scene_seed: int
+    easy: bool = False
 
     @property
     def name(self) -> str:
@@ -103,7 +109,7 @@ def sample_clip(split: int, seed: int, index: int, ranges: Ranges = FULL, label:
             break
         pick -= fmt[3]
     return ClipSpec(label, width, height, fps, frames, container, encoder, suffix, float(rng.uniform()),
-                    int(rng.integers(1 << 62)))  # fmt: skip
+                    int(rng.integers(1 << 62)), ranges.easy)  # fmt: skip
 
 
 # --- shapes and textures, in object coordinates: u right, v down, the shape inside the unit disc
@@ -287,11 +293,11 @@ def draw_sprite(
 # --- the scene -------------------------------------------------------------------------------------
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def _background(rng: np.random.Generator, width: int, height: int, plain: bool) -> np.ndarray:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     u = xs / max(width, height) * 2 - 1
     v = ys / max(width, height) * 2 - 1
-    kind = str(rng.choice(["flat", "gradient", "noise", "textured"]))
+    kind = str(rng.choice(["flat", "gradient"] if plain else ["flat", "gradient", "noise", "textured"]))
     a, b = _colour(rng), _colour(rng)
     if kind == "flat":
         mix = np.zeros_like(u)
@@ -340,11 +346,11 @@ class Scene:
 
 def build_scene(spec: ClipSpec) -> Scene:
     rng = np.random.default_rng(spec.scene_seed)
-    w, h, label = spec.width, spec.height, spec.label
+    w, h, label, easy = spec.width, spec.height, spec.label, spec.easy
     short = min(w, h)
-    jitter = int(rng.integers(0, 3))
-    background = _background(rng, w + 2 * jitter, h + 2 * jitter)
-    for _ in range(int(rng.integers(0, 4))):  # static distractors
+    jitter = 0 if easy else int(rng.integers(0, 3))
+    background = _background(rng, w + 2 * jitter, h + 2 * jitter, plain=easy)
+    for _ in range(0 if easy else int(rng.integers(0, 4))):  # static distractors
         sprite = make_sprite(rng, str(rng.choice(SHAPES)), _colour(rng), False, 128)
         drawn = draw_sprite(sprite, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.12) * short,
                             rng.uniform(0, 2 * math.pi), w + 2 * jitter, h + 2 * jitter)  # fmt: skip
@@ -357,28 +363,18 @@ def build_scene(spec: ClipSpec) -> Scene:
     mean_bg = background.reshape(-1, 3).mean(axis=0)
     levels = make_sprite(rng, kind, _colour(rng, mean_bg, 110), marker)
 
-    span = rng.uniform(0.3, 1.0)
+    span = rng.uniform(0.8 if easy else 0.3, 1.0)
     start = rng.uniform(0, 1 - span)
-    r = rng.uniform(0.08, 0.45) * short / 2  # object diameter 8-45% of the short side
+    r = rng.uniform(0.25 if easy else 0.08, 0.45) * short / 2  # object diameter 8-45% of the short side
     angle = rng.uniform(0, 2 * math.pi)
-    # Servers centre-crop the short side's square: keep the object mostly inside it.
-    central = rng.uniform() < 0.85
-
-    def place(extent: int) -> float:
-        if central:
-            return (extent - short) / 2 + rng.uniform(0.2, 0.8) * short
-        return rng.uniform(0.2, 0.8) * extent
-
-    centre = (place(w), place(h))
+    centre = (rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h)
     xy, radius, angles, opacity = (centre, centre), (r, r), (angle, angle), (1.0, 1.0)
     if label in (LEFT_TO_RIGHT, RIGHT_TO_LEFT, UP, DOWN):
         along, across = (w, h) if label in (LEFT_TO_RIGHT, RIGHT_TO_LEFT) else (h, w)
-        travel = rng.uniform(0.18, 0.85)
+        travel = rng.uniform(0.45 if easy else 0.18, 0.85)
         lo, hi = 0.06 + travel / 2, 0.94 - travel / 2  # where the path's middle may lie
-        if central:  # ... and inside the centre square
-            lo, hi = max(lo, (along - short) / 2 / along + 0.1), min(hi, (along + short) / 2 / along - 0.1)
         mid = rng.uniform(lo, hi) if lo < hi else 0.5
-        b0 = place(across)
+        b0 = rng.uniform(0.2, 0.8) * across
         drift = rng.uniform(-0.05, 0.05) * short * (rng.uniform() < 0.5)
         path = [((mid - travel / 2) * along, b0), ((mid + travel / 2) * along, b0 + drift)]
         if label in (RIGHT_TO_LEFT, UP):
@@ -387,10 +383,10 @@ def build_scene(spec: ClipSpec) -> Scene:
             path = [(q, p) for p, q in path]
         xy = (path[0], path[1])
     elif label in (CW, CCW):
-        turn = math.radians(rng.uniform(80, 380)) * (1 if label == CW else -1)
+        turn = math.radians(rng.uniform(180 if easy else 80, 380)) * (1 if label == CW else -1)
         angles = (angle, angle + turn)
     elif label in (GROW, SHRINK):
-        factor = rng.uniform(1.4, 4.2)
+        factor = rng.uniform(2.5 if easy else 1.4, 4.2)
         if rng.uniform() < 0.5:  # the drawn size is either end's
             small, big = r, min(r * factor, 0.48 * short)
         else:
@@ -401,8 +397,8 @@ def build_scene(spec: ClipSpec) -> Scene:
         opacity = (low, high) if label == FADE_IN else (high, low)
     else:
         opacity = (1.0, 1.0)
-    noise = rng.uniform(0, 8) if rng.uniform() < 0.7 else 0.0
-    blur = int(rng.choice([0, 0, 1, 2]))
+    noise = rng.uniform(0, 8) if rng.uniform() < 0.7 and not easy else 0.0
+    blur = 0 if easy else int(rng.choice([0, 0, 1, 2]))
     return Scene(levels, background, jitter, start, span, _ease(rng), xy, radius, angles, opacity, noise, blur)
 
 
@@ -480,7 +476,7 @@ def write_clip(spec: ClipSpec, out_dir: Path, name: str | None = None) -> Path:
 
 # Example clips: label, index in FORMATS, seed (picked by eye for a motion that is easy to see).
 EXAMPLES = [("moving left to right", 0, 5), ("rotating clockwise", 1, 0), ("growing", 2, 0), ("fading out", 0, 0),
-            ("moving up", 0, 3)]  # fmt: skip
+            ("moving up", 0, 1)]  # fmt: skip
 EXAMPLE_RANGES = Ranges(duration_s=(2.0, 4.0), fps=(12, 25), long_side=(240, 320))
 
 

@@ -3,10 +3,12 @@
     python -m training.train                      # -> model_store/tsm_mobilenetv2_synthetic_motion/1
     python -m training.train --no-shift --out /tmp/tsn_entry
 
-Clips are rendered, encoded and decoded once through the server's own ``decode_file`` (short side
-``scale_size``, centre ``scale_size`` square), cached as uint8, then trained on from RAM with
-random ``input_size`` crops. Flips, transposes and time reversal relabel the clip (see
-``common.LABEL_MAPS``), so augmentation never teaches a wrong direction.
+Clips are rendered, encoded and decoded once through the server's own ``decode_file`` (the whole
+frame stretched to a ``scale_size`` square, the entry's ``resize="stretch"``), cached as uint8, then
+trained on from RAM with random ``input_size`` crops. A curriculum starts with ``--easy-epochs`` over
+easy clips (big, sharp objects on plain backgrounds with large motions) before the full range.
+Flips, transposes and time reversal relabel the clip (see ``common.LABEL_MAPS``), so augmentation
+never teaches a wrong direction.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +30,20 @@ from torch import nn
 
 from service.sampling import SamplingSpec
 from service.store import ModelConfig, build_model, load_entry, write_entry
-from training import common
 from training.card import write_card
 from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, decoded_clips, seed_everything
-from training.synthetic import LABELS, SPLIT_TRAIN, SPLIT_VAL, TRAIN, Ranges
+from training.synthetic import LABELS, SPLIT_EASY, SPLIT_TRAIN, SPLIT_VAL, TRAIN, Ranges
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_ENTRY, help="entry folder to write (…/<name>/<version>)")
     p.add_argument("--no-shift", action="store_true", help="train the TSN baseline (no temporal shift)")
-    p.add_argument("--clips-per-class", type=int, default=200)
+    p.add_argument("--clips-per-class", type=int, default=400)
     p.add_argument("--val-per-class", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--easy-epochs", type=int, default=1, help="first epochs drawn from the easier half of the clips")
+    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--easy-clips-per-class", type=int, default=120, help="clips of the curriculum's easy stage")
+    p.add_argument("--easy-epochs", type=int, default=2, help="epochs over the easy clips before the full range")
     p.add_argument("--init", type=Path, help="start from the weights of this entry folder (continue a run)")
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (smoke runs); 0: all epochs")
     p.add_argument("--batch-size", type=int, default=16)
@@ -116,24 +119,26 @@ def main(argv: list[str] | None = None) -> int:
                     long_side=(TRAIN.long_side[0], args.max_long_side))  # fmt: skip
     classes = len(LABELS)
     # Training clips keep the scale square so random crops can shift; validation is exactly what the
-    # server samples (scale, then centre crop).
-    train_spec = SamplingSpec(args.segments, args.scale_size, args.scale_size)
-    val_spec = SamplingSpec(args.segments, args.scale_size, args.input_size)
+    # server samples (stretch to the scale square, then centre crop).
+    train_spec = SamplingSpec(args.segments, args.scale_size, args.scale_size, resize="stretch")
+    val_spec = SamplingSpec(args.segments, args.scale_size, args.input_size, resize="stretch")
+    # A curriculum: motion has to be found before it can be told apart; big, long, sharp motions first.
+    easy_x, easy_y = decoded_clips(SPLIT_EASY, args.seed, args.easy_clips_per_class * classes,
+                                   replace(ranges, easy=True), args.cache, train_spec, args.workers)  # fmt: skip
     train_x, train_y = decoded_clips(
         SPLIT_TRAIN, args.seed, args.clips_per_class * classes, ranges, args.cache, train_spec, args.workers
     )
     val_x, val_y = decoded_clips(SPLIT_VAL, args.seed, args.val_per_class * classes, ranges, args.cache, val_spec,
                                  args.workers)  # fmt: skip
-    # A curriculum: motion has to be found before it can be told apart; big, long, sharp motions first.
-    easy = np.argsort(-common.easiness(SPLIT_TRAIN, args.seed, len(train_y), ranges, args.workers))[: len(train_y) // 2]
     data_s = time.monotonic() - started
-    print(f"data: {len(train_y)} training clips, {len(val_y)} validation clips, {data_s:.0f} s", flush=True)
+    print(f"data: {len(easy_y)} easy and {len(train_y)} training clips, {len(val_y)} validation clips, "
+          f"{data_s:.0f} s", flush=True)  # fmt: skip
 
     name = args.out.parent.name if args.out.parent.name else ENTRY_NAME
     config = ModelConfig(
         name=name, version=args.out.name, arch="mobilenetv2", num_segments=args.segments, shift=not args.no_shift,
         width_mult=args.width_mult, num_classes=classes, input_size=args.input_size, scale_size=args.scale_size,
-        weights_sha256="0" * 64, untrained=False,
+        resize="stretch", weights_sha256="0" * 64, untrained=False,
         source=f"trained on synthetic motion clips by training/train.py (seed {args.seed})",
     )  # fmt: skip
     model = build_model(config)
@@ -142,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     model.dropout.p = 0.3
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # faster on CPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_y) / args.batch_size)
-    total = steps_per_epoch * args.epochs if not args.steps else min(args.steps, steps_per_epoch * args.epochs)
+    phases = [(easy_x, easy_y)] * args.easy_epochs + [(train_x, train_y)] * args.epochs
+    planned = sum(math.ceil(len(y) / args.batch_size) for _, y in phases)
+    total = min(args.steps, planned) if args.steps else planned
     warmup = min(100, max(total // 10, 1))
 
     def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
@@ -156,15 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     step, history = 0, list[dict[str, object]]()
     train_started = time.monotonic()
-    for epoch in range(args.epochs):
+    for epoch, (phase_x, phase_y) in enumerate(phases):
         model.train()
-        order = rng.choice(easy, len(train_y)) if epoch < args.easy_epochs else rng.permutation(len(train_y))
+        order = rng.permutation(len(phase_y))
         losses = []
-        for b in range(steps_per_epoch):
+        for b in range(math.ceil(len(phase_y) / args.batch_size)):
             if step >= total:
                 break
             idx = np.sort(order[b * args.batch_size : (b + 1) * args.batch_size])
-            frames, labels = augment(train_x[idx], train_y[idx], args.input_size, rng)
+            frames, labels = augment(phase_x[idx], phase_y[idx], args.input_size, rng)
             x = to_input(frames, config.mean, config.std)
             # brightness and contrast jitter per clip
             gain = torch.empty(len(idx), 1, 1, 1, 1).uniform_(0.8, 1.2)
@@ -200,7 +206,8 @@ def save(
     facts = {
         "command": "python -m training.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "shift": not args.no_shift, "seed": args.seed, "train_clips": train_clips, "val_clips": val_clips,
-        "epochs": args.epochs, "easy_epochs": args.easy_epochs, "steps": step, "batch_size": args.batch_size,
+        "epochs": args.epochs, "easy_epochs": args.easy_epochs,
+        "easy_clips": args.easy_clips_per_class * len(LABELS), "steps": step, "batch_size": args.batch_size,
         "lr": args.lr,
         "data_s": round(data_s), "wall_s": round(wall_s), "threads": args.threads,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "history": history,
