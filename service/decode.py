@@ -276,14 +276,17 @@ def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def _decode_decord(path: str, info: _Probe, spec: SamplingSpec, threads: int) -> DecodedVideo:
     width, height = scaled_size(*info.display_size, spec.scale_size, spec.resize)
-    # decord rotates by the display matrix itself, but its resize is wrong for 90/270 turns, and
-    # it fails on a change of aspect ratio: decode those at full size and resize afterwards.
-    resize_late = info.rotation in (90, 270) or spec.resize == "stretch"
+    # decord rotates by the display matrix itself, but its resize is wrong for 90/270 turns (those
+    # decode at full size), and it fails on a change of aspect ratio (stretch decodes at the
+    # short-side size): both are resized to (width, height) afterwards.
+    rotated = info.rotation in (90, 270)
+    resize_late = rotated or spec.resize == "stretch"
     try:
-        if resize_late:
+        if rotated:
             reader = decord.VideoReader(path, num_threads=threads)
         else:
-            reader = decord.VideoReader(path, width=width, height=height, num_threads=threads)
+            size = scaled_size(*info.display_size, spec.scale_size)
+            reader = decord.VideoReader(path, width=size[0], height=size[1], num_threads=threads)
         count = len(reader)
         if count <= 0:
             raise _DecordRefused
