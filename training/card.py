@@ -17,6 +17,10 @@ def _pct(x: object) -> str:
 
 
 def render_card(config: ModelConfig, training: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    command = str(training.get("command", TRAIN_COMMAND)).strip()
+    evaluate = "python -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/1"
+    if results:
+        evaluate += f" --clips-per-class {results[0]['clips'] // len(LABELS)} --seed {results[0]['seed']}"
     kind = "TSM (temporal shift)" if config.shift else "TSN (no shift) baseline"
     frames = (
         f"the whole frame stretched to {config.scale_size}² (aspect not kept), centre {config.input_size}² crop"
@@ -65,7 +69,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "",
         "## Training",
         "",
-        f"- command: `{training.get('command', TRAIN_COMMAND)}`",
+        f"- command: `{command}`",
         f"- a curriculum: {training.get('easy_epochs', 0)} epochs over the easy clips, then "
         f"{training.get('epochs', '?')} epochs over the full variety; {training.get('steps', '?')} steps of "
         f"{training.get('batch_size', '?')} clips, AdamW (lr {training.get('lr', '?')}, cosine), label "
@@ -89,9 +93,15 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
             *[f"| {name} | " + " | ".join(_pct(r["per_class"][name]) for r in results) + " |" for name in LABELS],
             "| **overall** | " + " | ".join(f"**{_pct(r['top1'])}**" for r in results) + " |",
             "",
-            f"The TSN baseline is trained the same way (`{TSN_COMMAND}`). Each frame is scored on its own "
-            "and the scores averaged, so it sees the same thing for a clip and its time reversal: within "
-            "each of the five pairs it can only guess.",
+            f"Confusion of the {heads[0]} (rows: true class, columns: answer, by index):",
+            "",
+            "| | " + " | ".join(str(i) for i in range(len(LABELS))) + " |",
+            "| ---: |" + " ---: |" * len(LABELS),
+            *[f"| {i} | " + " | ".join(str(n) for n in row) + " |" for i, row in enumerate(results[0]["confusion"])],
+            "",
+            f"The TSN baseline is trained the same way (`{TSN_COMMAND}`). It scores each frame on its own "
+            "and averages the scores, so it sees no motion at all: only what single frames show (a "
+            "half-transparent object belongs to a fade), and never the direction within a pair.",
         ]
     else:
         lines.append("Not evaluated yet: `python -m training.evaluate --entry <this folder>`.")
@@ -101,9 +111,9 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "",
         "```bash",
         "python -m training.synthetic /tmp/clips --count 22          # look at some clips",
-        f"{training.get('command', TRAIN_COMMAND)}",
-        f"{TSN_COMMAND}",
-        "python -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/1 --clips-per-class 30",
+        command,
+        TSN_COMMAND,
+        evaluate,
         "```",
         "",
         "Clips are a pure function of (split, seed, index); rendered and decoded clips are cached in "
@@ -118,8 +128,12 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "- 8 frames per clip: a motion that fills only a sliver of a long clip, or a turn faster than "
         "about 90° per sampled frame, can be missed or read backwards.",
         "- Held-back clips from another renderer may differ in ways this generator does not cover.",
-        "",
     ]
+    if results:
+        weakest = sorted(results[0]["per_class"].items(), key=lambda kv: kv[1])[:3]
+        lines.append("- Weakest classes in the evaluation above: " + ", ".join(f"{k} ({_pct(v)})" for k, v in weakest)
+                     + " (see the confusion matrix above).")  # fmt: skip
+    lines.append("")
     return "\n".join(lines)
 
 
