@@ -10,6 +10,8 @@ from typing import Literal
 
 import numpy as np
 
+Resize = Literal["short_side", "stretch"]
+
 
 @dataclass(frozen=True)
 class SamplingSpec:
@@ -27,7 +29,7 @@ class SamplingSpec:
     clips: int = 1
     crops: int = 1
     sampling: Literal["uniform", "keyframes"] = "uniform"
-    resize: Literal["short_side", "stretch"] = "short_side"
+    resize: Resize = "short_side"
 
     def __post_init__(self) -> None:
         if self.num_segments < 1 or self.clips < 1:
@@ -75,9 +77,7 @@ def nearest_keyframes(indices: list[list[int]], keyframes: Sequence[int]) -> lis
     return [[nearest(i) for i in clip] for clip in indices]
 
 
-def scaled_size(
-    width: int, height: int, scale: int, resize: Literal["short_side", "stretch"] = "short_side"
-) -> tuple[int, int]:
+def scaled_size(width: int, height: int, scale: int, resize: Resize = "short_side") -> tuple[int, int]:
     """(width, height) with the short side at ``scale``, as torchvision's ``Resize(int)``, or the
     ``scale`` square for ``resize="stretch"``."""
     if resize == "stretch":

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from service.model.backbones import Arch
 from service.model.shift import ShiftPlace
 from service.model.tsm import TSM, CheckpointError, load_state_strict, read_checkpoint
+from service.sampling import Resize
 
 MODEL_JSON = "model.json"
 BUNDLED_LABELS = Path(__file__).resolve().parent.parent / "model_store" / "labels"
@@ -49,7 +49,7 @@ class ModelConfig(BaseModel):
     num_classes: int = Field(ge=1)
     input_size: int = Field(default=224, ge=32, le=1024)
     scale_size: int = Field(default=256, ge=32, le=2048)
-    resize: Literal["short_side", "stretch"] = Field(
+    resize: Resize = Field(
         default="short_side",
         description="short_side: short side to scale_size, then centre crop (TSN); stretch: whole frame to a "
         "scale_size square (aspect not kept), then centre crop",
@@ -258,7 +258,7 @@ def calibrate_batchnorm(model: TSM, input_size: int, steps: int = 2, seed: int =
 def write_random_entry(
     store: str | Path, *, name: str, labels: list[str], arch: Arch = "mobilenetv2", num_segments: int = 8,
     width_mult: float = 1.0, input_size: int = 224, scale_size: int = 256, seed: int = 0,
-    resize: Literal["short_side", "stretch"] = "short_side",
+    resize: Resize = "short_side",
 ) -> Path:  # fmt: skip
     """An untrained entry (He-initialised, BN calibrated): for tests, benches, a server with no model yet."""
     torch.manual_seed(seed)

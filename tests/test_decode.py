@@ -225,6 +225,9 @@ def test_without_decord_pyav_decodes_everything(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     decoder, grey = json.loads(out.stdout)
     assert decoder == "pyav"
+    asked = code.replace("DecodeLimits(9437184", "decoder='decord', limits=DecodeLimits(9437184")
+    refused = subprocess.run([sys.executable, "-c", asked], capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode != 0 and "decord is not installed" in refused.stderr
     expected = decode_file(path, SamplingSpec(4, 48, 48), LIMITS, decoder="pyav").frames[0, :, 0, 0, 0]
     assert grey == expected.tolist()
 
