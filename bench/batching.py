@@ -172,10 +172,14 @@ def main() -> None:
         f"{a.device} ({cpu}, {torch.get_num_threads()} threads), delay {a.delay_ms:g} ms, "
         f"CPU chunk {runner.cpu_chunk}, {time.strftime('%Y-%m-%d')}"
     )
-    text = f"{header}\n\n{table(rows)}\n"
+    report(f"{header}\n\n{table(rows)}\n", a.results)
+
+
+def report(text: str, results: str | None) -> None:
+    """Print a markdown section, and append it to ``results`` (e.g. bench/RESULTS.md) when given."""
     print("\n" + text)
-    if a.results:
-        with open(a.results, "a") as f:
+    if results:
+        with open(results, "a") as f:
             f.write("\n" + text)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from bench.batching import MEAN, STD, build_model, measure
+from bench.batching import MEAN, STD, build_model, measure, report
 from service.config import Settings
 from service.runner import Runner
 
@@ -220,10 +220,7 @@ def main() -> None:
         f"delay {a.delay_ms:g} ms, "
         f"1 clip per request, closed-loop clients):\n\n" + "\n".join(serve_table) + "\n"
     )
-    print("\n" + text)
-    if a.results:
-        with open(a.results, "a") as f:
-            f.write("\n" + text)
+    report(text, a.results)
 
 
 if __name__ == "__main__":
