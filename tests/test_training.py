@@ -163,17 +163,21 @@ def test_same_seed_and_index_give_the_same_clip() -> None:
     assert np.array_equal(a, b) and not (a.shape == c.shape and np.array_equal(a, c))
 
 
-def test_two_step_training_run_writes_a_loadable_entry(tmp_path: Path) -> None:
-    out = tmp_path / "store" / "smoke" / "1"
-    args = ["--out", str(out), "--clips-per-class", "1", "--easy-clips-per-class", "1", "--val-per-class", "1",
-            "--steps", "2", "--batch-size", "4",
-            "--epochs", "1", "--cache", str(tmp_path / "cache"), "--workers", "1", "--max-duration", "1.5",
-            "--max-long-side", "160"]  # fmt: skip
-    assert train.main(args) == 0
-    entry = load_entry(out)
-    assert entry.labels == LABELS
-    assert entry.config.name == "smoke" and entry.config.shift and not entry.config.untrained
-    assert (out / "README.md").is_file()
+def test_two_step_training_runs_write_a_loadable_entry_reproducibly(tmp_path: Path) -> None:
+    """Two runs with the same seed, each rendering its own clips, write the same weights."""
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "smoke" / "1"
+        args = ["--out", str(out), "--clips-per-class", "1", "--easy-clips-per-class", "1", "--val-per-class", "1",
+                "--steps", "3", "--batch-size", "4", "--epochs", "1", "--cache", str(tmp_path / run / "cache"),
+                "--workers", "1", "--max-duration", "1.5", "--max-long-side", "160"]  # fmt: skip
+        assert train.main(args) == 0
+        entry = load_entry(out)
+        assert entry.labels == LABELS
+        assert entry.config.name == "smoke" and entry.config.shift and not entry.config.untrained
+        assert (out / "README.md").is_file()
+        digests.append(entry.config.weights_sha256)
+    assert digests[0] == digests[1]
 
 
 def _examples() -> list[Path]:

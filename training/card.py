@@ -73,7 +73,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         f"- a curriculum: {training.get('easy_epochs', 0)} epochs over the easy clips, then "
         f"{training.get('epochs', '?')} epochs over the full variety; {training.get('steps', '?')} steps of "
         f"{training.get('batch_size', '?')} clips, AdamW (lr {training.get('lr', '?')}, cosine), label "
-        "smoothing 0.1, seeded (python, numpy, torch)",
+        f"smoothing 0.1, {training.get('precision', 'fp32')}, seeded (python, numpy, torch)",
         f"- wall time {_minutes(training.get('wall_s'))} (of which data {_minutes(training.get('data_s'))}) "
         f"on a 2-core CPU shared with other jobs, {training.get('threads', '?')} torch thread(s)",
         f"- validation top-1 by epoch: {', '.join(_pct(h['val_top1']) for h in training.get('history', []))}",

@@ -41,7 +41,7 @@ LEFT_TO_RIGHT, RIGHT_TO_LEFT, UP, DOWN, CW, CCW, GROW, SHRINK, FADE_IN, FADE_OUT
 # Splits keep training, validation and evaluation clips apart whatever seeds are passed.
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_EVAL, SPLIT_EXAMPLE, SPLIT_EASY = 1, 2, 3, 4, 5
 # Bumped whenever a clip's pixels change for the same (split, seed, index): it keys the clip caches.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 ASPECTS = [(4, 3), (16, 9), (1, 1), (3, 4), (9, 16)]
 SHAPES = ["circle", "ellipse", "square", "rectangle", "triangle", "star", "polygon", "glyph", "patch", "arrow"]
@@ -453,7 +453,10 @@ def write_clip(spec: ClipSpec, out_dir: Path, name: str | None = None) -> Path:
     q = spec.quality
     options: dict[str, str] = {}
     if spec.encoder == "libx264":
-        options = {"preset": "veryfast", "crf": str(round(18 + 12 * q))}
+        # x264's lookahead (threaded or not, mb-tree) gives different bits from run to run on the same
+        # frames; without it clips are reproducible. One thread: clips are encoded in parallel anyway.
+        params = "threads=1:mbtree=0:rc-lookahead=0"
+        options = {"preset": "veryfast", "crf": str(round(18 + 12 * q)), "x264-params": params}
     elif spec.encoder == "libvpx-vp9":
         options = {"deadline": "realtime", "cpu-used": "8", "crf": str(round(28 + 14 * q)), "b": "0"}
     with av.open(str(tmp), "w", format=spec.container) as out:

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-shift", action="store_true", help="train the TSN baseline (no temporal shift)")
     p.add_argument("--clips-per-class", type=int, default=400)
     p.add_argument("--val-per-class", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--epochs", type=int, default=14)
     p.add_argument("--easy-clips-per-class", type=int, default=120, help="clips of the curriculum's easy stage")
     p.add_argument("--easy-epochs", type=int, default=2, help="epochs over the easy clips before the full range")
     p.add_argument("--init", type=Path, help="start from the weights of this entry folder (continue a run)")
@@ -52,13 +52,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--segments", type=int, default=8)
     p.add_argument("--width-mult", type=float, default=0.5)
-    p.add_argument("--input-size", type=int, default=112)
-    p.add_argument("--scale-size", type=int, default=128)
+    p.add_argument("--input-size", type=int, default=96)
+    p.add_argument("--scale-size", type=int, default=110)
     p.add_argument("--max-duration", type=float, default=TRAIN.duration_s[1], help="longest training clip, s")
     p.add_argument("--max-long-side", type=int, default=TRAIN.long_side[1], help="largest training frame side")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="rendered clips and decoded frames")
     p.add_argument("--workers", type=int, default=2, help="processes that render and decode clips")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="autocast to bf16 (weights stay fp32); auto: where the CPU has native bf16")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ranges = Ranges(duration_s=(TRAIN.duration_s[0], args.max_duration),
                     long_side=(TRAIN.long_side[0], args.max_long_side))  # fmt: skip
     classes = len(LABELS)
+    # Native bf16 (AVX512-BF16, AMX) runs a step ~1.4x faster; emulated bf16 would be slower than fp32.
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     # Training clips keep the scale square so random crops can shift; validation is exactly what the
     # server samples (stretch to the scale square, then centre crop).
     train_spec = SamplingSpec(args.segments, args.scale_size, args.scale_size, resize="stretch")
@@ -175,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             # brightness and contrast jitter per clip
             gain = torch.empty(len(idx), 1, 1, 1, 1).uniform_(0.8, 1.2)
             x = x * gain + torch.empty(len(idx), 1, 1, 1, 1).uniform_(-0.2, 0.2)
-            loss = loss_fn(model(x), torch.from_numpy(labels))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            loss = loss_fn(logits.float(), torch.from_numpy(labels))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "val_top1": acc})
         print(f"epoch {epoch + 1}: loss {history[-1]['loss']}, validation top-1 {acc:.3f}", flush=True)
         # written after every epoch, so a run stopped early still leaves its best-so-far entry
-        save(model, config, args, argv, started, data_s, step, history, len(train_y), len(val_y), ranges)
+        save(model, config, args, argv, started, data_s, step, history, len(train_y), len(val_y), ranges, bf16)
         if step >= total:
             break
     print(f"wrote {args.out} in {time.monotonic() - started:.0f} s (data {data_s:.0f} s)", flush=True)
@@ -199,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 def save(
     model: nn.Module, config: ModelConfig, args: argparse.Namespace, argv: list[str] | None, started: float,
     data_s: float, step: int, history: list[dict[str, object]], train_clips: int, val_clips: int, ranges: Ranges,
+    bf16: bool,
 ) -> None:  # fmt: skip
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     wall_s = time.monotonic() - started
@@ -208,7 +215,7 @@ def save(
         "shift": not args.no_shift, "seed": args.seed, "train_clips": train_clips, "val_clips": val_clips,
         "epochs": args.epochs, "easy_epochs": args.easy_epochs,
         "easy_clips": args.easy_clips_per_class * len(LABELS), "steps": step, "batch_size": args.batch_size,
-        "lr": args.lr,
+        "lr": args.lr, "precision": "bf16 autocast" if bf16 else "fp32",
         "data_s": round(data_s), "wall_s": round(wall_s), "threads": args.threads,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "history": history,
         "ranges": {"duration_s": ranges.duration_s, "fps": ranges.fps, "long_side": ranges.long_side},
