@@ -59,8 +59,9 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "background, no distractors, noise or jitter, motion over 80-100% of the clip: translation ≥ 45%, "
         f"turn ≥ 180°, scale ≥ 2.5×), then {training.get('train_clips', '?')} clips of the full variety "
         f"(seed {training.get('seed', '?')}), {_range(training.get('ranges', {}))}; validation: "
-        f"{training.get('val_clips', '?')} clips",
-        f"- evaluation: fresh clips from a separate split of the generator, full ranges {_range(_full())}",
+        f"{training.get('val_clips', '?')} clips; generator version {training.get('generator_version', '?')}",
+        "- evaluation: fresh clips from a separate split of the generator, full ranges "
+        f"{_range(_full())}; generator version {results[0].get('generator_version', '?') if results else '?'}",
         "",
         "Every clip is decoded once through the server's own `service.decode.decode_file` (the "
         "server's sampling: centre frame of each of the segments, the entry's resize). Training takes random "

@@ -21,7 +21,7 @@ from service.sampling import SamplingSpec
 from service.store import ModelConfig, load_entry
 from training.card import write_card
 from training.common import DEFAULT_CACHE, decoded_clips
-from training.synthetic import FULL, LABELS, SPLIT_EVAL
+from training.synthetic import FULL, GENERATOR_VERSION, LABELS, SPLIT_EVAL
 from training.train import predict
 
 
@@ -38,7 +38,8 @@ def evaluate(
     np.add.at(confusion, (labels, predicted), 1)
     return {
         "entry": str(entry_dir), "model": c.name, "shift": c.shift, "seed": seed, "clips": len(labels),
-        "top1": float((predicted == labels).mean()), "per_class": per_class, "confusion": confusion.tolist(),
+        "generator_version": GENERATOR_VERSION, "top1": float((predicted == labels).mean()),
+        "per_class": per_class, "confusion": confusion.tolist(),
     }  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from service.sampling import SamplingSpec
 from service.store import ModelConfig, build_model, load_entry, write_entry
 from training.card import write_card
 from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, decoded_clips, seed_everything
-from training.synthetic import LABELS, SPLIT_EASY, SPLIT_TRAIN, SPLIT_VAL, TRAIN, Ranges
+from training.synthetic import GENERATOR_VERSION, LABELS, SPLIT_EASY, SPLIT_TRAIN, SPLIT_VAL, TRAIN, Ranges
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -219,6 +219,7 @@ def save(
         "data_s": round(data_s), "wall_s": round(wall_s), "threads": args.threads,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "history": history,
         "ranges": {"duration_s": ranges.duration_s, "fps": ranges.fps, "long_side": ranges.long_side},
+        "generator_version": GENERATOR_VERSION,
     }  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
     write_card(args.out, config, facts, [])
