@@ -227,7 +227,7 @@ class Classifier:
         )  # fmt: skip
         try:
             with self._stage(admission, "decode"):
-                decoded = await self.pool.decode(video, spec, timeout_s=self._remaining(admission))
+                decoded = await self.pool.decode(video, spec, time_left_s=self._remaining(admission))
         except ServiceError as e:
             if e.kind is not ErrorKind.deadline_exceeded:
                 self.metrics.decode_failures.labels(e.code).inc()

@@ -65,11 +65,16 @@ def _timed_out(timeout_s: float) -> ServiceError:
     )
 
 
+def _deadline_passed() -> ServiceError:
+    return ServiceError(ErrorKind.deadline_exceeded, "the request deadline passed while the video was decoding")
+
+
 @dataclass
 class _Job:
     path: Path
     spec: SamplingSpec
     timeout_s: float
+    deadline_first: bool  # the caller's time runs out before the decode limit: its error, not ours
     future: asyncio.Future[DecodedVideo]
 
 
@@ -110,12 +115,17 @@ class DecodePool:
         for slot in self._slots:
             slot.task = asyncio.create_task(self._serve(slot))
 
-    async def decode(self, path: Path, spec: SamplingSpec, timeout_s: float | None = None) -> DecodedVideo:
-        """Decodes in a worker. Cancelling the await drops a queued job or recycles its worker."""
+    async def decode(self, path: Path, spec: SamplingSpec, time_left_s: float | None = None) -> DecodedVideo:
+        """Decodes in a worker, killed after the limits' ``timeout_s`` (decode_timeout) or, when the
+        caller's ``time_left_s`` ends first, then (deadline_exceeded). Cancelling the await drops a
+        queued job or recycles its worker."""
         if self._queue is None or self._closed:
             raise ServiceError(ErrorKind.not_ready, "The decoder is not running; retry shortly.")
         future: asyncio.Future[DecodedVideo] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(Path(path), spec, timeout_s or self._limits.timeout_s, future))
+        limit = self._limits.timeout_s
+        deadline_first = time_left_s is not None and time_left_s < limit
+        timeout_s = time_left_s if time_left_s is not None and deadline_first else limit
+        self._queue.put_nowait(_Job(Path(path), spec, timeout_s, deadline_first, future))
         return await future
 
     async def close(self) -> None:
@@ -222,7 +232,7 @@ class DecodePool:
             # Timed out, or the caller went away: kill the worker; its socket then reads EOF,
             # which ends the waiting thread.
             await self._stop(slot, crashed=True, pending=reply)
-            return _timed_out(job.timeout_s)
+            return _deadline_passed() if job.deadline_first else _timed_out(job.timeout_s)
         try:
             answer = reply.result()
         except (EOFError, OSError, ValueError):

@@ -36,7 +36,13 @@ class Metrics:
         self.decode_failures = Counter(
             "tsm_decode_failures", "Uploads that could not be decoded, by error code.", ["reason"], registry=r
         )
-        self.decode_workers = Gauge("tsm_decode_workers", "Decode worker processes by state.", ["state"], registry=r)
+        self.decode_workers = Gauge(
+            "tsm_decode_workers", "Decode workers (workers, busy, idle) and queued jobs.", ["state"], registry=r
+        )
+        self.decode_jobs = Counter("tsm_decode_jobs", "Decode jobs run, decoded or failed.", registry=r)
+        self.decode_worker_restarts = Counter(
+            "tsm_decode_worker_restarts", "Decode workers replaced after a crash, hang or memory overrun.", registry=r
+        )
         self.in_flight = Gauge("tsm_requests_in_flight", "Requests being handled now.", registry=r)
         self.model_info = Gauge(
             "tsm_model_info", "Loaded models (value 1).", ["name", "version", "arch", "segments", "device", "dtype"],

@@ -37,6 +37,7 @@ class Server:
         self.startup_error: str | None = None
         self.draining = False
         self._pool: DecodePool | None = None
+        self._pool_counted = {"jobs": 0, "restarts": 0}
         self._runners: list[Runner] = []
         self._spool_dir: Path | None = None
 
@@ -121,8 +122,13 @@ class Server:
             for name, model in self.classifier.models.items():
                 self.metrics.queue_clips.labels(name).set(model.batcher.pending_clips)
         if self._pool is not None:
-            for state, count in self._pool.stats().items():
-                self.metrics.decode_workers.labels(state).set(count)
+            stats = self._pool.stats()
+            for state in ("workers", "busy", "idle", "queued"):
+                self.metrics.decode_workers.labels(state).set(stats[state])
+            # The pool keeps lifetime totals; counters advance by what happened since the last scrape.
+            for key, counter in (("jobs", self.metrics.decode_jobs), ("restarts", self.metrics.decode_worker_restarts)):
+                counter.inc(stats[key] - self._pool_counted[key])
+                self._pool_counted[key] = stats[key]
         if torch.cuda.is_available():
             self.metrics.device_memory.labels("allocated").set(torch.cuda.memory_allocated())
             self.metrics.device_memory.labels("reserved").set(torch.cuda.memory_reserved())

@@ -7,6 +7,7 @@ Every video here is real: the five public samples in tests/data/videos and clips
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -457,14 +458,29 @@ def test_a_killed_worker_fails_its_request_and_is_replaced(
     assert_frames(video, SMALL)
 
 
-def test_a_slow_decode_times_out_and_the_pool_recovers(
+def test_a_decode_past_the_callers_deadline_is_killed_and_the_pool_recovers(
     event_loop_runner: asyncio.Runner, pool: DecodePool, one_keyframe_clip: Path
 ) -> None:
     # Every sampled frame sits behind one keyframe at the start: hundreds of noise frames to decode.
-    error = pool_error(event_loop_runner, pool, one_keyframe_clip, timeout_s=0.01)
-    assert error.code == "decode_timeout"
-    video = event_loop_runner.run(pool.decode(one_keyframe_clip, SMALL))  # the default timeout is ample
+    restarts = pool.stats()["restarts"]
+    error = pool_error(event_loop_runner, pool, one_keyframe_clip, time_left_s=0.01)
+    assert error.code == "deadline_exceeded"
+    assert pool.stats()["restarts"] == restarts + 1
+    video = event_loop_runner.run(pool.decode(one_keyframe_clip, SMALL, time_left_s=60))  # the 20 s limit is ample
     assert video.facts.frames == 300
+
+
+def test_the_decode_limit_holds_even_when_the_caller_has_more_time(
+    event_loop_runner: asyncio.Runner, one_keyframe_clip: Path
+) -> None:
+    strict = DecodePool(dataclasses.replace(LIMITS, timeout_s=0.01), workers=1)
+    event_loop_runner.run(strict.start())
+    try:
+        error = pool_error(event_loop_runner, strict, one_keyframe_clip, time_left_s=60)
+        assert error.code == "decode_timeout" and "0.01 s" in error.message
+        assert strict.stats()["restarts"] == 1
+    finally:
+        event_loop_runner.run(strict.close())
 
 
 def test_a_cancelled_request_frees_its_worker(

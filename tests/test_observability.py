@@ -45,8 +45,25 @@ def test_metrics_pass_promtool_and_move_with_requests(server: ServerProcess, cli
     assert sample(after, "tsm_batch_clips_count", model="tiny") >= 1
     assert sample(after, "tsm_model_info", name="tiny", arch="mobilenetv2", segments="8", device="cpu") == 1
     assert sample(after, "tsm_decode_workers", state="workers") == 2
+    assert sample(after, "tsm_decode_jobs_total") > sample(before, "tsm_decode_jobs_total")
+    assert sample(after, "tsm_decode_worker_restarts_total") == 0
     assert sample(after, "tsm_ready") == 1
     assert "tsm_queue_clips{" in after
+
+
+def test_a_decode_worker_killed_for_overrunning_is_counted_as_a_restart(tiny_store: Path, clip: Path) -> None:
+    """No decode finishes in a millisecond: the worker is killed and replaced, the request gets a
+    decode_timeout error, and the restart counter (what the crash alert reads) moves."""
+    proc = ServerProcess(tiny_store, decode_timeout_s=0.001)
+    try:
+        with clip.open("rb") as f:
+            r = httpx.post(f"{proc.url}/classify", files={"file": f}, timeout=60)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "decode_timeout", r.text
+        metrics = httpx.get(f"{proc.url}/metrics").text
+        assert sample(metrics, "tsm_decode_worker_restarts_total") == 1
+        assert sample(metrics, "tsm_decode_jobs_total") == 1  # run, and failed
+    finally:
+        assert proc.stop() == 0, proc.output()
 
 
 @pytest.fixture(scope="module")
