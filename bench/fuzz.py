@@ -232,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             code = server.stop()
         report = verdict(results, hang_s, alive)
-        restart_lines = [
-            line for line in restarts.splitlines() if line.startswith('tsm_decode_workers{state="restarts"}')
-        ]
+        restart_lines = [line for line in restarts.splitlines() if line.startswith("tsm_decode_worker_restarts_total ")]
         report.update(
             seed=args.seed, exit_code=code, load_average=load_average(), seeds=[s.name for s in seeds],
             decode_worker_restarts=float(restart_lines[0].split()[-1]) if restart_lines else None,
