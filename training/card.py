@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from service.store import ModelConfig
-from training.synthetic import FULL, LABELS
+from training.synthetic import FULL, GENERATOR_VERSION, LABELS
 
 TRAIN_COMMAND = "python -m training.train"
 TSN_COMMAND = "python -m training.train --no-shift --out /tmp/tsn/tsm_mobilenetv2_synthetic_motion_tsn/1"
@@ -118,7 +118,8 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "```",
         "",
         "Clips are a pure function of (split, seed, index); rendered and decoded clips are cached in "
-        "`/tmp/tsm_synth` (`TSM_SYNTH_CACHE`), so a second run skips the rendering.",
+        "`/tmp/tsm_synth` (`TSM_SYNTH_CACHE`), so a second run skips the rendering."
+        + _generator_note(training.get("generator_version")),
         "",
         "## Limits",
         "",
@@ -136,6 +137,14 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
                      + " (see the confusion matrix above).")  # fmt: skip
     lines.append("")
     return "\n".join(lines)
+
+
+def _generator_note(trained_on: object) -> str:
+    if trained_on is None or trained_on == GENERATOR_VERSION:
+        return ""
+    return (f" These weights were trained on clips of generator version {trained_on}; the current generator "
+            f"(version {GENERATOR_VERSION}) draws the same scenes with other encoder bits, so a rerun gives close, "
+            "not identical, weights.")  # fmt: skip
 
 
 def _full() -> dict[str, object]:
