@@ -123,9 +123,8 @@ class DecodePool:
             raise ServiceError(ErrorKind.not_ready, "The decoder is not running; retry shortly.")
         future: asyncio.Future[DecodedVideo] = asyncio.get_running_loop().create_future()
         limit = self._limits.timeout_s
-        deadline_first = time_left_s is not None and time_left_s < limit
-        timeout_s = time_left_s if time_left_s is not None and deadline_first else limit
-        self._queue.put_nowait(_Job(Path(path), spec, timeout_s, deadline_first, future))
+        time_left_s = limit if time_left_s is None else time_left_s
+        self._queue.put_nowait(_Job(Path(path), spec, min(limit, time_left_s), time_left_s < limit, future))
         return await future
 
     async def close(self) -> None:

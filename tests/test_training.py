@@ -163,7 +163,7 @@ def test_same_seed_and_index_give_the_same_clip() -> None:
     assert np.array_equal(a, b) and not (a.shape == c.shape and np.array_equal(a, c))
 
 
-def test_two_step_training_runs_write_a_loadable_entry_reproducibly(tmp_path: Path) -> None:
+def test_short_training_runs_write_a_loadable_entry_reproducibly(tmp_path: Path) -> None:
     """Two runs with the same seed, each rendering its own clips, write the same weights."""
     digests = []
     for run in ("a", "b"):
