@@ -6,6 +6,7 @@ compositing weights (and colours, for turns) we measure centroid, area, opacity 
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import shutil
@@ -161,6 +162,34 @@ def test_same_seed_and_index_give_the_same_clip() -> None:
     a, b = (next(render(sample_clip(SPLIT_TRAIN, 5, 9, QUICK)))[0] for _ in range(2))
     c = next(render(sample_clip(SPLIT_TRAIN, 6, 9, QUICK)))[0]
     assert np.array_equal(a, b) and not (a.shape == c.shape and np.array_equal(a, c))
+
+
+def test_each_epoch_shows_the_hard_classes_the_asked_number_of_times() -> None:
+    labels = np.arange(2 * len(LABELS)) % len(LABELS)
+    order = train.epoch_order(labels, 3, np.random.default_rng(0))
+    seen = np.bincount(order, minlength=len(labels))
+    assert np.array_equal(seen, np.where(np.isin(labels, (CW, CCW, STILL)), 3, 1))
+    assert np.array_equal(np.sort(train.epoch_order(labels, 1, np.random.default_rng(1))), np.arange(len(labels)))
+
+
+def test_strided_depthwise_in_fp32_computes_the_same_model() -> None:
+    """The training-only speed-up changes the precision of four convolutions, nothing else."""
+    import torch
+
+    entry = load_entry(DEFAULT_ENTRY)
+    model = entry.model.eval()
+    patched = copy.deepcopy(model)
+    train.strided_depthwise_in_fp32(patched)
+    convs = [m for m in patched.modules() if "forward" in vars(m)]
+    assert len(convs) == 4 and all(c.stride == (2, 2) and c.groups == c.in_channels for c in convs)
+    assert patched.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(2, entry.config.num_segments, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), patched(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert convs[0](torch.randn(1, convs[0].in_channels, 8, 8)).dtype == torch.float32
+            reference, fast = model(x).float(), patched(x).float()
+            assert (fast - reference).abs().max() < 0.05 * reference.abs().max()
 
 
 def test_short_training_runs_write_a_loadable_entry_reproducibly(tmp_path: Path) -> None:

@@ -72,7 +72,8 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "",
         f"- command: `{command}`",
         f"- a curriculum: {training.get('easy_epochs', 0)} epochs over the easy clips, then "
-        f"{training.get('epochs', '?')} epochs over the full variety; {training.get('steps', '?')} steps of "
+        f"{training.get('epochs', '?')} epochs over the full variety, clips that turn or stand still seen "
+        f"{training.get('hard_repeats', 1)}× per epoch (learnt last); {training.get('steps', '?')} steps of "
         f"{training.get('batch_size', '?')} clips, AdamW (lr {training.get('lr', '?')}, cosine), label "
         f"smoothing 0.1, {training.get('precision', 'fp32')}, seeded (python, numpy, torch)",
         f"- wall time {_minutes(training.get('wall_s'))} (of which data {_minutes(training.get('data_s'))}) "
