@@ -101,9 +101,17 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
             "| ---: |" + " ---: |" * len(LABELS),
             *[f"| {i} | " + " | ".join(str(n) for n in row) + " |" for i, row in enumerate(results[0]["confusion"])],
             "",
-            f"The TSN baseline is trained the same way (`{TSN_COMMAND}`). It scores each frame on its own "
+            f"The TSN baseline is trained by the same script without the shift (`{TSN_COMMAND}`; how each "
+            "entry was trained is listed below). It scores each frame on its own "
             "and averages the scores, so it sees no motion at all: only what single frames show (a "
             "half-transparent object belongs to a fade), and never the direction within a pair.",
+            "",
+            *[
+                f"- {head}: `{str(r['trained'].get('command', '?')).strip()}`, {r['trained'].get('steps', '?')} steps, "
+                f"{_minutes(r['trained'].get('wall_s'))}"
+                for head, r in zip(heads, results, strict=True)
+                if r.get("trained")
+            ],
         ]
     else:
         lines.append("Not evaluated yet: `python -m training.evaluate --entry <this folder>`.")

@@ -36,7 +36,10 @@ def evaluate(
     per_class = {name: float((predicted[labels == k] == k).mean()) for k, name in enumerate(entry.labels)}
     confusion = np.zeros((len(LABELS), len(LABELS)), np.int64)
     np.add.at(confusion, (labels, predicted), 1)
+    record = entry_dir / "training.json"
+    trained = json.loads(record.read_text()) if record.is_file() else {}
     return {
+        "trained": {k: trained[k] for k in ("command", "steps", "wall_s") if k in trained},
         "entry": str(entry_dir), "model": c.name, "shift": c.shift, "seed": seed, "clips": len(labels),
         "generator_version": GENERATOR_VERSION, "top1": float((predicted == labels).mean()),
         "per_class": per_class, "confusion": confusion.tolist(),
