@@ -166,10 +166,9 @@ def test_same_seed_and_index_give_the_same_clip() -> None:
 
 def test_each_epoch_shows_the_hard_classes_the_asked_number_of_times() -> None:
     labels = np.arange(2 * len(LABELS)) % len(LABELS)
-    order = train.epoch_order(labels, 3, np.random.default_rng(0))
-    seen = np.bincount(order, minlength=len(labels))
+    seen = np.bincount(train.epoch_clips(labels, 3), minlength=len(labels))
     assert np.array_equal(seen, np.where(np.isin(labels, (CW, CCW, STILL)), 3, 1))
-    assert np.array_equal(np.sort(train.epoch_order(labels, 1, np.random.default_rng(1))), np.arange(len(labels)))
+    assert np.array_equal(np.sort(train.epoch_clips(labels, 1)), np.arange(len(labels)))
 
 
 def test_strided_depthwise_in_fp32_computes_the_same_model() -> None:

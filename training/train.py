@@ -6,7 +6,8 @@
 Clips are rendered, encoded and decoded once through the server's own ``decode_file`` (the whole
 frame stretched to a ``scale_size`` square, the entry's ``resize="stretch"``), cached as uint8, then
 trained on from RAM with random ``input_size`` crops. A curriculum starts with ``--easy-epochs`` over
-easy clips (big, sharp objects on plain backgrounds with large motions) before the full range.
+easy clips (big, sharp objects on plain backgrounds with large motions) before the full range;
+turning and still clips, learnt last, are seen ``--hard-repeats`` times per epoch.
 Flips, transposes and time reversal relabel the clip (see ``common.LABEL_MAPS``), so augmentation
 never teaches a wrong direction.
 """
@@ -128,10 +129,10 @@ def strided_depthwise_in_fp32(model: nn.Module) -> None:
 HARD_CLASSES = (CW, CCW, STILL)
 
 
-def epoch_order(labels: np.ndarray, hard_repeats: int, rng: np.random.Generator) -> np.ndarray:
-    """A shuffled pass over the clips in which those of ``HARD_CLASSES`` appear ``hard_repeats`` times."""
+def epoch_clips(labels: np.ndarray, hard_repeats: int) -> np.ndarray:
+    """Indices of one epoch, unshuffled: every clip once, those of ``HARD_CLASSES`` ``hard_repeats`` times."""
     hard = np.flatnonzero(np.isin(labels, HARD_CLASSES))
-    return rng.permutation(np.concatenate([np.arange(len(labels)), *[hard] * (hard_repeats - 1)]))
+    return np.concatenate([np.arange(len(labels)), *[hard] * (hard_repeats - 1)])
 
 
 def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
@@ -192,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         strided_depthwise_in_fp32(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     phases = [(easy_x, easy_y)] * args.easy_epochs + [(train_x, train_y)] * args.epochs
-    per_epoch = [len(y) + (args.hard_repeats - 1) * int(np.isin(y, HARD_CLASSES).sum()) for _, y in phases]
-    planned = sum(math.ceil(n / args.batch_size) for n in per_epoch)
+    planned = sum(math.ceil(len(epoch_clips(y, args.hard_repeats)) / args.batch_size) for _, y in phases)
     total = min(args.steps, planned) if args.steps else planned
     warmup = min(100, max(total // 10, 1))
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     train_started = time.monotonic()
     for epoch, (phase_x, phase_y) in enumerate(phases):
         model.train()
-        order = epoch_order(phase_y, args.hard_repeats, rng)
+        order = rng.permutation(epoch_clips(phase_y, args.hard_repeats))
         losses = []
         for b in range(math.ceil(len(order) / args.batch_size)):
             if step >= total:
