@@ -117,9 +117,9 @@ def _conv_in_fp32(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def strided_depthwise_in_fp32(model: nn.Module) -> None:
-    """Runs strided depthwise convolutions in fp32 under bf16 autocast: oneDNN's bf16 backward for
-    them is ~3.6x slower than fp32's (measured on Zen 4), and they are a quarter of MobileNetV2's
-    step. Same parameters and state dict; only this training process's forward changes."""
+    """Runs strided depthwise convolutions in fp32 under bf16 autocast: oneDNN's bf16 kernels for
+    them are ~3.6x slower than fp32's (measured on Zen 4), and their backward was about half of a
+    bf16 MobileNetV2 step. Same parameters and state dict; only this training process's forward changes."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1 and m.stride != (1, 1):
             m.forward = types.MethodType(_conv_in_fp32, m)  # type: ignore[method-assign]
