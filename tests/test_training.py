@@ -7,6 +7,7 @@ compositing weights (and colours, for turns) we measure centroid, area, opacity 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import shutil
@@ -204,6 +205,8 @@ def test_short_training_runs_write_a_loadable_entry_reproducibly(tmp_path: Path)
         assert entry.labels == LABELS
         assert entry.config.name == "smoke" and entry.config.shift and not entry.config.untrained
         assert (out / "README.md").is_file()
+        facts = json.loads((out / "training.json").read_text())
+        assert (facts["steps"], facts["device"], facts["label_smoothing"], facts["dropout"]) == (3, "cpu", 0.1, 0.3)
         digests.append(entry.config.weights_sha256)
     assert digests[0] == digests[1]
 

@@ -75,9 +75,10 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         f"{training.get('epochs', '?')} epochs over the full variety, clips that turn or stand still seen "
         f"{training.get('hard_repeats', 1)}× per epoch (learnt last); {training.get('steps', '?')} steps of "
         f"{training.get('batch_size', '?')} clips, AdamW (lr {training.get('lr', '?')}, cosine), label "
-        f"smoothing 0.1, {training.get('precision', 'fp32')}, seeded (python, numpy, torch)",
+        f"smoothing {training.get('label_smoothing', 0.1)}, dropout {training.get('dropout', 0.3)}, "
+        f"{training.get('precision', 'fp32')}, seeded (python, numpy, torch)",
         f"- wall time {_minutes(training.get('wall_s'))} (of which data {_minutes(training.get('data_s'))}) "
-        f"on a 2-core CPU shared with other jobs, {training.get('threads', '?')} torch thread(s)",
+        f"on {training.get('machine', 'a 2-core CPU')}, shared with other jobs",
         f"- validation top-1 by epoch: {', '.join(_pct(h['val_top1']) for h in training.get('history', []))}",
         "",
         "## Accuracy on fresh clips",

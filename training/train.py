@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import shlex
 import sys
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--dropout", type=float, default=0.3, help="before the classifier")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--segments", type=int, default=8)
     p.add_argument("--width-mult", type=float, default=0.5)
@@ -75,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="processes that render and decode clips")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="autocast to bf16 (weights stay fp32); auto: where the CPU has native bf16")  # fmt: skip
+                   help="autocast to bf16 (weights stay fp32); auto: on CUDA and CPUs with native bf16")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1 ...")
     return p.parse_args(argv)
 
 
@@ -145,7 +149,8 @@ def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
 @torch.no_grad()
 def predict(model: nn.Module, frames: np.ndarray, config: ModelConfig, batch: int = 32) -> np.ndarray:
     model.eval()
-    out = [model(to_input(frames[i : i + batch], config.mean, config.std)).argmax(1).numpy()
+    device = next(model.parameters()).device
+    out = [model(to_input(frames[i : i + batch], config.mean, config.std).to(device)).argmax(1).cpu().numpy()
            for i in range(0, len(frames), batch)]  # fmt: skip
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -159,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     ranges = Ranges(duration_s=(TRAIN.duration_s[0], args.max_duration),
                     long_side=(TRAIN.long_side[0], args.max_long_side))  # fmt: skip
     classes = len(LABELS)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     # Native bf16 (AVX512-BF16, AMX) runs a step ~1.4x faster; emulated bf16 would be slower than fp32.
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native_bf16 = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16)
     # Training clips keep the scale square so random crops can shift; validation is exactly what the
     # server samples (stretch to the scale square, then centre crop).
     train_spec = SamplingSpec(args.segments, args.scale_size, args.scale_size, resize="stretch")
@@ -187,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(config)
     if args.init:
         model.load_state_dict(load_entry(args.init).model.state_dict())
-    model.dropout.p = 0.3
-    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # faster on CPU
-    if bf16:
+    model.dropout.p = args.dropout
+    model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # faster on CPU
+    if bf16 and device.type == "cpu":
         strided_depthwise_in_fp32(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     phases = [(easy_x, easy_y)] * args.easy_epochs + [(train_x, train_y)] * args.epochs
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     rng = np.random.default_rng(args.seed)
     step, history = 0, list[dict[str, object]]()
     train_started = time.monotonic()
@@ -220,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             # brightness and contrast jitter per clip
             gain = torch.empty(len(idx), 1, 1, 1, 1).uniform_(0.8, 1.2)
             x = x * gain + torch.empty(len(idx), 1, 1, 1, 1).uniform_(-0.2, 0.2)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = loss_fn(logits.float(), torch.from_numpy(labels))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x.to(device))
+            loss = loss_fn(logits.float(), torch.from_numpy(labels).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -243,12 +251,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def machine(device: str) -> str:
+    """What trained, in words for the model card."""
+    if torch.device(device).type == "cuda":
+        return f"an {torch.cuda.get_device_name(device)} GPU ({os.cpu_count()}-core {platform.machine()} host)"
+    return f"a {os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+
+
 def save(
     model: nn.Module, config: ModelConfig, args: argparse.Namespace, argv: list[str] | None, started: float,
     data_s: float, step: int, history: list[dict[str, object]], train_clips: int, val_clips: int, ranges: Ranges,
     bf16: bool,
 ) -> None:  # fmt: skip
-    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+    model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     wall_s = time.monotonic() - started
     write_entry(args.out, config, model, LABELS)  # type: ignore[arg-type]
     facts = {
@@ -256,9 +271,10 @@ def save(
         "shift": not args.no_shift, "seed": args.seed, "train_clips": train_clips, "val_clips": val_clips,
         "epochs": args.epochs, "easy_epochs": args.easy_epochs, "hard_repeats": args.hard_repeats,
         "easy_clips": args.easy_clips_per_class * len(LABELS), "steps": step, "batch_size": args.batch_size,
-        "lr": args.lr, "precision": "bf16 autocast" if bf16 else "fp32",
+        "lr": args.lr, "label_smoothing": args.label_smoothing, "dropout": args.dropout,
+        "precision": "bf16 autocast" if bf16 else "fp32", "device": str(args.device),
         "data_s": round(data_s), "wall_s": round(wall_s), "threads": args.threads,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "history": history,
+        "machine": machine(args.device), "history": history,
         "ranges": {"duration_s": ranges.duration_s, "fps": ranges.fps, "long_side": ranges.long_side},
         "generator_version": GENERATOR_VERSION,
     }  # fmt: skip
