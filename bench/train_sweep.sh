@@ -4,20 +4,22 @@
 # the variants at once on the GPU (fp32), evaluates each on the same 440 fresh clips as the shipped
 # model's card (seed 0, 40 per class) and prints one table (also written as JSON).
 #
-#   bench/train_sweep.sh                              # base, lr 2e-3, 20 epochs
-#   bench/train_sweep.sh "base|" "wide|--width-mult 0.75"   # name|extra train.py flags, 96 px inputs
-#   QUICK=1 DEVICE=cpu bench/train_sweep.sh           # checks the script anywhere: a few clips, 2 steps
+#   bench/train_sweep.sh                                   # the default recipe beside lr 2e-3
+#   bench/train_sweep.sh "base|" "wide|--width-mult 0.75"  # name|extra train.py flags, 96 px inputs
+#   QUICK=1 DEVICE=cpu bench/train_sweep.sh               # checks the script anywhere: a few clips, 2 steps
 #
-# Size it from bench/RESULTS.md: on an H200 with 16 host cores one run alone takes ~50 ms a step, six
-# at once ~165 ms each (the host's Python and augmentation are the limit), so three full 5-6k-step
-# runs fit one 10-minute call, six do not. Results: $RESULTS (default $WORK/sweep.json).
+# Size it from bench/RESULTS.md: on an H200 with 16 host cores one run alone took ~50 ms a step, six at
+# once ~165 ms each (the host's Python and augmentation are the limit: 20 against 36 steps/s in all).
+# By those rates two full 6,160-step runs need 7-8 minutes of training beside ~1.5 of rendering: about
+# one 10-minute call, not yet measured (six did not fit: they stopped at 2,310 steps).
+# Results: $RESULTS (default $WORK/sweep.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-/tmp/train_sweep}
 RESULTS=${RESULTS:-$WORK/sweep.json}
-BUDGET_S=${BUDGET_S:-540}  # training stops (SIGINT; entries are saved after every epoch) so evaluation fits
+BUDGET_S=${BUDGET_S:-570}  # training stops (SIGINT; entries are saved after every epoch) so evaluation fits
 CORES=$(nproc)
 if [ -n "${QUICK:-}" ]; then
   DATA="--clips-per-class 2 --easy-clips-per-class 1 --val-per-class 1"; EVAL_PER_CLASS=1; STEPS="--steps 2"
@@ -25,7 +27,7 @@ else
   DATA=""; EVAL_PER_CLASS=40; STEPS=""
 fi
 VARIANTS=("$@")
-[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("base|" "lr2e-3|--lr 2e-3" "epochs20|--epochs 20")
+[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("base|" "lr2e-3|--lr 2e-3")
 mkdir -p "$WORK"
 export TSM_SYNTH_CACHE=${TSM_SYNTH_CACHE:-$WORK/cache} PYTHONUNBUFFERED=1
 
