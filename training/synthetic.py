@@ -65,7 +65,7 @@ class Ranges:
 
 
 FULL = Ranges()
-TRAIN = Ranges(duration_s=(1.0, 5.0), long_side=(128, 360))
+TRAIN = Ranges(duration_s=(1.0, 3.0), long_side=(128, 360))
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-shift", action="store_true", help="train the TSN baseline (no temporal shift)")
     p.add_argument("--clips-per-class", type=int, default=400)
     p.add_argument("--val-per-class", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=17)
     p.add_argument("--easy-clips-per-class", type=int, default=120, help="clips of the curriculum's easy stage")
     p.add_argument("--easy-epochs", type=int, default=2, help="epochs over the easy clips before the full range")
     p.add_argument("--hard-repeats", type=int, default=2,
