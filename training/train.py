@@ -248,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         save(model, config, args, argv, started, data_s, step, history, len(train_y), len(val_y), ranges, bf16)
         if step >= total:
             break
-    print(f"wrote {args.out} in {time.monotonic() - started:.0f} s (data {data_s:.0f} s)", flush=True)
+    # --epochs 0 --easy-epochs 0 only renders and caches the clips (bench/train_sweep.sh does that first)
+    done = f"wrote {args.out}" if history else "no epochs: clips cached, nothing trained or written,"
+    print(f"{done} in {time.monotonic() - started:.0f} s (data {data_s:.0f} s)", flush=True)
     return 0
 
 
