@@ -102,7 +102,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
             "| ---: |" + " ---: |" * len(LABELS),
             *[f"| {i} | " + " | ".join(str(n) for n in row) + " |" for i, row in enumerate(results[0]["confusion"])],
             "",
-            f"The TSN baseline is trained by the same script without the shift (`{TSN_COMMAND}`; how each "
+            "The TSN baseline is trained by the same script without the shift (`--no-shift`; how each "
             "entry was trained is listed below). It scores each frame on its own "
             "and averages the scores, so it sees no motion at all: only what single frames show (a "
             "half-transparent object belongs to a fade), and never the direction within a pair.",
