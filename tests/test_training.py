@@ -22,7 +22,7 @@ from service.decode import decode_file
 from service.sampling import SamplingSpec
 from service.store import load_entry, sha256_file
 from tests.conftest import ROOT, ServerProcess
-from training import train
+from training import evaluate, train
 from training.common import DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, LIMITS
 from training.synthetic import (
     CCW,
@@ -31,6 +31,7 @@ from training.synthetic import (
     FADE_IN,
     FADE_OUT,
     GROW,
+    ISSUE,
     LABELS,
     LEFT_TO_RIGHT,
     RIGHT_TO_LEFT,
@@ -99,7 +100,8 @@ def measure(label: int, index: int, ranges: Ranges = QUICK) -> dict[str, float]:
     start, end = ({k: float(np.mean(v[s])) for k, v in (("x", cx), ("y", cy), ("area", area), ("opacity", opacity))}
                   for s in ends)  # fmt: skip
     return {"dx": (end["x"] - start["x"]) / spec.width, "dy": (end["y"] - start["y"]) / spec.height,
-            "area": end["area"] / start["area"], "opacity0": start["opacity"], "opacity1": end["opacity"],
+            "area": end["area"] / start["area"], "area0": start["area"], "area1": end["area"],
+            "opacity0": start["opacity"], "opacity1": end["opacity"],
             "turn": turn, "moved_px": math.hypot(end["x"] - start["x"], end["y"] - start["y"]),
             "cut": cut, "radius_change_px": abs(math.sqrt(end["area"] / math.pi) - math.sqrt(start["area"] / math.pi)),
             }  # fmt: skip
@@ -133,6 +135,28 @@ def test_generator_labels_match_what_is_drawn(label: int) -> None:
             assert m["opacity0"] >= 0.9 and m["opacity1"] <= 0.1, what
         else:
             assert abs(m["opacity1"] - m["opacity0"]) < 0.02, what
+
+
+@pytest.mark.parametrize("label", [LEFT_TO_RIGHT, UP, CW, CCW, GROW, SHRINK, STILL])
+def test_issue_ranges_draw_motions_within_the_issue_numbers(label: int) -> None:
+    """`evaluate --ranges issue` claims the issue's exact ranges: measured from the pixels, not the settings."""
+    ranges = replace(ISSUE, duration_s=QUICK.duration_s, fps=QUICK.fps, long_side=QUICK.long_side)
+    for index in range(4):
+        m = measure(label, index, ranges)
+        spec = sample_clip(SPLIT_TRAIN, 7, index, ranges, label=label)
+        what = f"{LABELS[label]} clip {index}: {m}"
+        # diameter of a disc of the drawn area; shapes fill 60-90% of their disc, so allow below 10%
+        sizes = [2 * math.sqrt(m[k] / math.pi) / min(spec.width, spec.height) for k in ("area0", "area1")]
+        if label in (GROW, SHRINK):
+            assert 0.05 <= min(sizes) <= 0.42, what  # one end is drawn in range, the other scaled from it
+            if not m["cut"]:
+                assert 1.5**2 * 0.85 <= max(m["area"], 1 / m["area"]) <= 4.0**2 * 1.15, what
+        else:
+            assert min(sizes) >= 0.05 and max(sizes) <= 0.42, what
+        if label in (LEFT_TO_RIGHT, UP):
+            assert 0.2 - 0.02 <= abs(m["dx"] if label == LEFT_TO_RIGHT else m["dy"]) <= 0.8 + 0.02, what
+        if label in (CW, CCW):
+            assert 90 - 12 <= abs(m["turn"]) <= 360 + 12, what
 
 
 def test_label_maps_are_involutions_that_keep_still_still() -> None:
@@ -232,6 +256,21 @@ def test_shipped_entry_has_a_model_card() -> None:
     _trained_entry()
     card = (DEFAULT_ENTRY / "README.md").read_text()
     assert "not a general-purpose action recogniser" in card and "TSN" in card
+
+
+def test_evaluate_reports_and_writes_the_card_on_the_issue_ranges(tmp_path: Path) -> None:
+    _trained_entry()
+    entry = tmp_path / ENTRY_NAME / "1"
+    shutil.copytree(DEFAULT_ENTRY, entry)
+    out = tmp_path / "result.json"
+    args = ["--entry", str(entry), "--clips-per-class", "1", "--seed", "9", "--ranges", "issue", "--workers", "1",
+            "--cache", str(tmp_path / "cache"), "--json", str(out), "--card"]  # fmt: skip
+    assert evaluate.main(args) == 0
+    result = json.loads(out.read_text())
+    assert (result["ranges"], result["clips"], result["seed"]) == ("issue", len(LABELS), 9)
+    assert sum(map(sum, result["confusion"])) == len(LABELS)
+    card = (entry / "README.md").read_text()
+    assert f"| **overall** | **{result['top1']:.1%}** |" in card and "TSM, issue's ranges" in card
 
 
 def test_examples_readme_lists_every_clip_with_its_answer() -> None:

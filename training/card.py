@@ -49,11 +49,13 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "`training/synthetic.py` renders clips with numpy and encodes them with PyAV (H.264 MP4 70%, VP9 "
         "WebM 15%, MPEG-4 AVI 15%): one main object (circle, ellipse, square, rectangle, triangle, star, "
         "polygon, glyph-like strokes, textured patch, arrow; flat, gradient, striped, checked or noise "
-        "texture; shapes that would hide a turn carry an off-centre marker when rotating), 8-45% of the short "
-        "side, over a flat, gradient, noise or textured background with 0-3 static distractors; camera "
-        "jitter up to ±2 px, sensor noise, blur; the motion starts and ends anywhere in the clip (30-100% "
-        "of it). Translation 18-85% of the frame along its axis with small drift, rotation 80-380°, "
-        "scale change 1.4-4.2×, fades between 0-10% and 90-100% opacity. Aspect 4:3, 16:9, 1:1, 3:4, 9:16.",
+        "texture; shapes that would hide a turn carry an off-centre marker when rotating), "
+        f"{_span(FULL.object_size, '%', 100)} of the short side, over a flat, gradient, noise or textured "
+        "background with 0-3 static distractors; camera jitter up to ±2 px, sensor noise, blur; the motion "
+        "starts and ends anywhere in the clip (30-100% of it). Translation "
+        f"{_span(FULL.travel, '%', 100)} of the frame along its axis with small drift, rotation "
+        f"{_span(FULL.turn_deg, '°')}, scale change {_span(FULL.scale, '×')}, fades between 0-10% and "
+        "90-100% opacity. Aspect 4:3, 16:9, 1:1, 3:4, 9:16.",
         "",
         f"- training: {training.get('easy_clips', 0)} easy clips (one big, sharp object on a flat or gradient "
         "background, no distractors, noise or jitter, motion over 80-100% of the clip: translation ≥ 45%, "
@@ -61,7 +63,10 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         f"(seed {training.get('seed', '?')}), {_range(training.get('ranges', {}))}; validation: "
         f"{training.get('val_clips', '?')} clips; generator version {training.get('generator_version', '?')}",
         "- evaluation: fresh clips from a separate split of the generator, full ranges "
-        f"{_range(_full())}; generator version {results[0].get('generator_version', '?') if results else '?'}",
+        f"{_range(_full())}; generator version {results[0].get('generator_version', '?') if results else '?'}; "
+        "with the motions above (`--ranges full`, the default) or exactly the issue's, a little narrower and "
+        "easier (`--ranges issue`: object 10-40% of the short side, translation 20-80%, rotation 90-360°, "
+        "scale change 1.5-4×)",
         "",
         "Every clip is decoded once through the server's own `service.decode.decode_file` (the "
         "server's sampling: centre frame of each of the segments, the entry's resize). Training takes random "
@@ -85,11 +90,12 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "",
     ]
     if results:
-        heads = [("TSM" if r["shift"] else "TSN (no shift)") for r in results]
+        heads = [("TSM" if r["shift"] else "TSN (no shift)") + _ranges_note(r) for r in results]
         lines += [
             f"Top-1, {results[0]['clips']} clips ({results[0]['clips'] // len(LABELS)} per class, "
             f"seed {results[0]['seed']}), `python -m training.evaluate --entry <entry> "
-            f"--clips-per-class {results[0]['clips'] // len(LABELS)} --seed {results[0]['seed']}`:",
+            f"--clips-per-class {results[0]['clips'] // len(LABELS)} --seed {results[0]['seed']}` "
+            "(`--ranges issue` for the issue's ranges):",
             "",
             "| class | " + " | ".join(heads) + " |",
             "| --- |" + " --- |" * len(results),
@@ -137,8 +143,8 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "several moving objects, camera motion, occlusion or actions of people are out of its world.",
         "- Frames are stretched to a square (`resize: stretch` in model.json), so motion near the edges "
         "of wide or portrait videos is seen; shapes look squeezed, which this task does not mind.",
-        "- 8 frames per clip: a motion that fills only a sliver of a long clip, or a turn faster than "
-        "about 90° per sampled frame, can be missed or read backwards.",
+        f"- {config.num_segments} frames per clip: a motion that fills only a sliver of a long clip, or a turn "
+        "of more than about 90° between two sampled frames, can be missed or read backwards.",
         "- Held-back clips from another renderer may differ in ways this generator does not cover.",
     ]
     if results:
@@ -155,6 +161,14 @@ def _generator_note(trained_on: object) -> str:
     return (f" These weights were trained on clips of generator version {trained_on}; the current generator "
             f"(version {GENERATOR_VERSION}) draws the same scenes with other encoder bits, so a rerun gives close, "
             "not identical, weights.")  # fmt: skip
+
+
+def _span(bounds: tuple[float, float], unit: str, factor: float = 1.0) -> str:
+    return f"{bounds[0] * factor:g}-{bounds[1] * factor:g}{unit}"
+
+
+def _ranges_note(result: dict[str, Any]) -> str:
+    return ", issue's ranges" if result.get("ranges") == "issue" else ""
 
 
 def _full() -> dict[str, object]:

@@ -54,17 +54,23 @@ SPRITE = 512  # side of the finest sprite level; coarser levels halve it
 
 @dataclass(frozen=True)
 class Ranges:
-    """What clips vary over. ``FULL`` is the issue's range; training may use shorter, smaller clips.
-    ``easy`` clips (a curriculum's first stage) show one big, sharp object on a plain background that
-    moves, turns, scales or fades a lot over the whole clip."""
+    """What clips vary over. ``FULL`` covers the issue's ranges generously (the motions a little wider);
+    ``ISSUE`` is exactly the issue's numbers; training may use shorter, smaller clips. ``easy`` clips (a
+    curriculum's first stage) show one big, sharp object on a plain background that moves, turns,
+    scales or fades a lot over the whole clip, whatever the motion ranges say."""
 
     duration_s: tuple[float, float] = (1.0, 10.0)
     fps: tuple[int, int] = (8, 30)
     long_side: tuple[int, int] = (128, 640)
     easy: bool = False
+    object_size: tuple[float, float] = (0.08, 0.45)  # diameter, share of the short side
+    travel: tuple[float, float] = (0.18, 0.85)  # share of the frame along the motion's axis
+    turn_deg: tuple[float, float] = (80.0, 380.0)
+    scale: tuple[float, float] = (1.4, 4.2)
 
 
 FULL = Ranges()
+ISSUE = Ranges(object_size=(0.10, 0.40), travel=(0.20, 0.80), turn_deg=(90.0, 360.0), scale=(1.5, 4.0))
 TRAIN = Ranges(duration_s=(1.0, 3.0), long_side=(128, 360))
 
 
@@ -80,7 +86,7 @@ class ClipSpec:
     suffix: str
     quality: float  # 0 best .. 1 worst, mapped to each encoder's own scale
     scene_seed: int
-    easy: bool = False
+    ranges: Ranges = FULL  # the motion's ranges are drawn in build_scene
 
     @property
     def name(self) -> str:
@@ -109,7 +115,7 @@ def sample_clip(split: int, seed: int, index: int, ranges: Ranges = FULL, label:
             break
         pick -= fmt[3]
     return ClipSpec(label, width, height, fps, frames, container, encoder, suffix, float(rng.uniform()),
-                    int(rng.integers(1 << 62)), ranges.easy)  # fmt: skip
+                    int(rng.integers(1 << 62)), ranges)  # fmt: skip
 
 
 # --- shapes and textures, in object coordinates: u right, v down, the shape inside the unit disc
@@ -346,7 +352,8 @@ class Scene:
 
 def build_scene(spec: ClipSpec) -> Scene:
     rng = np.random.default_rng(spec.scene_seed)
-    w, h, label, easy = spec.width, spec.height, spec.label, spec.easy
+    w, h, label, ranges = spec.width, spec.height, spec.label, spec.ranges
+    easy = ranges.easy
     short = min(w, h)
     jitter = 0 if easy else int(rng.integers(0, 3))
     background = _background(rng, w + 2 * jitter, h + 2 * jitter, plain=easy)
@@ -365,13 +372,14 @@ def build_scene(spec: ClipSpec) -> Scene:
 
     span = rng.uniform(0.8 if easy else 0.3, 1.0)
     start = rng.uniform(0, 1 - span)
-    r = rng.uniform(0.25 if easy else 0.08, 0.45) * short / 2  # object diameter 8-45% of the short side
+    size = (0.25, 0.45) if easy else ranges.object_size
+    r = rng.uniform(*size) * short / 2
     angle = rng.uniform(0, 2 * math.pi)
     centre = (rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h)
     xy, radius, angles, opacity = (centre, centre), (r, r), (angle, angle), (1.0, 1.0)
     if label in (LEFT_TO_RIGHT, RIGHT_TO_LEFT, UP, DOWN):
         along, across = (w, h) if label in (LEFT_TO_RIGHT, RIGHT_TO_LEFT) else (h, w)
-        travel = rng.uniform(0.45 if easy else 0.18, 0.85)
+        travel = rng.uniform(0.45 if easy else ranges.travel[0], ranges.travel[1])
         lo, hi = 0.06 + travel / 2, 0.94 - travel / 2  # where the path's middle may lie
         mid = rng.uniform(lo, hi) if lo < hi else 0.5
         b0 = rng.uniform(0.2, 0.8) * across
@@ -383,10 +391,11 @@ def build_scene(spec: ClipSpec) -> Scene:
             path = [(q, p) for p, q in path]
         xy = (path[0], path[1])
     elif label in (CW, CCW):
-        turn = math.radians(rng.uniform(180 if easy else 80, 380)) * (1 if label == CW else -1)
+        turn = math.radians(rng.uniform(180 if easy else ranges.turn_deg[0], ranges.turn_deg[1]))
+        turn *= 1 if label == CW else -1
         angles = (angle, angle + turn)
     elif label in (GROW, SHRINK):
-        factor = rng.uniform(2.5 if easy else 1.4, 4.2)
+        factor = rng.uniform(2.5 if easy else ranges.scale[0], ranges.scale[1])
         if rng.uniform() < 0.5:  # the drawn size is either end's
             small, big = r, min(r * factor, 0.48 * short)
         else:
