@@ -12,7 +12,7 @@ alternate which goes first, so drifting background load on a shared machine hits
 Each cell is a closed loop at concurrency c ∈ {1, 4, 16, 64} of multipart uploads, round-robin
 over a preloaded mix of 320×240, 640×360 and 1280×720 H.264 clips (moving shapes over a panning
 texture, a keyframe every 2 s, see ``bench.decode.make_clip``), for two models: the bundled
-default model (MobileNetV2 TSM ×0.5 at 8×112²) and an untrained MobileNetV2 TSM ×1.0 at 8×224²
+default model (its width and input named in the table) and an untrained MobileNetV2 TSM ×1.0 at 8×224²
 (400 classes, He-initialised with calibrated BatchNorm). Alongside: per-stage server timings,
 decode-worker busy fraction (``/metrics``), mean batch size, server and machine CPU use.
 """
@@ -73,6 +73,14 @@ def make_store(directory: Path) -> Path:
     labels = [label for label in labels if label.strip()]
     write_random_entry(store, name=BIG_MODEL, labels=labels, width_mult=1.0, input_size=224, scale_size=256)
     return store
+
+
+def default_model_name() -> str:
+    """As the tables name it: results of an older default model keep their own row label."""
+    from service.store import ModelConfig
+
+    c = ModelConfig.model_validate_json((ROOT / "model_store" / DEFAULT_MODEL / "1" / "model.json").read_text())
+    return f"default (MobileNetV2 ×{c.width_mult:g}, {c.num_segments}×{c.input_size}²)"
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -205,7 +213,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     videos = load_videos(paths)
     head["videos"] = [f"{w}×{h}" for w, h in SIZES]
     store = make_store(work)
-    models = [(DEFAULT_MODEL, "default (MobileNetV2 ×0.5, 8×112²)"), (BIG_MODEL, "MobileNetV2 ×1.0, 8×224²")]
+    models = [(DEFAULT_MODEL, default_model_name()), (BIG_MODEL, "MobileNetV2 ×1.0, 8×224²")]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     head["requests_note"] = (
         f"max({args.min_requests}, {args.per_client}×c) requests per cell and configuration in {args.rounds} "
