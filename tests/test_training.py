@@ -270,7 +270,7 @@ def test_evaluate_reports_and_writes_the_card_on_the_issue_ranges(tmp_path: Path
     assert (result["ranges"], result["clips"], result["seed"]) == ("issue", len(LABELS), 9)
     assert sum(map(sum, result["confusion"])) == len(LABELS)
     card = (entry / "README.md").read_text()
-    assert f"| **overall** | **{result['top1']:.1%}** |" in card and "TSM, issue's ranges" in card
+    assert f"| **overall** | **{result['top1']:.1%}** |" in card and "TSM, issue #7 ranges" in card
 
 
 def test_examples_readme_lists_every_clip_with_its_answer() -> None:

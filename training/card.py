@@ -64,9 +64,9 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         f"{training.get('val_clips', '?')} clips; generator version {training.get('generator_version', '?')}",
         "- evaluation: fresh clips from a separate split of the generator, full ranges "
         f"{_range(_full())}; generator version {results[0].get('generator_version', '?') if results else '?'}; "
-        "with the motions above (`--ranges full`, the default) or exactly the issue's, a little narrower and "
-        "easier (`--ranges issue`: object 10-40% of the short side, translation 20-80%, rotation 90-360°, "
-        "scale change 1.5-4×)",
+        "with the motions above (`--ranges full`, the default) or exactly those of the model's specification "
+        "(issue #7), a little narrower (`--ranges issue`: object 10-40% of the short side, "
+        "translation 20-80%, rotation 90-360°, scale change 1.5-4×)",
         "",
         "Every clip is decoded once through the server's own `service.decode.decode_file` (the "
         "server's sampling: centre frame of each of the segments, the entry's resize). Training takes random "
@@ -95,7 +95,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
             f"Top-1, {results[0]['clips']} clips ({results[0]['clips'] // len(LABELS)} per class, "
             f"seed {results[0]['seed']}), `python -m training.evaluate --entry <entry> "
             f"--clips-per-class {results[0]['clips'] // len(LABELS)} --seed {results[0]['seed']}` "
-            "(`--ranges issue` for the issue's ranges):",
+            "(`--ranges issue` for the specified ranges):",
             "",
             "| class | " + " | ".join(heads) + " |",
             "| --- |" + " --- |" * len(results),
@@ -113,12 +113,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
             "and averages the scores, so it sees no motion at all: only what single frames show (a "
             "half-transparent object belongs to a fade), and never the direction within a pair.",
             "",
-            *[
-                f"- {head}: `{str(r['trained'].get('command', '?')).strip()}`, {r['trained'].get('steps', '?')} steps, "
-                f"{_minutes(r['trained'].get('wall_s'))}"
-                for head, r in zip(heads, results, strict=True)
-                if r.get("trained")
-            ],
+            *_trained_lines(results),
         ]
     else:
         lines.append("Not evaluated yet: `python -m training.evaluate --entry <this folder>`.")
@@ -163,12 +158,26 @@ def _generator_note(trained_on: object) -> str:
             "not identical, weights.")  # fmt: skip
 
 
+def _trained_lines(results: list[dict[str, Any]]) -> list[str]:
+    """How each evaluated entry was trained, once per entry (it may be evaluated on several ranges)."""
+    lines, seen = [], set()
+    for r in results:
+        if not r.get("trained") or r.get("entry") in seen:
+            continue
+        seen.add(r.get("entry"))
+        t = r["trained"]
+        head = "TSM" if r["shift"] else "TSN (no shift)"
+        lines.append(f"- {head}: `{str(t.get('command', '?')).strip()}`, {t.get('steps', '?')} steps, "
+                     f"{_minutes(t.get('wall_s'))}")  # fmt: skip
+    return lines
+
+
 def _span(bounds: tuple[float, float], unit: str, factor: float = 1.0) -> str:
     return f"{bounds[0] * factor:g}-{bounds[1] * factor:g}{unit}"
 
 
 def _ranges_note(result: dict[str, Any]) -> str:
-    return ", issue's ranges" if result.get("ranges") == "issue" else ""
+    return ", issue #7 ranges" if result.get("ranges") == "issue" else ""
 
 
 def _full() -> dict[str, object]:
