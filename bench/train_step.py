@@ -1,11 +1,13 @@
-"""Seconds per training step of the bundled model's recipe, by input size and precision (CPU).
+"""Seconds per training step of the bundled model's recipe, by input size and precision, and by
+width in the recipe's precision (CPU).
 
-    .venv/bin/python -m bench.train_step                 # ~2 minutes on 2 cores
+    .venv/bin/python -m bench.train_step                 # ~3 minutes on 2 cores
 
 One step is what ``training/train.py`` does per batch: forward, label-smoothed loss, backward and an
-AdamW update of a TSM MobileNetV2 (x0.5, 8 segments, channels_last) on 16 clips. "bf16" is autocast
-with fp32 weights; "bf16, strided dw fp32" adds ``train.strided_depthwise_in_fp32`` (the default
-where the CPU has native bf16). Each row keeps the best of ``--repeats`` rounds of ``--steps`` steps.
+AdamW update of a TSM MobileNetV2 (×0.5 unless a width is given, 8 segments, channels_last) on 16
+clips. "bf16" is autocast with fp32 weights; "bf16, strided dw fp32" adds
+``train.strided_depthwise_in_fp32`` (the default where the CPU has native bf16). Each row keeps the
+best of ``--repeats`` rounds of ``--steps`` steps.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from training.train import strided_depthwise_in_fp32
 VARIANTS = ["fp32", "bf16", "bf16, strided dw fp32"]
 
 
-def seconds_per_step(size: int, variant: str, steps: int, repeats: int, batch: int = 16) -> float:
+def seconds_per_step(size: int, variant: str, steps: int, repeats: int, width: float = 0.5, batch: int = 16) -> float:
     config = ModelConfig(
-        name="bench", version="1", arch="mobilenetv2", num_segments=8, width_mult=0.5, num_classes=11,
+        name="bench", version="1", arch="mobilenetv2", num_segments=8, width_mult=width, num_classes=11,
         input_size=size, scale_size=size, resize="stretch", weights_sha256="0" * 64, untrained=False,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -60,6 +62,7 @@ def seconds_per_step(size: int, variant: str, steps: int, repeats: int, batch: i
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 112])
+    p.add_argument("--widths", type=float, nargs="+", default=[0.5, 0.75, 1.0], help="at 96², the recipe's precision")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
@@ -74,6 +77,12 @@ def main() -> None:
         times = [seconds_per_step(size, v, args.steps, args.repeats) for v in VARIANTS]
         cells = " | ".join(f"{t:.3f} s" for t in times)
         print(f"| {size}² | {cells} | {times[1] / times[2]:.2f}× |", flush=True)
+    print("\n| width (96², " + VARIANTS[-1] + ") | s/step | × the first |\n| ---: | ---: | ---: |")
+    first = 0.0
+    for width in args.widths:
+        t = seconds_per_step(96, VARIANTS[-1], args.steps, args.repeats, width)
+        first = first or t
+        print(f"| ×{width:g} | {t:.3f} s | {t / first:.2f}× |", flush=True)
 
 
 if __name__ == "__main__":
