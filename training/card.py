@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from service.store import ModelConfig
-from training.synthetic import FULL, GENERATOR_VERSION, LABELS
+from training.synthetic import FULL, GENERATOR_VERSION, ISSUE, LABELS
 
 TRAIN_COMMAND = "python -m training.train"
 TSN_COMMAND = "python -m training.train --no-shift --out /tmp/tsn/tsm_mobilenetv2_synthetic_motion_tsn/1"
@@ -65,8 +65,9 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "- evaluation: fresh clips from a separate split of the generator, full ranges "
         f"{_range(_full())}; generator version {results[0].get('generator_version', '?') if results else '?'}; "
         "with the motions above (`--ranges full`, the default) or exactly those of the model's specification "
-        "(issue #7), a little narrower (`--ranges issue`: object 10-40% of the short side, "
-        "translation 20-80%, rotation 90-360°, scale change 1.5-4×)",
+        f"(issue #7), a little narrower (`--ranges issue`: object {_span(ISSUE.object_size, '%', 100)} of the "
+        f"short side, translation {_span(ISSUE.travel, '%', 100)}, rotation {_span(ISSUE.turn_deg, '°')}, "
+        f"scale change {_span(ISSUE.scale, '×')})",
         "",
         "Every clip is decoded once through the server's own `service.decode.decode_file` (the "
         "server's sampling: centre frame of each of the segments, the entry's resize). Training takes random "

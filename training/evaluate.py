@@ -3,7 +3,7 @@
     python -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/1 --clips-per-class 20 --seed 0
 
 Clips cover the issue's full ranges (1-10 s, 8-30 fps, 128-640 px) with the generator's motions
-(``--ranges full``: a little wider than the issue's, so a little harder) or exactly the issue's
+(``--ranges full``: a little wider than the issue's) or exactly the issue's
 (``--ranges issue``: object 10-40% of the short side, travel 20-80%, turns 90-360°, scale 1.5-4×).
 They go through exactly what the server does: ``decode_file`` with the entry's segments, resize and
 crop, then the entry's network.
