@@ -91,7 +91,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "",
     ]
     if results:
-        heads = [("TSM" if r["shift"] else "TSN (no shift)") + _ranges_note(r) for r in results]
+        heads = [_kind(r) + _ranges_note(r) for r in results]
         lines += [
             f"Top-1, {results[0]['clips']} clips ({results[0]['clips'] // len(LABELS)} per class, "
             f"seed {results[0]['seed']}), `python -m training.evaluate --entry <entry> "
@@ -167,14 +167,17 @@ def _trained_lines(results: list[dict[str, Any]]) -> list[str]:
             continue
         seen.add(r.get("entry"))
         t = r["trained"]
-        head = "TSM" if r["shift"] else "TSN (no shift)"
-        lines.append(f"- {head}: `{str(t.get('command', '?')).strip()}`, {t.get('steps', '?')} steps, "
+        lines.append(f"- {_kind(r)}: `{str(t.get('command', '?')).strip()}`, {t.get('steps', '?')} steps, "
                      f"{_minutes(t.get('wall_s'))}")  # fmt: skip
     return lines
 
 
 def _span(bounds: tuple[float, float], unit: str, factor: float = 1.0) -> str:
     return f"{bounds[0] * factor:g}-{bounds[1] * factor:g}{unit}"
+
+
+def _kind(result: dict[str, Any]) -> str:
+    return "TSM" if result["shift"] else "TSN (no shift)"
 
 
 def _ranges_note(result: dict[str, Any]) -> str:
