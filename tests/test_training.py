@@ -207,13 +207,16 @@ def test_strided_depthwise_in_fp32_computes_the_same_model() -> None:
     convs = [m for m in patched.modules() if "forward" in vars(m)]
     assert len(convs) == 4 and all(c.stride == (2, 2) and c.groups == c.in_channels for c in convs)
     assert patched.state_dict().keys() == model.state_dict().keys()
-    x = torch.randn(2, entry.config.num_segments, 3, 64, 64)
+    x = torch.randn(2, entry.config.num_segments, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(model(x), patched(x))
+        exact = model(x)
+        assert torch.equal(exact, patched(x))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert convs[0](torch.randn(1, convs[0].in_channels, 8, 8)).dtype == torch.float32
-            reference, fast = model(x).float(), patched(x).float()
-            assert (fast - reference).abs().max() < 0.05 * reference.abs().max()
+            fast = patched(x).float()
+    # bf16 rounding alone moves these logits by up to ~10% of the largest on noise inputs (plain bf16
+    # autocast as much as the patched model); a wrong convolution would move them by about their size.
+    assert (fast - exact).abs().max() < 0.15 * exact.abs().max()
 
 
 def test_short_training_runs_write_a_loadable_entry_reproducibly(tmp_path: Path) -> None:
