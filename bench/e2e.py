@@ -40,8 +40,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.decode import make_clip  # noqa: E402
-from bench.load import HttpTarget, Record, Sampler, closed_loop, load_average, load_videos, metric, summarize  # noqa: E402
-from tests.conftest import ServerProcess  # noqa: E402
+from harness.load import HttpTarget, Record, Sampler, closed_loop, load_average, load_videos, metric, summarize  # noqa: E402
+from harness.process import ServerProcess  # noqa: E402
 
 DEFAULT_MODEL = "tsm_mobilenetv2_synthetic_motion"
 BIG_MODEL = "mbv2_224"

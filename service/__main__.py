@@ -63,7 +63,7 @@ async def serve(settings: Settings) -> int:
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=_STOP_GRACE_S,
         ssl_certfile=settings.http_tls_cert_file, ssl_keyfile=settings.http_tls_key_file,
     )  # fmt: skip
-    rpc = build_grpc_server(server, settings)
+    rpc = build_grpc_server(server)
     try:
         grpc_port = _listen_grpc(rpc.server, settings)
     except (ValueError, OSError, RuntimeError) as e:  # TLS files, or the port is taken
@@ -186,13 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with every flag given on the command line winning over it."""
+    return Settings(**{name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "import-checkpoint":
             return int(args.run(args))
-        overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
-        settings = Settings(**overrides)
+        settings = settings_from_args(args)
         configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(serve(settings))
     except (StoreError, CheckpointError) as e:

@@ -34,16 +34,20 @@ import itertools
 import logging
 import queue
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from service.config import Settings
+from service.config import default
 from service.errors import ErrorKind, ServiceError, shutting_down
 from service.runner import Runner, Staged
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +73,24 @@ class InferResult:
     logits: np.ndarray  # float32 [C]: mean over the request's views of the logits
     queue_ms: float  # time inside infer() not spent in the model (waiting for batches)
     inference_ms: float  # summed time of the batches that held the request's clips
-    batches: int  # how many batches the request's clips spanned
 
 
-@dataclass
-class BatcherStats:
-    """Counters for metrics; read them from the event loop."""
+# Why a clip never reached the model: its request's deadline passed, its caller went away, the
+# batcher stopped without draining, or another clip of its request was in a failed batch.
+DropReason = Literal["expired", "cancelled", "draining", "failed"]
 
-    batches: int = 0
-    clips: int = 0
-    rejected: int = 0
-    expired: int = 0
-    cancelled: int = 0
-    failed_batches: int = 0
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """What the batcher needs of Settings (the batch size is the Runner's: ``Runner.max_batch``)."""
+
+    max_delay_ms: float = default("max_delay_ms")
+    max_queue_clips: int = default("max_queue_clips")
+    request_timeout_s: float = default("request_timeout_s")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BatcherConfig:
+        return cls(settings.max_delay_ms, settings.max_queue_clips, settings.request_timeout_s)
 
 
 class Reservation:
@@ -115,7 +124,7 @@ class _Request:
     logits: np.ndarray | None = None  # [V, C], filled row by row
     batch_ids: set[int] = field(default_factory=set)
     inference_s: float = 0.0
-    dropped: bool = False  # read by the inference thread: skip the remaining clips
+    dropped: DropReason | None = None  # read by the inference thread: skip the remaining clips
 
     @property
     def views(self) -> int:
@@ -127,7 +136,7 @@ class _Batch:
     id: int
     rows: list[tuple[_Request, int]]  # (request, view index)
     staged: Staged | None = None
-    dropped: int = 0
+    dropped: Counter[DropReason] = field(default_factory=Counter)  # rows removed at staging
     error: BaseException | None = None
     stage_s: float = 0.0
 
@@ -139,7 +148,7 @@ class Batcher:
     def __init__(
         self,
         runner: Runner,
-        settings: Settings,
+        config: BatcherConfig,
         *,
         name: str = "model",
         on_batch: Callable[[BatchInfo], None] | None = None,
@@ -149,11 +158,11 @@ class Batcher:
         # Batches handed to the inference thread at once. CUDA: 2, one runs while the next is
         # staged. CPU: 1, staging cannot overlap there, so the open batch keeps filling instead.
         self.pipeline_depth = pipeline_depth or (2 if runner.device.type == "cuda" else 1)
-        self.max_batch = settings.max_batch_clips
-        self.max_delay_s = settings.max_delay_ms / 1000.0
-        self.max_queue = settings.max_queue_clips
-        self.request_timeout_s = settings.request_timeout_s
-        self.stats = BatcherStats()
+        self.max_batch = runner.max_batch
+        self.max_delay_s = config.max_delay_ms / 1000.0
+        self.max_queue = config.max_queue_clips
+        self.request_timeout_s = config.request_timeout_s
+        self.dropped_clips: Counter[DropReason] = Counter()  # lifetime totals, read on the event loop
         self._reserved = 0
         self._ids = itertools.count(1)
         self._batch_ids = itertools.count(1)
@@ -188,7 +197,7 @@ class Batcher:
         self._stopping = True
         if not drain:
             for req in list(self._waiting):
-                self._fail(req, shutting_down())
+                self._fail(req, shutting_down(), "draining")
         if self._wakeup is not None:
             self._wakeup.set()
         if self._task is not None:
@@ -205,7 +214,6 @@ class Batcher:
                 ErrorKind.bad_request, f"the request needs {clips} clips; this server takes at most {self.max_queue}"
             )
         if self._reserved + clips > self.max_queue:
-            self.stats.rejected += 1
             excess = self._reserved + clips - self.max_queue
             retry = min(60.0, max(0.1, excess / self._drain_rate)) if self._drain_rate > 0 else 1.0
             message = f"model {self.name!r} is at capacity; retry shortly"
@@ -227,7 +235,7 @@ class Batcher:
         now = time.monotonic()
         deadline = now + self.request_timeout_s if deadline is None else deadline
         if deadline <= now:
-            self.stats.expired += 1
+            self.dropped_clips["expired"] += len(frames)
             raise ServiceError(ErrorKind.deadline_exceeded, "the request's deadline passed before inference")
         req = _Request(reservation.id, frames, self._loop.create_future(), deadline, now)
         if self._last_arrival is not None:  # smoothed gap between arrivals, for the batch delay
@@ -241,30 +249,29 @@ class Batcher:
         try:
             return await req.future
         except asyncio.CancelledError:
-            if not req.dropped:
-                self.stats.cancelled += 1
-            self._drop(req)
+            self._drop(req, "cancelled")
             raise
         finally:
             timer.cancel()
 
     def _expire(self, req: _Request) -> None:
         if not req.future.done():
-            self.stats.expired += 1
             waited = (time.monotonic() - req.submitted) * 1000
             message = f"the request's deadline passed after {waited:.0f} ms waiting for the model"
-            self._fail(req, ServiceError(ErrorKind.deadline_exceeded, message))
+            self._fail(req, ServiceError(ErrorKind.deadline_exceeded, message), "expired")
 
-    def _fail(self, req: _Request, error: BaseException) -> None:
+    def _fail(self, req: _Request, error: BaseException, reason: DropReason) -> None:
         if not req.future.done():
             req.future.set_exception(error)
-        self._drop(req)
+        self._drop(req, reason)
 
-    def _drop(self, req: _Request) -> None:
+    def _drop(self, req: _Request, reason: DropReason) -> None:
+        """The request's clips not yet in a batch never will be; those in one are skipped at staging."""
         if req.dropped:
             return
-        req.dropped = True
+        req.dropped = reason
         if req.next_clip < req.views:
+            self.dropped_clips[reason] += req.views - req.next_clip
             self._queued -= req.views - req.next_clip
             req.next_clip = req.views
             self._waiting.remove(req)
@@ -300,7 +307,7 @@ class Batcher:
                     self._handoff.put(_Batch(next(self._batch_ids), rows))
         finally:
             for req in list(self._waiting):  # only left here if this task itself failed
-                self._fail(req, ServiceError(ErrorKind.internal, "the batching task stopped"))
+                self._fail(req, ServiceError(ErrorKind.internal, "the batching task stopped"), "failed")
             self._handoff.put(_STOP)
 
     def _take_batch(self) -> list[tuple[_Request, int]]:
@@ -353,8 +360,14 @@ class Batcher:
     def _stage(self, batch: _Batch) -> None:
         start = time.perf_counter()
         now = time.monotonic()
-        keep = [(r, v) for r, v in batch.rows if not r.dropped and (r.deadline is None or r.deadline > now)]
-        batch.dropped = len(batch.rows) - len(keep)
+        keep = []
+        for req, view in batch.rows:
+            if req.dropped:
+                batch.dropped[req.dropped] += 1
+            elif req.deadline is not None and req.deadline <= now:  # its timer has not fired yet
+                batch.dropped["expired"] += 1
+            else:
+                keep.append((req, view))
         batch.rows = keep
         if keep:
             try:
@@ -368,17 +381,15 @@ class Batcher:
         self._in_flight -= 1
         assert self._wakeup is not None
         self._wakeup.set()  # a pipeline slot is free
+        self.dropped_clips.update(batch.dropped)
         if not batch.rows:
             return
-        self.stats.batches += 1
-        self.stats.clips += len(batch.rows)
         if batch.error is not None:
-            self.stats.failed_batches += 1
             log.error("batch %d of model %s failed", batch.id, self.name, exc_info=batch.error)
             for req in {id(r): r for r, _ in batch.rows}.values():
                 error = ServiceError(ErrorKind.internal, "inference failed for this request's batch")
                 error.__cause__ = batch.error
-                self._fail(req, error)
+                self._fail(req, error, "failed")
         else:
             assert logits is not None
             rate = len(batch.rows) / max(elapsed, 1e-6)
@@ -397,12 +408,12 @@ class Batcher:
                 if req.scored == req.views:
                     infer_ms, total_ms = req.inference_s * 1000, (done - req.submitted) * 1000
                     mean = req.logits.mean(axis=0)
-                    req.future.set_result(
-                        InferResult(mean, max(0.0, total_ms - infer_ms), infer_ms, len(req.batch_ids))
-                    )
+                    req.future.set_result(InferResult(mean, max(0.0, total_ms - infer_ms), infer_ms))
         if self.on_batch is not None:
             failed = None if batch.error is None else type(batch.error).__name__
-            info = BatchInfo(batch.id, len(batch.rows), [r.id for r, _ in batch.rows], batch.dropped, elapsed, failed)
+            info = BatchInfo(
+                batch.id, len(batch.rows), [r.id for r, _ in batch.rows], sum(batch.dropped.values()), elapsed, failed
+            )
             try:
                 self.on_batch(info)
             except Exception:

@@ -14,31 +14,21 @@ import time
 from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from service.batching import Batcher, Reservation
-from service.config import Settings
 from service.decode import VideoFacts
 from service.decode_pool import DecodePool
 from service.errors import ErrorKind, ServiceError, shutting_down
 from service.metrics import Metrics
+from service.request import ClassifyOptions, RequestLimits
 from service.sampling import SamplingSpec
 from service.store import StoreEntry
 from service.uploads import spool_upload
 
-Sampling = Literal["uniform", "keyframes"]
 log = logging.getLogger("tsm.request")
-
-
-@dataclass(frozen=True)
-class ClassifyOptions:
-    model: str | None = None
-    top_k: int = 5
-    clips: int = 1
-    crops: int = 1
-    sampling: Sampling = "uniform"
 
 
 @dataclass(frozen=True)
@@ -66,10 +56,6 @@ class LoadedModel:
     entry: StoreEntry
     batcher: Batcher
 
-    @property
-    def name(self) -> str:
-        return self.entry.config.name
-
 
 @dataclass
 class Admission:
@@ -90,14 +76,14 @@ class Classifier:
         default_model: str,
         pool: DecodePool,
         spool_dir: Path,
-        settings: Settings,
+        limits: RequestLimits,
         metrics: Metrics,
     ):
         self.models = models
         self.spool_dir = spool_dir
         self.default_model = default_model
         self.pool = pool
-        self.settings = settings
+        self.limits = limits
         self.metrics = metrics
         self.accepting = True  # false while draining
         self._tasks: set[asyncio.Task[Any]] = set()  # the requests being handled now
@@ -119,15 +105,6 @@ class Classifier:
             known = ", ".join(sorted(self.models)) or "none"
             raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; loaded models: {known}")
         return model
-
-    def check_options(self, options: ClassifyOptions, model: LoadedModel) -> None:
-        classes = model.entry.config.num_classes
-        if not 1 <= options.top_k <= classes:
-            raise ServiceError(ErrorKind.bad_request, f"top_k must be between 1 and {classes} for this model")
-        if not 1 <= options.clips <= self.settings.max_clips:
-            raise ServiceError(ErrorKind.bad_request, f"clips must be between 1 and {self.settings.max_clips}")
-        if options.crops not in (1, 3):
-            raise ServiceError(ErrorKind.bad_request, "crops must be 1 (centre) or 3 (along the long side)")
 
     async def run(
         self,
@@ -186,15 +163,13 @@ class Classifier:
             self.metrics.rejected.labels("draining").inc()
             raise shutting_down()
         model = self.resolve(options.model)
-        self.check_options(options, model)
-        if timeout_s is not None and not 0 < timeout_s <= 3600:
-            raise ServiceError(ErrorKind.bad_request, "the request timeout must be between 0 and 3600 seconds")
+        options.check(model.entry.config.num_classes, self.limits.max_clips)
+        deadline = time.monotonic() + self.limits.timeout(timeout_s)
         try:
-            reservation = model.batcher.reserve(options.clips * options.crops)
+            reservation = model.batcher.reserve(options.views)
         except ServiceError as e:
             self.metrics.rejected.labels(e.code).inc()
             raise
-        deadline = time.monotonic() + (timeout_s or self.settings.request_timeout_s)
         return Admission(model, options, reservation, deadline)
 
     @contextlib.contextmanager
@@ -215,7 +190,7 @@ class Classifier:
     async def _receive(self, admission: Admission, upload: AsyncIterable[bytes]) -> Path:
         """Spool the upload to a private temp file, enforcing the byte limit while reading."""
         with self._stage(admission, "upload"):
-            return await spool_upload(upload, self.spool_dir, self.settings.max_upload_bytes)
+            return await spool_upload(upload, self.spool_dir, self.limits.max_upload_bytes)
 
     async def _classify(self, admission: Admission, video: Path, request_id: str) -> Classification:
         """Decode, score and answer. Deletes ``video`` when done, whatever happens."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,3 +85,8 @@ class Settings(BaseSettings):
 
     def decode_worker_count(self) -> int:
         return self.decode_workers or os.cpu_count() or 1
+
+
+def default(name: str) -> Any:
+    """The default of setting ``name``: the narrow configs take theirs from here, never as a copy."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)

@@ -1,5 +1,6 @@
-"""Decode worker processes: one job at a time each, killed and replaced when they crash, hang or
-exceed their memory cap, recycled after ``max_jobs`` (decord leaks, dmlc/decord#323).
+"""The pool of decode worker processes (the worker's own loop is ``service.decode_worker``): one
+job at a time each, killed and replaced when they crash, hang or exceed their memory cap, recycled
+after ``max_jobs`` (decord leaks, dmlc/decord#323).
 
 Shape: an asyncio queue of jobs; one slot task per worker takes a job, sends it down the worker's
 socket and waits for the answer in a thread (so the event loop never blocks on a pipe), with the
@@ -18,11 +19,9 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -31,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from service.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, MiB, VideoFacts
+from service.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, VideoFacts
+from service.decode_worker import BOOT, crashed
 from service.errors import ErrorKind, ServiceError, shutting_down
 from service.sampling import SamplingSpec
 
@@ -47,14 +47,6 @@ _WORKER_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
 }
-
-
-def _crashed() -> ServiceError:
-    return ServiceError(
-        ErrorKind.undecodable_video,
-        "The video could not be decoded: the decoder failed on it. Check that the file plays, "
-        "or re-encode it (for example H.264 in MP4).",
-    )
 
 
 def _timed_out(timeout_s: float) -> ServiceError:
@@ -180,7 +172,7 @@ class DecodePool:
                     await self._replace(slot)
                 except Exception:
                     log.exception("could not start a decode worker")
-                    job.future.set_exception(_crashed())
+                    job.future.set_exception(crashed())
                     continue
             slot.busy = True
             try:
@@ -192,7 +184,7 @@ class DecodePool:
             except Exception:  # a bug of ours: the request fails, the pool goes on
                 log.exception("decode pool error")
                 await self._stop(slot)
-                result = _crashed()
+                result = crashed()
             finally:
                 slot.busy = False
             self._jobs += 1
@@ -218,7 +210,7 @@ class DecodePool:
             worker.conn.send_bytes(json.dumps(message).encode())
         except OSError:
             await self._stop(slot, crashed=True)
-            return _crashed()
+            return crashed()
         loop = asyncio.get_running_loop()
         reply = loop.run_in_executor(self._threads, _receive, worker.conn)
         waiters: set[asyncio.Future[Any]] = {reply, job.future}
@@ -237,7 +229,7 @@ class DecodePool:
         except (EOFError, OSError, ValueError):
             log.warning("decode worker %d died (exit %s)", worker.process.pid, worker.process.poll())
             await self._stop(slot, crashed=True)
-            return _crashed()
+            return crashed()
         return _parse(answer, job.spec)
 
     async def _replace(self, slot: _Slot) -> None:
@@ -249,7 +241,7 @@ class DecodePool:
                 [
                     sys.executable,
                     "-c",
-                    _BOOT,
+                    BOOT,
                     str(child.fileno()),
                     str(os.getpid()),
                     str(self._limits.memory_mb),
@@ -324,81 +316,8 @@ def _parse(answer: tuple[dict[str, Any], np.ndarray | None], spec: SamplingSpec)
         try:
             return ServiceError(ErrorKind[header["code"]], str(header["message"]))
         except (KeyError, TypeError):
-            return _crashed()
+            return crashed()
     expected = (spec.views, spec.num_segments, spec.input_size, spec.input_size, 3)
     if frames.shape != expected:
-        return _crashed()
+        return crashed()
     return DecodedVideo(frames, VideoFacts(**header["facts"]))
-
-
-# --- the worker process ------------------------------------------------------------------------
-
-_BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from service.decode_pool import worker_main; worker_main()"
-
-
-def worker_main() -> None:
-    """Entry point of a worker: ``python -c _BOOT <fd> <parent pid> <memory MB> <root>``."""
-    fd, parent_pid, memory_mb = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(parent_pid)
-    import resource
-
-    import av
-
-    from service.decode import decode_file
-
-    av.logging.set_level(None)
-    conn = Connection(fd)
-    cap = memory_mb * MiB
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard if hard != resource.RLIM_INFINITY and hard < cap else cap))
-    conn.send_bytes(json.dumps({"ready": True, "pid": os.getpid()}).encode())
-    while True:
-        try:
-            message = json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
-        reply: dict[str, Any]
-        frames = None
-        try:
-            spec = SamplingSpec(**message["spec"])
-            limits = DecodeLimits(**message["limits"])
-            result = decode_file(message["path"], spec, limits, threads=int(message["threads"]))
-            frames = result.frames
-            reply = {"ok": True, "shape": list(frames.shape), "facts": dataclasses.asdict(result.facts)}
-        except ServiceError as exc:
-            reply = {"ok": False, **_error_fields(exc)}
-        except MemoryError:
-            reply = {"ok": False, **_error_fields(_memory_error())}
-        except Exception:
-            reply = {"ok": False, **_error_fields(_crashed()), "detail": traceback.format_exc(limit=5)}
-        try:
-            conn.send_bytes(json.dumps(reply).encode())
-            if frames is not None:
-                conn.send_bytes(frames.reshape(-1).data)
-        except (OSError, ValueError):
-            return
-
-
-def _error_fields(error: ServiceError) -> dict[str, str]:
-    return {"code": error.code, "message": error.message}
-
-
-def _memory_error() -> ServiceError:
-    return ServiceError(
-        ErrorKind.undecodable_video,
-        "Decoding the video needs more memory than the server allows. Send a smaller resolution or a shorter clip.",
-    )
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: SIGKILL this worker when the server dies, even mid-decode."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl
-        os._exit(1)

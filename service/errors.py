@@ -1,15 +1,15 @@
-"""Every error a client can get, in one table: stable code, HTTP status, gRPC status.
+"""Every error a client can get, in one table: stable code and HTTP status.
 
-Both front doors translate a :class:`ServiceError` with this table, so HTTP and gRPC callers see
-the same code and message. Messages are written for the person calling us: they say what to
-change and never echo library text or server paths.
+Both front doors translate a :class:`ServiceError` by its kind, so HTTP and gRPC callers see the
+same code and message (the gRPC front door maps each HTTP status to a gRPC status, see
+``service.api.grpc.GRPC_STATUS``). This module imports nothing heavy: decode workers load it.
+Messages are written for the person calling us: they say what to change and never echo library
+text or server paths.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-
-import grpc
 
 
 class ErrorKind(Enum):
@@ -34,31 +34,26 @@ class ErrorKind(Enum):
 
     @property
     def http_status(self) -> int:
-        return STATUS[self][0]
-
-    @property
-    def grpc_status(self) -> grpc.StatusCode:
-        return STATUS[self][1]
+        return HTTP_STATUS[self]
 
 
-_INVALID = grpc.StatusCode.INVALID_ARGUMENT
-STATUS: dict[ErrorKind, tuple[int, grpc.StatusCode]] = {
-    ErrorKind.bad_request: (400, _INVALID),
-    ErrorKind.empty_upload: (400, _INVALID),
-    ErrorKind.unauthenticated: (401, grpc.StatusCode.UNAUTHENTICATED),
-    ErrorKind.unknown_model: (404, grpc.StatusCode.NOT_FOUND),
-    ErrorKind.too_large: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    ErrorKind.unsupported_media_type: (415, _INVALID),
-    ErrorKind.no_video_stream: (422, _INVALID),
-    ErrorKind.undecodable_video: (422, _INVALID),
-    ErrorKind.video_too_large: (422, _INVALID),
-    ErrorKind.video_too_long: (422, _INVALID),
-    ErrorKind.decode_timeout: (422, _INVALID),
-    ErrorKind.overloaded: (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    ErrorKind.internal: (500, grpc.StatusCode.INTERNAL),
-    ErrorKind.not_ready: (503, grpc.StatusCode.UNAVAILABLE),
-    ErrorKind.draining: (503, grpc.StatusCode.UNAVAILABLE),
-    ErrorKind.deadline_exceeded: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+HTTP_STATUS: dict[ErrorKind, int] = {
+    ErrorKind.bad_request: 400,
+    ErrorKind.empty_upload: 400,
+    ErrorKind.unauthenticated: 401,
+    ErrorKind.unknown_model: 404,
+    ErrorKind.too_large: 413,
+    ErrorKind.unsupported_media_type: 415,
+    ErrorKind.no_video_stream: 422,
+    ErrorKind.undecodable_video: 422,
+    ErrorKind.video_too_large: 422,
+    ErrorKind.video_too_long: 422,
+    ErrorKind.decode_timeout: 422,
+    ErrorKind.overloaded: 429,
+    ErrorKind.internal: 500,
+    ErrorKind.not_ready: 503,
+    ErrorKind.draining: 503,
+    ErrorKind.deadline_exceeded: 504,
 }
 
 

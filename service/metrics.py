@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # Latency buckets from 5 ms (a cached small batch) to 2 min (a long decode under load).
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _CLIPS = (1, 2, 4, 8, 16, 32, 64, 128)
+# The stages of a request, in order: the keys of an answer's timings and of the duration histogram.
 STAGES = ("upload", "decode", "queue", "inference", "total")
 
 
@@ -33,6 +34,11 @@ class Metrics:
             "tsm_queue_clips", "Admitted clips not yet scored (decoding, queued or running).", ["model"], registry=r
         )
         self.rejected = Counter("tsm_rejected", "Requests refused before work started.", ["reason"], registry=r)
+        self.dropped_clips = Counter(
+            "tsm_dropped_clips",
+            "Admitted clips that never reached the model: expired, cancelled, draining or failed.",
+            ["model", "reason"], registry=r,
+        )  # fmt: skip
         self.decode_failures = Counter(
             "tsm_decode_failures", "Uploads that could not be decoded, by error code.", ["reason"], registry=r
         )

@@ -22,14 +22,17 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.config import Settings
+from service.config import default
 from service.errors import ErrorKind, ServiceError
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 log = logging.getLogger(__name__)
 T_ = TypeVar("T_")
@@ -51,6 +54,46 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             log.warning("dtype %s ignored on %s: CPU inference runs in float32", name, device)
         return torch.float32
     return torch.float16 if name == "auto" else _DTYPES[name]
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """What the runner needs of Settings. ``max_batch_clips`` is the largest batch: the Runner owns
+    it (warm-up sizes, CPU chunking) and the Batcher closes its batches at ``Runner.max_batch``."""
+
+    device: str = default("device")
+    dtype: str = default("dtype")
+    torch_threads: int = default("torch_threads")
+    channels_last: bool = default("channels_last")
+    compile: bool = default("compile")
+    cuda_graphs: bool = default("cuda_graphs")
+    max_batch_clips: int = default("max_batch_clips")
+    chunk_cpu_batches: bool = True  # False: run every batch whole (model-only benchmarks)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RunnerConfig:
+        return cls(
+            device=settings.device, dtype=settings.dtype, torch_threads=settings.torch_threads,
+            channels_last=settings.channels_last, compile=settings.compile, cuda_graphs=settings.cuda_graphs,
+            max_batch_clips=settings.max_batch_clips,
+        )  # fmt: skip
+
+
+class Normalise:
+    """uint8 ``[B, T, H, W, 3]`` RGB → float ``[B, T, 3, H, W]``, ``(x/255 - mean) / std``: the model's
+    input, for serving and training alike. The result is a view whose frames are channels-last in
+    memory (no copy); ``contiguous()`` it for a channels-first model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
+        if len(mean) != 3 or len(std) != 3 or max(mean) > 1.0 or min(std) <= 0:
+            raise ValueError("mean/std must be 3 values each, on the [0, 1] pixel scale (ImageNet: 0.485...)")
+        # x_norm = (x/255 - mean) / std = x * scale - offset, shaped for [B, T, 3, H, W]
+        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 1, 3, 1, 1)
+        self._scale, self._offset = 1.0 / (255.0 * s), m / s
+
+    def __call__(self, frames: Tensor) -> Tensor:
+        return frames.permute(0, 1, 4, 2, 3).float() * self._scale - self._offset
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -93,42 +136,38 @@ class Runner:
         std: Sequence[float],
         num_segments: int,
         input_size: int,
-        settings: Settings,
+        config: RunnerConfig,
     ) -> None:
-        if len(mean) != 3 or len(std) != 3 or max(mean) > 1.0 or min(std) <= 0:
-            raise ValueError("mean/std must be 3 values each, on the [0, 1] pixel scale (ImageNet: 0.485...)")
-        self.settings = settings
-        self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self._normalise = Normalise(mean, std, self.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.max_batch = config.max_batch_clips
         self.num_segments = num_segments
         self.input_size = input_size
         self.clip_shape = (num_segments, input_size, input_size, 3)
         self._cuda = self.device.type == "cuda"
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
         torch.set_flush_denormal(True)  # random or badly trained weights: denormals are 3-4x slower
         if self._cuda:
             torch.backends.cudnn.benchmark = True  # shapes are fixed by the buckets
         self._thread_id: int | None = None
         self._executor = ThreadPoolExecutor(1, "infer-" + str(self.device), initializer=self._init_thread)
-        self._channels_last = settings.channels_last
+        self._channels_last = config.channels_last
         model = model.eval().requires_grad_(False).to(self.device)
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
-        # x_norm = (x/255 - mean) / std = x * scale - offset, shaped for [B, T, 3, H, W]
-        m = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 1, 3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 1, 3, 1, 1)
-        self._scale, self._offset = 1.0 / (255.0 * s), m / s
         self._autocast = self._cuda and self.dtype != torch.float32
-        self._use_graphs = self._cuda and settings.cuda_graphs and not settings.compile
+        self._use_graphs = self._cuda and config.cuda_graphs and not config.compile
         self._compute: Callable[[Tensor], Tensor] = self._compute_eager
-        if settings.compile:
-            mode = "reduce-overhead" if self._cuda and settings.cuda_graphs else "default"
+        if config.compile:
+            mode = "reduce-overhead" if self._cuda and config.cuda_graphs else "default"
             self._compute = torch.compile(self._compute_eager, mode=mode, dynamic=False)
         # Padding to buckets keeps shapes fixed for graphs, compile and cuDNN autotuning; on CPU
         # eager it would only waste work.
-        self._pad = self._cuda or settings.compile
+        self._pad = self._cuda or config.compile
         self.buckets: list[int] = []
         self.warmup_s: dict[int, float] = {}  # steady-state seconds per batch, by bucket
         self.cpu_chunk: int | None = None  # set by warm-up on CPU
@@ -166,11 +205,12 @@ class Runner:
         self.check_clips(clips)
         return self._call(lambda: self.collect(self.launch(self.stage(clips))))
 
-    def warmup(self, max_batch: int, buckets: Sequence[int] | None = None) -> None:
-        """Run each batch-size bucket (largest first: memory trouble shows at once); sets the buckets.
+    def warmup(self, buckets: Sequence[int] | None = None) -> None:
+        """Run each batch-size bucket up to ``max_batch`` (largest first: memory trouble shows at
+        once); sets the buckets and, on CPU, the chunk size.
 
         ``buckets`` overrides the default powers of two (benches use it to limit compile time)."""
-        self._call(lambda: self._warmup(sorted(set(buckets or batch_buckets(max_batch)))))
+        self._call(lambda: self._warmup(sorted(set(buckets or batch_buckets(self.max_batch)))))
 
     def check_clips(self, clips: np.ndarray) -> None:
         if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[1:] != self.clip_shape:
@@ -227,8 +267,7 @@ class Runner:
 
     # ------------------------------------------------------------------------------- compute
     def _compute_eager(self, x: Tensor) -> Tensor:
-        # [B, T, H, W, 3] -> [B, T, 3, H, W]: a view whose frames are channels-last in memory
-        x = x.permute(0, 1, 4, 2, 3).float() * self._scale - self._offset
+        x = self._normalise(x)
         if not self._channels_last:
             x = x.contiguous()
         with torch.autocast(self.device.type, self.dtype, enabled=self._autocast, cache_enabled=not self._use_graphs):
@@ -273,7 +312,7 @@ class Runner:
                 times.append(time.perf_counter() - start)
             self.warmup_s[size] = min(times[1:])
             log.info("batch %d on %s: %.1f clips/s at warm-up", size, self.device, size / self.warmup_s[size])
-        if not self._cuda:
+        if not self._cuda and self.config.chunk_cpu_batches:
             # Past a point, CPU batches get slower per clip (the working set leaves the caches):
             # run big batches as chunks of the fastest size, so batching never costs throughput.
             # The largest size within 10% of the best rate: warm-up timings are noisy.

@@ -10,34 +10,59 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from service.batching import Batcher, BatchInfo
+from service.auth import ApiKeys
+from service.batching import Batcher, BatcherConfig, BatchInfo
 from service.classifier import Classifier, LoadedModel
 from service.config import Settings
 from service.decode import DecodeLimits
 from service.decode_pool import DecodePool
 from service.errors import ErrorKind, ServiceError, shutting_down
 from service.metrics import Metrics
-from service.runner import Runner
+from service.request import RequestLimits
+from service.runner import Runner, RunnerConfig
 from service.store import StoreError, find_entries, load_entry
 from service.uploads import default_spool_dir
 
 log = logging.getLogger("tsm.server")
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """A loaded model as clients see it; each front door renders it in its own format."""
+
+    name: str
+    version: str
+    default: bool
+    arch: str
+    num_segments: int
+    num_classes: int
+    input_size: int
+    scale_size: int
+    resize: str
+    shift: bool
+    untrained: bool
+    source: str
+
+
 class Server:
+    """Settings are read here and nowhere below: each part gets its own narrow config."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.api_keys = ApiKeys(settings.api_keys)  # both front doors check the same keys
         self.metrics = Metrics()
         self.classifier: Classifier | None = None
         self.startup_error: str | None = None
         self.draining = False
         self._pool: DecodePool | None = None
         self._pool_counted = {"jobs": 0, "restarts": 0}
+        self._dropped_counted: dict[tuple[str, str], int] = {}
         self._runners: list[Runner] = []
         self._spool_dir: Path | None = None
 
@@ -80,15 +105,16 @@ class Server:
         if s.default_model not in wanted:
             wanted.append(s.default_model)
         models: dict[str, LoadedModel] = {}
+        runner_config, batcher_config = RunnerConfig.from_settings(s), BatcherConfig.from_settings(s)
         for name in wanted:
             t0 = time.monotonic()
             entry = await asyncio.to_thread(load_entry, found[name])
             c = entry.config
             runner = Runner(entry.model, mean=c.mean, std=c.std, num_segments=c.num_segments,
-                            input_size=c.input_size, settings=s)  # fmt: skip
+                            input_size=c.input_size, config=runner_config)  # fmt: skip
             self._runners.append(runner)
-            await asyncio.to_thread(runner.warmup, s.max_batch_clips)
-            batcher = Batcher(runner, s, name=name, on_batch=self._batch_observer(name))
+            await asyncio.to_thread(runner.warmup)
+            batcher = Batcher(runner, batcher_config, name=name, on_batch=self._batch_observer(name))
             await batcher.start()
             models[name] = LoadedModel(entry, batcher)
             self.metrics.model_info.labels(
@@ -103,10 +129,11 @@ class Server:
         self._pool = DecodePool(DecodeLimits.from_settings(s), s.decode_worker_count(), s.decode_threads)
         await self._pool.start()
         self._spool_dir = default_spool_dir(s.spool_dir)
-        self.classifier = Classifier(models, s.default_model, self._pool, self._spool_dir, s, self.metrics)
+        limits = RequestLimits.from_settings(s)
+        self.classifier = Classifier(models, s.default_model, self._pool, self._spool_dir, limits, self.metrics)
         self.metrics.ready.set(1)
 
-    def _batch_observer(self, name: str) -> Any:
+    def _batch_observer(self, name: str) -> Callable[[BatchInfo], None]:
         clips = self.metrics.batch_clips.labels(name)
         seconds = self.metrics.batch_duration.labels(name)
 
@@ -121,6 +148,10 @@ class Server:
         if self.classifier is not None:
             for name, model in self.classifier.models.items():
                 self.metrics.queue_clips.labels(name).set(model.batcher.pending_clips)
+                for reason, total in model.batcher.dropped_clips.items():
+                    counted = self._dropped_counted.get((name, reason), 0)
+                    self.metrics.dropped_clips.labels(name, reason).inc(total - counted)
+                    self._dropped_counted[name, reason] = total
         if self._pool is not None:
             stats = self._pool.stats()
             for state in ("workers", "busy", "idle", "queued"):
@@ -168,16 +199,24 @@ class Server:
         if self._spool_dir is not None and self.settings.spool_dir is None:  # ours: a fresh dir per start
             shutil.rmtree(self._spool_dir, ignore_errors=True)
 
-    def models_info(self) -> list[dict[str, Any]]:
+    def models_info(self) -> list[ModelInfo]:
         if self.classifier is None:
             return []
         out = []
         for name, model in sorted(self.classifier.models.items()):
             c = model.entry.config
-            out.append({
-                "name": name, "version": c.version, "default": name == self.classifier.default_model,
-                "arch": c.arch, "num_segments": c.num_segments, "num_classes": c.num_classes,
-                "input_size": c.input_size, "scale_size": c.scale_size, "resize": c.resize, "shift": c.shift,
-                "untrained": c.untrained, "source": c.source,
-            })  # fmt: skip
+            out.append(ModelInfo(
+                name=name, version=c.version, default=name == self.classifier.default_model,
+                arch=c.arch, num_segments=c.num_segments, num_classes=c.num_classes,
+                input_size=c.input_size, scale_size=c.scale_size, resize=c.resize, shift=c.shift,
+                untrained=c.untrained, source=c.source,
+            ))  # fmt: skip
         return out
+
+    def model_info(self, name: str) -> ModelInfo:
+        infos = self.models_info()
+        for info in infos:
+            if info.name == name:
+                return info
+        known = ", ".join(info.name for info in infos) or "none"
+        raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; loaded models: {known}")

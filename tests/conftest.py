@@ -1,32 +1,22 @@
-"""Shared fixtures: a tiny model store, real encoded videos, and a real server process."""
+"""Shared fixtures: a tiny model store, real encoded videos, and the real server in this process."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from harness.inproc import InProcessServer
+from harness.media import make_video
+from harness.process import ROOT
 from service.store import write_random_entry
-from tests.media import make_video
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = Path(__file__).parent / "data" / "videos"
+SAMPLE_VIDEOS = sorted(p for p in SAMPLES.glob("*") if p.suffix not in (".md", ".json", ".sh"))
 TINY_LABELS = ["alpha", "bravo", "charlie", "delta", "echo"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+UPLOAD_LIMIT = 24_000_000  # of the shared server: a 20 MB video fits, 25 MB does not
+__all__ = ["ROOT", "SAMPLES", "SAMPLE_VIDEOS", "TINY_LABELS", "UPLOAD_LIMIT"]
 
 
 @pytest.fixture(scope="session")
@@ -45,66 +35,10 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video(tmp_path_factory.mktemp("clips") / "clip.mp4", width=96, height=64, frames=24, pattern="corner")
 
 
-class ServerProcess:
-    """``python -m service`` on free loopback ports, as a user would run it."""
-
-    def __init__(self, store: Path, **settings: object):
-        self.http_port = free_port()
-        self.grpc_port = free_port()
-        cert = settings.get("http_tls_cert_file")
-        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.http_port}"
-        self.verify: bool | ssl.SSLContext = ssl.create_default_context(cafile=str(cert)) if cert else True
-        env = {**os.environ, "TSM_HOST": "127.0.0.1", "TSM_HTTP_PORT": str(self.http_port),
-               "TSM_GRPC_PORT": str(self.grpc_port), "TSM_MODEL_STORE": str(store), "TSM_DEFAULT_MODEL": "tiny",
-               "TSM_DECODE_WORKERS": "2", "TSM_LOG_LEVEL": "WARNING"}  # fmt: skip
-        env.update({f"TSM_{k.upper()}": str(v) for k, v in settings.items()})
-        self.log = open(store.parent / f"server-{self.http_port}.log", "w+")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1, verify=self.verify).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        if self.log.closed:
-            return self.final_output
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def terminate(self) -> None:
-        self.terminated = True
-        self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM (once: a second one forces an exit) and the exit code."""
-        if self.proc.poll() is None and not getattr(self, "terminated", False):
-            self.terminate()
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.final_output = self.output()
-        self.log.close()
-        return code
-
-
-@pytest.fixture(scope="module")
-def server(tiny_store: Path) -> Iterator[ServerProcess]:
-    """A server whose batches wait long enough (300 ms) for concurrent requests to share them."""
-    proc = ServerProcess(tiny_store, max_delay_ms=300, max_upload_bytes=6_000_000)
-    yield proc
-    assert proc.stop() == 0, proc.output()
+@pytest.fixture(scope="session")
+def server(tiny_store: Path) -> Iterator[InProcessServer]:
+    """The real server in this process, shared by every module that needs no settings of its own.
+    Batches wait long enough (300 ms) for concurrent requests to share them; it also listens on a
+    loopback HTTP port for clients that need a socket."""
+    with InProcessServer(tiny_store, http_port=True, max_delay_ms=300, max_upload_bytes=UPLOAD_LIMIT) as srv:
+        yield srv

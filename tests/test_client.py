@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.process import ServerProcess
 from service.client import AsyncClient, ClassifyError, Client
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT
 
 
 def test_sync_client_file_and_bytes_agree(server: ServerProcess, clip: Path) -> None:

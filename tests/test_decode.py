@@ -19,11 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.decode import DecodedVideo, DecodeLimits, decode_file
-from service.decode_pool import DecodePool
-from service.errors import ServiceError
-from service.sampling import SamplingSpec, sample_indices
-from tests.media import (
+from harness.media import (
     corrupt_middle,
     index_value,
     make_audio,
@@ -31,6 +27,10 @@ from tests.media import (
     make_video,
     truncate,
 )
+from service.decode import DecodedVideo, DecodeLimits, decode_file
+from service.decode_pool import DecodePool
+from service.errors import ServiceError
+from service.sampling import SamplingSpec, sample_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = Path(__file__).parent / "data" / "videos"

@@ -32,9 +32,10 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.process import ServerProcess, free_port
 from service.client import GrpcClient
 from service.config import Settings
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("gpu", "cpu")

@@ -25,11 +25,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from harness.media import make_audio, make_video, truncate
+from harness.process import ServerProcess
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, GrpcClient, classification_dict
-from tests.conftest import ROOT, SAMPLES, ServerProcess
-from tests.media import make_audio, make_video, truncate
+from tests.conftest import ROOT, SAMPLES
 
 LIMIT = 24_000_000  # upload limit of the module's server: a 20 MB video fits, 25 MB does not
 SERVICE = "tsm.v1.VideoClassifier"

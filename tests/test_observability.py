@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from harness.process import ServerProcess
 
 
 def sample(text: str, metric: str, **labels: str) -> float:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.fuzz import cases, make_seeds, send_cases, server_alive, verdict
-from bench.load import (
+from harness.fuzz import cases, make_seeds, send_cases, server_alive, verdict
+from harness.load import (
     GrpcTarget,
     HttpTarget,
     Record,
@@ -23,9 +23,9 @@ from bench.load import (
     require_loopback,
     rss_mb,
 )
-from bench.soak import decode_workers, judge, make_mix, soak
-from tests.conftest import ServerProcess
-from tests.media import make_video
+from harness.media import make_video
+from harness.process import ServerProcess
+from harness.soak import decode_workers, judge, make_mix, soak
 
 HANG_S = 60.0  # liveness bound: no single answer may take longer (decode timeouts here are 5-10 s)
 

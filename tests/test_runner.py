@@ -10,10 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from service.config import Settings
 from service.errors import ErrorKind, ServiceError
 from service.model.tsm import TSM
-from service.runner import Runner, batch_buckets, resolve_dtype
+from service.runner import Normalise, Runner, RunnerConfig, batch_buckets, resolve_dtype
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -32,14 +31,14 @@ def small_tsm(seed: int = 0) -> TSM:
     return model.eval()
 
 
-def make_runner(model: nn.Module | None = None, **settings: Any) -> Runner:
+def make_runner(model: nn.Module | None = None, **config: Any) -> Runner:
     return Runner(
         model if model is not None else small_tsm(),
         mean=MEAN,
         std=STD,
         num_segments=SEGMENTS,
         input_size=SIZE,
-        settings=Settings(device="cpu", **settings),
+        config=RunnerConfig(device="cpu", **config),
     )
 
 
@@ -121,15 +120,15 @@ def test_mean_on_the_255_scale_is_refused() -> None:
             std=(58.4, 57.1, 57.4),
             num_segments=8,
             input_size=SIZE,
-            settings=Settings(device="cpu"),
+            config=RunnerConfig(device="cpu"),
         )
 
 
 def test_work_runs_on_the_inference_thread_only() -> None:
     model = Recording(small_tsm())
-    runner = make_runner(model)
+    runner = make_runner(model, max_batch_clips=4)
     runner.forward(random_clips(2))
-    runner.warmup(4)
+    runner.warmup()
     assert model.threads == {"infer-cpu_0"}
     runner.close()
 
@@ -139,8 +138,8 @@ def test_warmup_runs_every_bucket_and_picks_a_cpu_chunk() -> None:
     assert batch_buckets(12) == [1, 2, 4, 8, 12]
     assert batch_buckets(16) == [1, 2, 4, 8, 16]
     model = Recording(small_tsm())
-    runner = make_runner(model)
-    runner.warmup(12)
+    runner = make_runner(model, max_batch_clips=12)
+    runner.warmup()
     assert set(model.sizes) == {1, 2, 4, 8, 12}
     assert set(runner.warmup_s) == {1, 2, 4, 8, 12}
     assert runner.cpu_chunk in runner.buckets
@@ -182,3 +181,13 @@ def test_cpu_precision_and_threads_follow_settings() -> None:
         runner.close()
     finally:
         torch.set_num_threads(before)
+
+
+def test_normalise_is_the_entry_mean_and_std_on_the_0_1_scale() -> None:
+    """The one normalisation serving and training share: (x/255 - mean) / std, channels moved forward."""
+    frames = torch.from_numpy(random_clips(2, seed=3))
+    out = Normalise(MEAN, STD)(frames)
+    x = frames.permute(0, 1, 4, 2, 3).double() / 255
+    expected = (x - torch.tensor(MEAN).view(1, 1, 3, 1, 1)) / torch.tensor(STD).view(1, 1, 3, 1, 1)
+    assert out.shape == (2, SEGMENTS, 3, SIZE, SIZE) and out.dtype is torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.process import ServerProcess
 from service.client import ClassifyError, Client, GrpcClient
-from tests.conftest import ServerProcess
 
 
 @pytest.fixture(scope="module")

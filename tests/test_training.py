@@ -18,10 +18,11 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.process import ServerProcess
 from service.decode import decode_file
 from service.sampling import SamplingSpec
 from service.store import load_entry, sha256_file
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT
 from training import evaluate, train
 from training.common import DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, LIMITS
 from training.synthetic import (

@@ -7,10 +7,12 @@ import multiprocessing
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from service.config import Settings
 from service.decode import DecodeLimits, decode_file
 from service.sampling import SamplingSpec
 from training.synthetic import GENERATOR_VERSION, LABELS, Ranges, sample_clip, write_clip
@@ -18,11 +20,11 @@ from training.synthetic import GENERATOR_VERSION, LABELS, Ranges, sample_clip, w
 ENTRY_NAME = "tsm_mobilenetv2_synthetic_motion"
 DEFAULT_ENTRY = Path(__file__).resolve().parent.parent / "model_store" / ENTRY_NAME / "1"
 DEFAULT_CACHE = Path(os.environ.get("TSM_SYNTH_CACHE", "/tmp/tsm_synth"))
-# The server's defaults (service.config.Settings), but no decode timeout: these files are ours.
-LIMITS = DecodeLimits(
-    max_frame_pixels=4096 * 2304, max_frame_side=8192, max_duration_s=3600.0, timeout_s=600.0,
-    memory_mb=4096, max_jobs=1_000_000,
-)  # fmt: skip
+# The server's default limits (Settings' defaults, not the environment), but no decode timeout and
+# room for long runs: these files are ours.
+LIMITS = replace(
+    DecodeLimits.from_settings(Settings.model_construct()), timeout_s=600.0, memory_mb=4096, max_jobs=1_000_000
+)
 
 # How each geometric or temporal transform of a clip relabels it.
 _SWAPS = {

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.sampling import SamplingSpec
+from service.runner import Normalise
+from service.sampling import SamplingSpec, crop_offsets
 from service.store import ModelConfig, build_model, load_entry, write_entry
 from training.card import write_card
 from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, decoded_clips, seed_everything
@@ -109,11 +110,8 @@ def augment(
 
 
 def to_input(frames: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] -> normalised float [B, T, 3, H, W], as the server's runner does."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3).float().div_(255)
-    m = torch.tensor(mean).view(1, 1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 1, 3, 1, 1)
-    return (x - m) / s
+    """uint8 [B, T, H, W, 3] -> normalised float [B, T, 3, H, W]: the server's own normalisation."""
+    return Normalise(mean, std)(torch.from_numpy(np.ascontiguousarray(frames)))
 
 
 def _conv_in_fp32(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -141,10 +139,9 @@ def epoch_clips(labels: np.ndarray, hard_repeats: int) -> np.ndarray:
 
 
 def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """The server's crop of a ``scale``-square decode (``service.decode.crop_offsets``)."""
-    full = frames.shape[2]
-    o = round((full - size) / 2.0)
-    return frames[:, :, o : o + size, o : o + size]
+    """The server's centre crop (``service.sampling.crop_offsets``) of ``[N, T, H, W, 3]`` frames."""
+    [(x, y)] = crop_offsets(frames.shape[3], frames.shape[2], size, crops=1)
+    return frames[:, :, y : y + size, x : x + size]
 
 
 @torch.no_grad()

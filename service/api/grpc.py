@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import re
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -26,17 +23,44 @@ from grpc_reflection.v1alpha import reflection
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.auth import ApiKeys
-from service.classifier import Classification, ClassifyOptions, Sampling
+from service.classifier import Classification
 from service.config import MiB, Settings
-from service.errors import ErrorKind, ServiceError
-from service.server import Server
+from service.errors import HTTP_STATUS, ErrorKind, ServiceError
+from service.request import (
+    MAX_TIMEOUT_S,
+    ClassifyOptions,
+    Sampling,
+    is_video_media_type,
+    media_type,
+    request_id,
+    retry_after_header,
+)
+from service.server import ModelInfo, Server
 
 log = logging.getLogger("tsm.grpc")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["VideoClassifier"].full_name  # "tsm.v1.VideoClassifier"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # the rule of the HTTP X-Request-ID header
-_MAX_TIMEOUT_S = 3600.0  # the classifier refuses longer request timeouts
-_MODEL_FIELDS = set(pb.ModelInfo.DESCRIPTOR.fields_by_name) - {"is_default"}  # "default" over HTTP
+_DEFAULTS = ClassifyOptions()
+# Every HTTP status of the error table as a gRPC status (the design's mapping).
+GRPC_STATUS: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+assert set(HTTP_STATUS.values()) <= set(GRPC_STATUS), "an HTTP status of the error table has no gRPC status"
+
+
+def grpc_status(kind: ErrorKind) -> grpc.StatusCode:
+    return GRPC_STATUS[kind.http_status]
+
+
 _SAMPLING: dict[int, Sampling] = {
     pb.SAMPLING_UNSPECIFIED: "uniform",
     pb.SAMPLING_UNIFORM: "uniform",
@@ -73,11 +97,7 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        models = []
-        for info in self._server.models_info():
-            fields = {k: v for k, v in info.items() if k in _MODEL_FIELDS}
-            models.append(pb.ModelInfo(is_default=info["default"], **fields))
-        return pb.ListModelsResponse(models=models)
+        return pb.ListModelsResponse(models=[_model_info(info) for info in self._server.models_info()])
 
 
 # ------------------------------------------------------------------------- requests and errors
@@ -99,16 +119,14 @@ async def _status_from_errors(context: grpc.aio.ServicerContext, request_id: str
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError, request_id: str) -> NoReturn:
     metadata = [("tsm-error-code", error.code), ("x-request-id", request_id)]
     if error.retry_after_s is not None:  # whole seconds, as HTTP's Retry-After
-        metadata.append(("retry-after-s", str(max(1, math.ceil(error.retry_after_s)))))
-    await context.abort(error.kind.grpc_status, error.message, tuple(metadata))
+        metadata.append(("retry-after-s", retry_after_header(error.retry_after_s)))
+    await context.abort(grpc_status(error.kind), error.message, tuple(metadata))
     raise AssertionError("context.abort returned")  # it raises; this tells the type checker
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.match(value):
-            return value
-    return uuid.uuid4().hex
+    offered = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
+    return request_id(offered if isinstance(offered, str) else None)
 
 
 def _timeout(context: grpc.aio.ServicerContext) -> float | None:
@@ -118,13 +136,13 @@ def _timeout(context: grpc.aio.ServicerContext) -> float | None:
         return None
     if remaining <= 0:
         raise ServiceError(ErrorKind.deadline_exceeded, "the request deadline passed before the video was scored")
-    return min(remaining, _MAX_TIMEOUT_S)
+    return min(remaining, MAX_TIMEOUT_S)
 
 
 def _options(message: pb.ClassifyOptions) -> ClassifyOptions:
     """Unset fields take the defaults of the HTTP query parameters; the classifier checks ranges."""
-    media = message.content_type.split(";")[0].strip().lower()
-    if media and not (media.startswith("video/") or media == "application/octet-stream"):
+    media = media_type(message.content_type)
+    if media and not is_video_media_type(media):
         raise ServiceError(
             ErrorKind.unsupported_media_type,
             "content_type must be video/* or application/octet-stream (or left empty)",
@@ -134,9 +152,9 @@ def _options(message: pb.ClassifyOptions) -> ClassifyOptions:
         raise ServiceError(ErrorKind.bad_request, "sampling must be SAMPLING_UNIFORM or SAMPLING_KEYFRAMES")
     return ClassifyOptions(
         model=message.model or None,
-        top_k=message.top_k if message.HasField("top_k") else 5,
-        clips=message.clips if message.HasField("clips") else 1,
-        crops=message.crops if message.HasField("crops") else 1,
+        top_k=message.top_k if message.HasField("top_k") else _DEFAULTS.top_k,
+        clips=message.clips if message.HasField("clips") else _DEFAULTS.clips,
+        crops=message.crops if message.HasField("crops") else _DEFAULTS.crops,
         sampling=sampling,
     )
 
@@ -163,6 +181,15 @@ async def _chunks(messages: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIte
             )
         if message.chunk:
             yield message.chunk
+
+
+def _model_info(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=info.name, version=info.version, is_default=info.default, arch=info.arch,
+        num_segments=info.num_segments, num_classes=info.num_classes, input_size=info.input_size,
+        scale_size=info.scale_size, resize=info.resize, shift=info.shift, untrained=info.untrained,
+        source=info.source,
+    )  # fmt: skip
 
 
 def _classification(result: Classification) -> pb.Classification:
@@ -236,7 +263,7 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> gr
     """A handler of the same shape as ``handler`` that only answers ``error``."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(error.kind.grpc_status, error.message, trailing_metadata=(("tsm-error-code", error.code),))
+        await context.abort(grpc_status(error.kind), error.message, trailing_metadata=(("tsm-error-code", error.code),))
 
     serializers = {"request_deserializer": handler.request_deserializer,
                    "response_serializer": handler.response_serializer}  # fmt: skip
@@ -249,10 +276,11 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> gr
     return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
 
 
-def build_grpc_server(server: Server, settings: Settings) -> GrpcFrontDoor:
+def build_grpc_server(server: Server) -> GrpcFrontDoor:
     """The server with every servicer registered; binds no port (``serve()`` does)."""
+    settings = server.settings
     limit = max_message_bytes(settings)
-    keys = ApiKeys(settings.api_keys)
+    keys = server.api_keys
     rpc = grpc.aio.server(
         interceptors=[_ApiKeyInterceptor(keys, settings.auth_public_probes)] if keys.enabled else None,
         options=[

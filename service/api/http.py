@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
-import re
-import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,16 +16,27 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.auth import ApiKeys
-from service.classifier import Classification, ClassifyOptions
+from service.classifier import Classification
 from service.decode import VideoFacts
 from service.errors import ErrorKind, ServiceError
-from service.server import Server
+from service.metrics import STAGES
+from service.request import (
+    CROPS,
+    MAX_CLIPS,
+    MAX_TIMEOUT_S,
+    MAX_TOP_K,
+    ClassifyOptions,
+    Sampling,
+    is_video_media_type,
+    media_type,
+    request_id,
+    retry_after_header,
+)
+from service.server import ModelInfo, Server
 from service.uploads import multipart_file
 
 log = logging.getLogger("tsm.http")
-RAW_TYPES = ("application/octet-stream",)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_DEFAULTS = ClassifyOptions()
 
 
 # ----------------------------------------------------------------------------------- schemas
@@ -59,7 +68,7 @@ class ClassifyResponse(BaseModel):
     video: VideoFacts
     clips: int
     crops: int
-    timings_ms: dict[str, float] = Field(description="upload, decode, queue, inference, total")
+    timings_ms: dict[str, float] = Field(description=", ".join(STAGES))
 
 
 class ModelOut(BaseModel):
@@ -114,10 +123,10 @@ _UPLOAD_BODY = {
 }
 
 
-def error_response(kind: ErrorKind, message: str, retry_after_s: float | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
-    body = {"error": {"code": kind.value, "message": message}}
-    return JSONResponse(body, status_code=kind.http_status, headers=headers)
+def error_response(error: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": retry_after_header(error.retry_after_s)} if error.retry_after_s is not None else None
+    body = {"error": {"code": error.code, "message": error.message}}
+    return JSONResponse(body, status_code=error.kind.http_status, headers=headers)
 
 
 # ----------------------------------------------------------------------------------- uploads
@@ -133,13 +142,13 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 def _upload(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
     """Pick the upload reader from the content type; refuse early what cannot be accepted."""
     content_type = request.headers.get("content-type", "")
-    media = content_type.split(";")[0].strip().lower()
+    media = media_type(content_type)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes + 64 * 1024:  # multipart framing
         raise ServiceError(ErrorKind.too_large, f"the upload is larger than the limit of {max_bytes} bytes")
     if media == "multipart/form-data":
         return multipart_file(_body(request), content_type)
-    if media.startswith("video/") or media in RAW_TYPES:
+    if is_video_media_type(media):
         return _body(request)
     raise ServiceError(
         ErrorKind.unsupported_media_type,
@@ -148,13 +157,14 @@ def _upload(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
     )
 
 
-def _timeout(header: float | None, timeout_ms: int | None) -> float | None:
-    if timeout_ms is not None:
-        return timeout_ms / 1000
-    return header
+# ------------------------------------------------------------------------- server and auth
+def _server(request: Request) -> Server:
+    server: Server = request.app.state.server
+    return server
 
 
-# -------------------------------------------------------------------------------------- auth
+ServerDep = Annotated[Server, Depends(_server)]
+
 # Declared as security schemes so OpenAPI shows them; the check itself is ApiKeys, shared with gRPC.
 _BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -162,113 +172,133 @@ _API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 async def _require_key(
     request: Request,
+    server: ServerDep,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
     api_key: Annotated[str | None, Depends(_API_KEY)],
 ) -> None:
-    request.app.state.api_keys.check(request.headers.get("authorization"), api_key)
+    server.api_keys.check(request.headers.get("authorization"), api_key)
+
+
+# ---------------------------------------------------------------------------- error handlers
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    response = error_response(exc)
+    if exc.kind is ErrorKind.unauthenticated:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if rid := getattr(request.state, "request_id", None):
+        response.headers["X-Request-ID"] = rid
+    return response
+
+
+async def _bad_params(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}" for err in exc.errors()
+    )
+    return error_response(ServiceError(ErrorKind.bad_request, f"invalid request parameters: {problems}"))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    body = {"error": {"code": f"http_{exc.status_code}", "message": str(exc.detail)}}
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)  # the traceback stays in the server log
+    return error_response(ServiceError(ErrorKind.internal, "internal error; the request was not processed"))
 
 
 # ------------------------------------------------------------------------------------ routes
+async def classify(
+    request: Request,
+    server: ServerDep,
+    top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="how many labels to return")] = _DEFAULTS.top_k,
+    model: Annotated[str | None, Query(max_length=128, description="model name; default model if omitted")] = None,
+    clips: Annotated[int, Query(ge=1, le=MAX_CLIPS, description="temporal views, averaged")] = _DEFAULTS.clips,
+    crops: Annotated[
+        int, Query(description="1 (centre) or 3 (along the long side)", json_schema_extra={"enum": list(CROPS)})
+    ] = _DEFAULTS.crops,
+    sampling: Annotated[Sampling, Query(description="keyframes: fast, approximate")] = _DEFAULTS.sampling,
+    timeout_ms: Annotated[
+        int | None, Query(ge=1, le=int(MAX_TIMEOUT_S * 1000), description="deadline in milliseconds")
+    ] = None,
+    x_request_timeout: Annotated[
+        float | None, Header(gt=0, le=MAX_TIMEOUT_S, description="deadline in seconds (timeout_ms wins)")
+    ] = None,
+    x_request_id: Annotated[str | None, Header(description="kept if it is 1-128 of [A-Za-z0-9._:-]")] = None,
+) -> JSONResponse:
+    rid = request.state.request_id = request_id(x_request_id)
+    classifier = server.require_classifier()
+    upload = _upload(request, classifier.limits.max_upload_bytes)
+    options = ClassifyOptions(model=model, top_k=top_k, clips=clips, crops=crops, sampling=sampling)
+    timeout_s = timeout_ms / 1000 if timeout_ms is not None else x_request_timeout
+    result = await classifier.run("http", options, upload, rid, timeout_s)
+    return JSONResponse(_response(result).model_dump(mode="json"), headers={"X-Request-ID": rid})
+
+
+async def list_models(server: ServerDep) -> ModelsResponse:
+    return ModelsResponse(models=[_model_out(info) for info in server.models_info()])
+
+
+async def get_model(name: str, server: ServerDep) -> ModelOut:
+    return _model_out(server.model_info(name))
+
+
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def readyz(server: ServerDep) -> JSONResponse:
+    if server.ready:
+        return JSONResponse({"ready": True, "reason": ""})
+    reason = "draining" if server.draining else (server.startup_error or "loading and warming up models")
+    return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+
+
+async def metrics(server: ServerDep) -> Response:
+    server.refresh_gauges()
+    return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(server: Server) -> FastAPI:
+    """The FastAPI app over ``server``. Auth guards every route when keys are configured (the probes
+    too, unless ``auth_public_probes``), and OpenAPI then declares the schemes and the 401."""
     app = FastAPI(
         title="tsm-serve",
         version="0.1.0",
         description="Video action recognition with the Temporal Shift Module (TSM).",
     )
-
-    keys = app.state.api_keys = ApiKeys(server.settings.api_keys)
-    guarded = [Depends(_require_key)] if keys.enabled else []
+    app.state.server = server
+    keys_on = server.api_keys.enabled
+    guarded = [Depends(_require_key)] if keys_on else []
     probe_guard = [] if server.settings.auth_public_probes else guarded
-    auth_errors = (401,) if keys.enabled else ()
+    auth = (401,) if keys_on else ()
 
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        response = error_response(exc.kind, exc.message, exc.retry_after_s)
-        if exc.kind is ErrorKind.unauthenticated:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        if rid := getattr(request.state, "request_id", None):
-            response.headers["X-Request-ID"] = rid
-        return response
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _bad_params)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal)
 
-    @app.exception_handler(RequestValidationError)
-    async def _bad_params(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}" for err in exc.errors()
-        )
-        return error_response(ErrorKind.bad_request, f"invalid request parameters: {problems}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = {"error": {"code": f"http_{exc.status_code}", "message": str(exc.detail)}}
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")  # the traceback stays in the server log
-        return error_response(ErrorKind.internal, "internal error; the request was not processed")
-
-    @app.post(
-        "/classify",
-        response_model=ClassifyResponse,
-        responses=_errors(400, *auth_errors, 404, 413, 415, 422, 429, 500, 503, 504),
-        dependencies=guarded,
-        openapi_extra=_UPLOAD_BODY,
+    app.add_api_route(
+        "/classify", classify, methods=["POST"], response_model=ClassifyResponse, dependencies=guarded,
+        responses=_errors(400, *auth, 404, 413, 415, 422, 429, 500, 503, 504), openapi_extra=_UPLOAD_BODY,
         summary="Classify the actions in a video",
-    )
-    async def classify(
-        request: Request,
-        top_k: Annotated[int, Query(ge=1, le=1000, description="how many labels to return")] = 5,
-        model: Annotated[str | None, Query(max_length=128, description="model name; default model if omitted")] = None,
-        clips: Annotated[int, Query(ge=1, le=100, description="temporal views, averaged")] = 1,
-        crops: Annotated[int, Query(ge=1, le=3, description="1 (centre) or 3 (along the long side)")] = 1,
-        sampling: Annotated[Literal["uniform", "keyframes"], Query(description="keyframes: fast, approximate")] = (
-            "uniform"
-        ),
-        timeout_ms: Annotated[int | None, Query(ge=1, le=3_600_000, description="deadline in milliseconds")] = None,
-        x_request_timeout: Annotated[
-            float | None, Header(gt=0, le=3600, description="deadline in seconds (timeout_ms wins)")
-        ] = None,
-        x_request_id: Annotated[str | None, Header(description="kept if it is 1-128 of [A-Za-z0-9._:-]")] = None,
-    ) -> JSONResponse:
-        request_id = x_request_id if x_request_id and _REQUEST_ID.match(x_request_id) else uuid.uuid4().hex
-        request.state.request_id = request_id
-        classifier = server.require_classifier()
-        upload = _upload(request, server.settings.max_upload_bytes)
-        options = ClassifyOptions(model=model, top_k=top_k, clips=clips, crops=crops, sampling=sampling)
-        result = await classifier.run("http", options, upload, request_id, _timeout(x_request_timeout, timeout_ms))
-        body = _response(result).model_dump(mode="json")
-        return JSONResponse(body, headers={"X-Request-ID": request_id})
-
-    @app.get("/v1/models", response_model=ModelsResponse, responses=_errors(*auth_errors), dependencies=guarded)
-    async def list_models() -> dict[str, Any]:
-        return {"models": server.models_info()}
-
-    @app.get("/v1/models/{name}", response_model=ModelOut, responses=_errors(*auth_errors, 404), dependencies=guarded)
-    async def get_model(name: str) -> dict[str, Any]:
-        for info in server.models_info():
-            if info["name"] == name:
-                return info
-        raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; see GET /v1/models")
-
-    @app.get("/healthz", summary="Liveness: the process answers", dependencies=probe_guard)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get(
-        "/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}, dependencies=probe_guard
-    )
-    async def readyz() -> JSONResponse:
-        if server.ready:
-            return JSONResponse({"ready": True, "reason": ""})
-        reason = "draining" if server.draining else (server.startup_error or "loading and warming up models")
-        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=probe_guard)
-    async def metrics() -> Response:
-        server.refresh_gauges()
-        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    )  # fmt: skip
+    app.add_api_route("/v1/models", list_models, response_model=ModelsResponse, responses=_errors(*auth),
+                      dependencies=guarded)  # fmt: skip
+    app.add_api_route("/v1/models/{name}", get_model, response_model=ModelOut, responses=_errors(*auth, 404),
+                      dependencies=guarded)  # fmt: skip
+    app.add_api_route("/healthz", healthz, summary="Liveness: the process answers", dependencies=probe_guard)
+    app.add_api_route("/readyz", readyz, response_model=ReadyResponse, responses={503: {"model": ReadyResponse}},
+                      dependencies=probe_guard)  # fmt: skip
+    app.add_api_route("/metrics", metrics, summary="Prometheus metrics", response_class=Response,
+                      dependencies=probe_guard)  # fmt: skip
     return app
+
+
+def _model_out(info: ModelInfo) -> ModelOut:
+    return ModelOut(**dataclasses.asdict(info))
 
 
 def _response(result: Classification) -> ClassifyResponse:

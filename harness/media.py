@@ -50,7 +50,9 @@ def index_value(i: int, frames: int) -> int:
     return round(16 + 223 * i / max(frames - 1, 1))
 
 
-def frame_pattern(pattern: Pattern, i: int, frames: int, width: int, height: int, rng: np.random.Generator):
+def frame_pattern(
+    pattern: Pattern, i: int, frames: int, width: int, height: int, rng: np.random.Generator
+) -> np.ndarray:
     if pattern == "noise":
         return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     if pattern == "index":
@@ -91,6 +93,7 @@ def make_video(
         if encoder in ("libvpx", "libvpx-vp9"):
             codec_options.update({"deadline": "realtime", "cpu-used": "8"})
         stream = out.add_stream(encoder, rate=Fraction(fps), options=codec_options)
+        assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if gop is not None:
             stream.codec_context.gop_size = gop

@@ -1,0 +1,143 @@
+"""The real server in this process: ``Server`` (real models, decode worker pool and batchers), its
+FastAPI app and its grpc.aio front door, on an event loop in a background thread.
+
+Synchronous tests talk to it as they would to a server process, without starting one:
+
+- ``srv.http``: an ``httpx.Client`` whose transport hands each request to the app through
+  ``httpx.ASGITransport`` on the server's loop (request bodies stream, as over a socket);
+- ``srv.run(coro)``: run a coroutine on the server's loop, e.g. many concurrent requests made
+  with ``srv.async_client()``;
+- ``srv.grpc_target``: the gRPC front door on a free loopback port;
+- ``srv.url``: with ``http_port=True``, uvicorn also serves the app on a free loopback port, for
+  clients that need a socket (the command-line client, Prometheus, probes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+
+from service.api.grpc import GrpcFrontDoor, build_grpc_server
+from service.api.http import create_app
+from service.config import Settings
+from service.server import Server
+
+T = TypeVar("T")
+_CALL_TIMEOUT_S = 300.0  # no test waits on the server longer than this
+DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "default_model": "tiny", "decode_workers": 2, "log_level": "WARNING"}
+
+
+class _AsyncBody(httpx.AsyncByteStream):
+    """A synchronous request body read on the server's loop without blocking it."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (chunk := await asyncio.to_thread(next, self._chunks, None)) is not None:
+            yield chunk
+
+
+class _Bridge(httpx.BaseTransport):
+    """Sends a synchronous client's requests to the ASGI app on the server's loop."""
+
+    def __init__(self, srv: InProcessServer) -> None:
+        self._srv = srv
+        self._asgi = httpx.ASGITransport(app=srv.app, raise_app_exceptions=False)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, Iterable)
+        body = _AsyncBody(request.stream)
+
+        async def send() -> tuple[int, httpx.Headers, bytes]:
+            forwarded = httpx.Request(request.method, request.url, headers=request.headers, stream=body)
+            response = await self._asgi.handle_async_request(forwarded)
+            return response.status_code, response.headers, await response.aread()
+
+        status, headers, content = self._srv.run(send())
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+
+class InProcessServer:
+    """``Server(Settings(store, **settings))`` with both front doors, in this process."""
+
+    def __init__(self, store: Path, *, http_port: bool = False, **settings: Any) -> None:
+        self.settings = Settings(**{**DEFAULTS, "model_store": store, **settings})
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="inproc-server", daemon=True)
+        self._thread.start()
+        self.server = Server(self.settings)
+        self.app = create_app(self.server)
+        self._web: uvicorn.Server | None = None
+        self._web_task: asyncio.Task[None] | None = None
+        self.url = ""
+        try:
+            self._rpc, grpc_port = self.run(self._start(http_port))
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
+        self.http = httpx.Client(transport=_Bridge(self), base_url="http://tsm.test", timeout=60)
+
+    async def _start(self, http_port: bool) -> tuple[GrpcFrontDoor, int]:
+        rpc = build_grpc_server(self.server)
+        port = rpc.server.add_insecure_port("127.0.0.1:0")
+        await rpc.start()
+        await self.server.start()
+        await rpc.set_serving()
+        if http_port:
+            config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="off", log_config=None,
+                                    access_log=False)  # fmt: skip
+            self._web = uvicorn.Server(config)
+            self._web_task = asyncio.create_task(self._web.serve())
+            while not self._web.started:
+                await asyncio.sleep(0.01)
+            bound = self._web.servers[0].sockets[0].getsockname()[1]
+            self.url = f"http://127.0.0.1:{bound}"
+        return rpc, port
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = _CALL_TIMEOUT_S) -> T:
+        """Run ``coro`` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An async client of the app, for use inside :meth:`run`."""
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+        return httpx.AsyncClient(transport=transport, base_url="http://tsm.test", timeout=60, **kwargs)
+
+    def metrics(self) -> str:
+        return self.http.get("/metrics").text
+
+    def close(self) -> None:
+        """Drain (in-flight work finishes), then stop both front doors, the server and the loop."""
+        self.http.close()
+        try:
+            self.run(self._close())
+        finally:
+            self._stop_loop()
+
+    async def _close(self) -> None:
+        await self._rpc.drain()
+        await self.server.drain()
+        if self._web is not None and self._web_task is not None:
+            self._web.should_exit = True
+            await self._web_task
+        await self._rpc.stop(1.0)
+        await self.server.stop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+        self.loop.close()
+
+    def __enter__(self) -> InProcessServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,83 @@
+"""Settings: environment variables, command-line flags (which win), validation, and the narrow
+configuration each part of the server is built from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from pydantic import ValidationError
+
+from service.__main__ import build_parser, settings_from_args
+from service.batching import BatcherConfig
+from service.config import Settings
+from service.decode import DecodeLimits
+from service.request import RequestLimits
+from service.runner import RunnerConfig
+from tests.conftest import ROOT
+
+
+def test_settings_come_from_env_and_flags() -> None:
+    help_text = subprocess.run(
+        [ROOT / ".venv/bin/tsm-serve", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    for flag in ("--host", "--http-port", "--grpc-port", "--model-store", "--default-model", "--max-batch-clips"):
+        assert flag in help_text
+    assert Settings(http_port=9000).http_port == 9000
+
+
+def test_a_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TSM_HTTP_PORT", "8100")
+    monkeypatch.setenv("TSM_MAX_DELAY_MS", "25")
+    monkeypatch.setenv("TSM_MODELS", json.dumps(["a", "b"]))
+    settings = settings_from_args(build_parser().parse_args(["--http-port", "8200", "--no-channels-last"]))
+    assert settings.http_port == 8200, "the flag wins"
+    assert settings.max_delay_ms == 25.0 and settings.models == ["a", "b"], "the environment fills the rest"
+    assert settings.channels_last is False
+    assert settings_from_args(build_parser().parse_args([])).http_port == 8100
+
+
+def test_every_setting_has_a_flag_with_its_env_name_and_default() -> None:
+    help_text = build_parser().format_help()
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in help_text
+        assert f"TSM_{name.upper()}" in help_text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [({"http_tls_cert_file": "cert.pem"}, "http_tls_key_file"),
+     ({"grpc_tls_key_file": "key.pem"}, "grpc_tls_cert_file"), ({"max_batch_clips": 0}, "max_batch_clips"),
+     ({"dtype": "float64"}, "dtype"), ({"http_port": 70000}, "http_port"),
+     ({"decode_memory_mb": 100}, "decode_memory_mb")],
+)  # fmt: skip
+def test_invalid_settings_are_refused_by_name(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        Settings(**kwargs)
+
+
+def test_decode_workers_default_to_the_core_count() -> None:
+    assert Settings(decode_workers=3).decode_worker_count() == 3
+    assert Settings(decode_workers=0).decode_worker_count() >= 1
+
+
+def test_each_part_gets_its_own_settings_and_nothing_else() -> None:
+    s = Settings(device="cpu", dtype="float32", torch_threads=2, channels_last=False, max_batch_clips=4,
+                 max_delay_ms=7, max_queue_clips=9, request_timeout_s=11, max_upload_bytes=1234, max_clips=3,
+                 decode_timeout_s=5, decode_memory_mb=1024, decode_max_jobs=17)  # fmt: skip
+    assert RunnerConfig.from_settings(s) == RunnerConfig(
+        device="cpu", dtype="float32", torch_threads=2, channels_last=False, compile=False, cuda_graphs=False,
+        max_batch_clips=4,
+    )  # fmt: skip
+    assert BatcherConfig.from_settings(s) == BatcherConfig(max_delay_ms=7, max_queue_clips=9, request_timeout_s=11)
+    assert RequestLimits.from_settings(s) == RequestLimits(max_upload_bytes=1234, max_clips=3, request_timeout_s=11)
+    limits = DecodeLimits.from_settings(s)
+    assert (limits.timeout_s, limits.memory_mb, limits.max_jobs) == (5, 1024, 17)
+
+
+def test_narrow_config_defaults_are_the_settings_defaults() -> None:
+    """A part built without Settings (benches, tests) behaves as the server's default configuration."""
+    defaults = Settings.model_construct()
+    assert RunnerConfig() == RunnerConfig.from_settings(defaults)
+    assert BatcherConfig() == BatcherConfig.from_settings(defaults)

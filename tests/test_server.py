@@ -1,0 +1,149 @@
+"""Server, the composition root: start-up from the store, readiness, model info, gauges, drain and
+stop, on real models, decode workers and batchers in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from harness.inproc import InProcessServer
+from service.config import Settings
+from service.errors import ErrorKind, ServiceError
+from service.request import ClassifyOptions
+from service.sampling import SamplingSpec
+from service.server import ModelInfo, Server
+from service.store import StoreError
+from tests.conftest import TINY_LABELS
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    found = re.search(
+        rf"^{re.escape(name)}{{{re.escape(selector)}}} (\S+)$" if labels else rf"^{name} (\S+)$", text, re.M
+    )
+    return float(found[1]) if found else 0.0
+
+
+def test_models_info_describes_every_loaded_model(server: InProcessServer) -> None:
+    infos = server.server.models_info()
+    assert [i.name for i in infos] == ["tiny", "tiny4"]
+    tiny = server.server.model_info("tiny")
+    assert tiny == ModelInfo(
+        name="tiny", version="1", default=True, arch="mobilenetv2", num_segments=8, num_classes=len(TINY_LABELS),
+        input_size=64, scale_size=72, resize="short_side", shift=True, untrained=True, source=tiny.source,
+    )  # fmt: skip
+    with pytest.raises(ServiceError) as info:
+        server.server.model_info("nope")
+    assert info.value.kind is ErrorKind.unknown_model and "tiny, tiny4" in info.value.message
+
+
+def test_a_missing_model_fails_the_start_with_its_name(tiny_store: Path) -> None:
+    server = Server(Settings(model_store=tiny_store, default_model="absent", models=["tiny", "ghost"]))
+
+    async def start() -> None:
+        try:
+            await server.start()
+        finally:
+            await server.stop()
+
+    with pytest.raises(StoreError, match=r"model\(s\) absent, ghost not found"):
+        asyncio.run(start())
+    assert server.startup_error is not None and "absent" in server.startup_error
+    assert not server.ready
+    with pytest.raises(ServiceError) as info:
+        server.require_classifier()
+    assert info.value.kind is ErrorKind.not_ready
+
+
+def test_only_the_named_models_and_the_default_load(tiny_store: Path) -> None:
+    with InProcessServer(tiny_store, models=["tiny4"], default_model="tiny", max_batch_clips=2) as srv:
+        assert [i.name for i in srv.server.models_info()] == ["tiny", "tiny4"]
+        info = srv.http.get("/v1/models/tiny").json()
+        assert info["default"] is True
+    with InProcessServer(tiny_store, models=["tiny4"], default_model="tiny4", max_batch_clips=2) as srv:
+        assert [i.name for i in srv.server.models_info()] == ["tiny4"]
+        text = srv.metrics()
+        assert metric(text, "tsm_ready") == 1.0
+        assert 'tsm_model_info{arch="mobilenetv2",device="cpu",dtype="float32",name="tiny4"' in text
+
+
+def spec(srv: InProcessServer) -> SamplingSpec:
+    c = srv.server.require_classifier().models["tiny"].entry.config
+    return SamplingSpec(c.num_segments, c.scale_size, c.input_size)
+
+
+def test_gauges_follow_the_pool_and_dropped_clips_are_counted(tiny_store: Path, clip: Path) -> None:
+    with InProcessServer(tiny_store, decode_workers=1, max_batch_clips=2) as srv:
+        text = srv.metrics()
+        assert metric(text, "tsm_decode_workers", state="workers") == 1.0
+        assert metric(text, "tsm_decode_workers", state="idle") == 1.0
+        assert metric(text, "tsm_queue_clips", model="tiny") == 0.0
+        classifier = srv.server.require_classifier()
+        batcher = classifier.models["tiny"].batcher
+
+        async def expire_in_the_queue() -> ServiceError:
+            with batcher.reserve(1) as reservation:
+                frames = await classifier.pool.decode(clip, spec(srv))
+                try:
+                    await batcher.infer(frames.frames[:1], reservation, deadline=0.0)
+                except ServiceError as e:
+                    return e
+            raise AssertionError("an expired request was scored")
+
+        error = srv.run(expire_in_the_queue())
+        assert error.kind is ErrorKind.deadline_exceeded
+        text = srv.metrics()
+        assert metric(text, "tsm_dropped_clips_total", model="tiny", reason="expired") == 1.0
+        assert metric(text, "tsm_decode_jobs_total") == 1.0
+        assert metric(srv.metrics(), "tsm_dropped_clips_total", model="tiny", reason="expired") == 1.0, "counted once"
+
+
+def test_drain_refuses_new_work_and_stop_removes_the_spool(tiny_store: Path, clip: Path) -> None:
+    srv = InProcessServer(tiny_store, max_batch_clips=2)
+    try:
+        spool = srv.server.require_classifier().spool_dir
+        assert spool.is_dir() and srv.server.ready
+        srv.run(srv.server.drain())
+        assert not srv.server.ready
+        with pytest.raises(ServiceError) as info:
+            srv.server.require_classifier()
+        assert info.value.kind is ErrorKind.draining
+        ready = srv.http.get("/readyz")
+        assert (ready.status_code, ready.json()) == (503, {"ready": False, "reason": "draining"})
+        with clip.open("rb") as f:
+            refused = srv.http.post("/classify", files={"file": ("c.mp4", f)})
+        assert (refused.status_code, refused.json()["error"]["code"]) == (503, "draining")
+    finally:
+        srv.close()
+    assert not spool.exists(), "the server's own spool directory is removed at stop"
+
+
+def test_requests_past_the_drain_budget_are_answered_draining(tiny_store: Path, clip: Path) -> None:
+    """abort_in_flight: a request still running when the budget ends gets ``draining``, not a bare cancel."""
+    with InProcessServer(tiny_store, max_batch_clips=64, max_delay_ms=20_000, drain_timeout_s=0.2) as srv:
+        classifier = srv.server.require_classifier()
+        data = clip.read_bytes()
+
+        async def upload() -> AsyncIterator[bytes]:
+            yield data
+
+        async def scenario() -> BaseException | None:
+            task = asyncio.create_task(classifier.run("http", ClassifyOptions(), upload(), "held"))
+            while classifier.in_flight == 0 or not classifier.models["tiny"].batcher._waiting:
+                await asyncio.sleep(0.01)
+            await srv.server.drain()  # the batch waits 20 s: the 0.2 s budget runs out
+            await srv.server.abort_in_flight()
+            try:
+                await task
+            except ServiceError as e:
+                return e
+            return None
+
+        error = srv.run(scenario())
+        assert isinstance(error, ServiceError) and error.kind is ErrorKind.draining
+        assert classifier.in_flight == 0
+        assert metric(srv.metrics(), "tsm_requests_total", code="draining", model="tiny", protocol="http") == 1.0
