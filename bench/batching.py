@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from service.batching import Batcher, BatchInfo
-from service.config import Settings
+from service.batching import Batcher, BatcherConfig, BatchInfo
 from service.model.tsm import TSM
-from service.runner import Runner
+from service.runner import Runner, RunnerConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -70,14 +69,14 @@ async def closed_loop(
 
 
 async def measure(
-    runner: Runner, settings: Settings, frames: np.ndarray, concurrency: int, seconds: float
+    runner: Runner, config: BatcherConfig, frames: np.ndarray, concurrency: int, seconds: float, max_batch: int
 ) -> LoadResult:
     sizes: list[int] = []
 
     def on_batch(info: BatchInfo) -> None:
         sizes.append(info.size)
 
-    batcher = Batcher(runner, settings, on_batch=on_batch)
+    batcher = Batcher(runner, config, on_batch=on_batch, max_batch=max_batch)
     await batcher.start()
     try:
         await closed_loop(batcher, frames, concurrency, min(1.0, seconds / 4))  # settle
@@ -138,25 +137,22 @@ def main() -> None:
     batches = [int(x) for x in a.batches.split(",")]
     concurrency = [int(x) for x in a.concurrency.split(",")]
 
-    base = Settings(device=a.device, max_delay_ms=a.delay_ms, max_queue_clips=max(concurrency) * a.views * 2)
+    config = BatcherConfig(max_delay_ms=a.delay_ms, max_queue_clips=max(concurrency) * a.views * 2)
     runner = Runner(
         build_model(a.arch, 400, a.segments, a.size, a.device),
         mean=MEAN,
         std=STD,
         num_segments=a.segments,
         input_size=a.size,
-        settings=base,
+        config=RunnerConfig(device=a.device, max_batch_clips=max(batches), chunk_cpu_batches=a.cpu_chunk != "off"),
     )
-    runner.warmup(max(batches))
-    if a.cpu_chunk == "off":
-        runner.cpu_chunk = None
+    runner.warmup()
     frames = np.random.default_rng(0).integers(0, 256, (a.views, a.segments, a.size, a.size, 3), dtype=np.uint8)
     best: dict[tuple[int, int], LoadResult] = {}
     for round_ in range(a.repeats):  # rounds interleave the cells, so drift hits them alike
         for b in batches:
-            settings = base.model_copy(update={"max_batch_clips": b})
             for c in concurrency:
-                r = asyncio.run(measure(runner, settings, frames, c, a.seconds))
+                r = asyncio.run(measure(runner, config, frames, c, a.seconds, max_batch=b))
                 if (b, c) not in best or r.clips_per_s > best[b, c].clips_per_s:
                     best[b, c] = r
                 print(

@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 from bench.decode import make_clip  # noqa: E402
 from harness.load import HttpTarget, Record, Sampler, closed_loop, load_average, load_videos, metric, summarize  # noqa: E402
 from harness.process import ServerProcess  # noqa: E402
+from service.metrics import STAGES  # noqa: E402
 
 DEFAULT_MODEL = "tsm_mobilenetv2_synthetic_motion"
 BIG_MODEL = "mbv2_224"
@@ -196,9 +197,6 @@ def tables(results: list[dict[str, Any]], head: dict[str, Any]) -> str:
                 f"| {' / '.join(str(v) for v in x['round_videos_per_s'])} | {errors} |"
             )
     return "\n".join(lines) + "\n"
-
-
-STAGES = ("upload", "decode", "queue", "inference", "total")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

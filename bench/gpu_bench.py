@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from bench.batching import MEAN, STD, build_model, measure, report
-from service.config import Settings
-from service.runner import Runner
+from service.batching import BatcherConfig
+from service.runner import Runner, RunnerConfig
 
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -72,7 +72,6 @@ def model_rows(
         if budget.used_fraction() >= stop_at:
             rows.append(label + " skipped (time budget) |" * len(batches))
             continue
-        settings = Settings(device=a.device, **cfg)  # type: ignore[arg-type]
         cells = []
         runner = None
         try:
@@ -82,11 +81,11 @@ def model_rows(
                 std=STD,
                 num_segments=a.segments,
                 input_size=a.size,
-                settings=settings,
+                # model-only: each batch size as asked for, whole (no CPU chunking)
+                config=RunnerConfig(device=a.device, max_batch_clips=max(batches), chunk_cpu_batches=False, **cfg),  # type: ignore[arg-type]
             )
             warm = batches if mode != "compile" else a.compile_batches
-            runner.warmup(max(warm), buckets=warm)
-            runner.cpu_chunk = None  # model-only: the size asked for, whole
+            runner.warmup(buckets=warm)
             for b in batches:
                 if b not in warm or budget.used_fraction() >= stop_at:
                     cells.append(" - |")
@@ -108,31 +107,24 @@ def model_rows(
 
 def serve_rows(a: argparse.Namespace, budget: Budget, stop_at: float) -> list[str]:
     rows = []
-    settings = Settings(
-        device=a.device,
-        dtype="float16",
-        channels_last=True,
-        max_delay_ms=a.delay_ms,
-        max_queue_clips=4 * max(a.concurrency),
-    )
+    config = BatcherConfig(max_delay_ms=a.delay_ms, max_queue_clips=4 * max(a.concurrency))
     runner = Runner(
         build_model(a.serve_arch, 400, a.segments, a.size, a.device),
         mean=MEAN,
         std=STD,
         num_segments=a.segments,
         input_size=a.size,
-        settings=settings,
+        config=RunnerConfig(device=a.device, dtype="float16", channels_last=True, max_batch_clips=a.serve_batch),
     )
-    runner.warmup(a.serve_batch)
+    runner.warmup()
     frames = np.random.default_rng(0).integers(0, 256, (1, a.segments, a.size, a.size, 3), dtype=np.uint8)
     base: dict[int, float] = {}
     for max_batch in (1, a.serve_batch):
-        s = settings.model_copy(update={"max_batch_clips": max_batch})
         for c in a.concurrency:
             if budget.used_fraction() >= stop_at:
                 rows.append(f"| {max_batch} | {c} | skipped (time budget) | | | | |")
                 continue
-            r = asyncio.run(measure(runner, s, frames, c, a.serve_s))
+            r = asyncio.run(measure(runner, config, frames, c, a.serve_s, max_batch=max_batch))
             if max_batch == 1:
                 base[c] = r.clips_per_s
             gain = f"{r.clips_per_s / base[c]:.1f}x" if c in base else "-"

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from harness.load import HttpTarget, Record, Video
+from harness.media import Pattern, make_video
 from harness.process import ROOT
 
 ALLOWED = frozenset({"200", "400", "413", "415", "422"})
@@ -88,10 +89,8 @@ def radamsa(data: bytes, seed: int) -> bytes | None:
 # ----------------------------------------------------------------------------------- seeds
 def make_seeds(directory: Path) -> list[Path]:
     """Small real clips: several containers and codecs, so each demuxer and decoder is fuzzed."""
-    from harness.media import make_video
-
     directory.mkdir(parents=True, exist_ok=True)
-    kinds = [
+    kinds: list[tuple[str, str, Pattern]] = [
         ("h264", "mp4", "corner"),
         ("vp8", "webm", "index"),
         ("mpeg4", "avi", "corner"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.load import HttpTarget, Record, Video, children, closed_loop, fd_count, load_average, rss_mb
+from harness.media import corrupt_middle, make_audio, make_video, set_mp4_size, truncate
 
 # Malformed files that no decoder can make sense of: these must be refused with a 4xx. The other
 # malformed ones (a corrupted middle, a header that lies about the frame size) may decode: 200 or 4xx.
@@ -19,8 +20,6 @@ MUST_REFUSE = frozenset({"cut.mp4", "sound.mp4", "notes.mp4", "garbage.mp4"})
 
 def make_mix(directory: Path) -> tuple[list[Video], list[Video]]:
     """(valid, malformed) videos: real small clips, and broken or hostile files."""
-    from harness.media import corrupt_middle, make_audio, make_video, set_mp4_size, truncate
-
     directory.mkdir(parents=True, exist_ok=True)
     d = directory
     valid = [

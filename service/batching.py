@@ -24,6 +24,9 @@ a confident view count for more, and keeps this module free of any choice of out
 Deadlines use ``time.monotonic()``. A request whose deadline passes before its result is ready
 gets ``deadline_exceeded`` at that moment; its clips that have not reached the model never will.
 A caller that cancels its await has its remaining clips dropped the same way.
+
+Why one module of this length: the batching task (event loop), the inference thread and the
+fan-out hand the same private request and batch records to each other; they are one mechanism.
 """
 
 from __future__ import annotations
@@ -153,12 +156,16 @@ class Batcher:
         name: str = "model",
         on_batch: Callable[[BatchInfo], None] | None = None,
         pipeline_depth: int | None = None,
+        max_batch: int | None = None,
     ) -> None:
+        """``max_batch`` closes batches smaller than the runner's (benchmarks compare sizes on one runner)."""
         self.runner, self.name, self.on_batch = runner, name, on_batch
+        if max_batch is not None and not 1 <= max_batch <= runner.max_batch:
+            raise ValueError(f"max_batch must be between 1 and the runner's {runner.max_batch}")
         # Batches handed to the inference thread at once. CUDA: 2, one runs while the next is
         # staged. CPU: 1, staging cannot overlap there, so the open batch keeps filling instead.
         self.pipeline_depth = pipeline_depth or (2 if runner.device.type == "cuda" else 1)
-        self.max_batch = runner.max_batch
+        self.max_batch = max_batch or runner.max_batch
         self.max_delay_s = config.max_delay_ms / 1000.0
         self.max_queue = config.max_queue_clips
         self.request_timeout_s = config.request_timeout_s

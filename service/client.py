@@ -16,7 +16,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -92,7 +92,23 @@ def _tls(verify: bool | str) -> bool | ssl.SSLContext:
     return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
-class Client:
+_Self = TypeVar("_Self", bound="_Closable")
+
+
+class _Closable:
+    """``with`` support for the blocking clients: ``close()`` on exit."""
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Client(_Closable):
     """Blocking client over HTTP."""
 
     def __init__(
@@ -101,12 +117,6 @@ class Client:
     ):  # fmt: skip
         """``api_key``: sent as ``Authorization: Bearer``; ``verify``: CA bundle path for an HTTPS server."""
         self._http = httpx.Client(base_url=url, timeout=timeout_s, headers=_auth(api_key), verify=_tls(verify))
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._http.close()
@@ -161,7 +171,7 @@ class AsyncClient:
         return list(_answer(await self._http.get("/v1/models"))["models"])
 
 
-class GrpcClient:
+class GrpcClient(_Closable):
     """Blocking client over gRPC. A file is streamed in chunks (``ClassifyStream``), so any size up
     to the server's upload limit works; bytes go in one ``Classify`` message. Answers are the dicts
     the HTTP client returns. ``root_certificates``: PEM of the CA to trust for a TLS server."""
@@ -178,12 +188,6 @@ class GrpcClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._timeout_s, self._chunk_bytes = timeout_s, chunk_bytes
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-
-    def __enter__(self) -> GrpcClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._channel.close()

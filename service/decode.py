@@ -9,6 +9,9 @@ decoded in worker processes (``service.decode_pool``), never in the server proce
   size: memory follows decoded pixels, not upload bytes.
 - Frames are resized while decoding to the model's scale size, then centre (or three-) cropped.
 - Error messages are ours: library text carries server paths and is never passed on.
+
+Why one module of this length: the probe, the limits and the two decoders share the probe's facts
+and the error messages; split apart, each piece would import the others' internals.
 """
 
 from __future__ import annotations

@@ -88,8 +88,9 @@ def media_type(content_type: str) -> str:
     return content_type.split(";")[0].strip().lower()
 
 
-def is_video_media_type(media: str) -> bool:
-    """A raw upload must say it is a video (``video/*``) or opaque bytes."""
+def is_video_upload(content_type: str) -> bool:
+    """A raw upload's content type must say it is a video (``video/*``) or opaque bytes."""
+    media = media_type(content_type)
     return media.startswith("video/") or media in RAW_MEDIA_TYPES
 
 

@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from service.auth import ApiKeys
 from service.batching import Batcher, BatcherConfig, BatchInfo
@@ -34,19 +36,22 @@ log = logging.getLogger("tsm.server")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A loaded model as clients see it; each front door renders it in its own format."""
+    """A loaded model as clients see it: the HTTP front door answers it as it is (its schema in
+    OpenAPI), the gRPC one as ``tsm.v1.ModelInfo``."""
 
     name: str
     version: str
-    default: bool
+    default: Annotated[bool, Field(description="the model used when a request names none")]
     arch: str
-    num_segments: int
+    num_segments: Annotated[int, Field(description="frames per clip")]
     num_classes: int
-    input_size: int
+    input_size: Annotated[int, Field(description="side of the square crop the network sees")]
     scale_size: int
-    resize: str
-    shift: bool
-    untrained: bool
+    resize: Annotated[
+        str, Field(description="short_side (resize, then centre crop) or stretch (whole frame, aspect not kept)")
+    ]
+    shift: Annotated[bool, Field(description="false for a TSN (no temporal shift)")]
+    untrained: Annotated[bool, Field(description="random weights: its answers mean nothing")]
     source: str
 
 

@@ -30,8 +30,7 @@ from service.request import (
     MAX_TIMEOUT_S,
     ClassifyOptions,
     Sampling,
-    is_video_media_type,
-    media_type,
+    is_video_upload,
     request_id,
     retry_after_header,
 )
@@ -141,8 +140,7 @@ def _timeout(context: grpc.aio.ServicerContext) -> float | None:
 
 def _options(message: pb.ClassifyOptions) -> ClassifyOptions:
     """Unset fields take the defaults of the HTTP query parameters; the classifier checks ranges."""
-    media = media_type(message.content_type)
-    if media and not is_video_media_type(media):
+    if message.content_type.strip() and not is_video_upload(message.content_type):
         raise ServiceError(
             ErrorKind.unsupported_media_type,
             "content_type must be video/* or application/octet-stream (or left empty)",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -27,7 +26,7 @@ from service.request import (
     MAX_TOP_K,
     ClassifyOptions,
     Sampling,
-    is_video_media_type,
+    is_video_upload,
     media_type,
     request_id,
     retry_after_header,
@@ -71,23 +70,8 @@ class ClassifyResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description=", ".join(STAGES))
 
 
-class ModelOut(BaseModel):
-    name: str
-    version: str
-    default: bool
-    arch: str
-    num_segments: int
-    num_classes: int
-    input_size: int
-    scale_size: int
-    resize: str = Field(description="short_side (resize, then centre crop) or stretch (whole frame, aspect not kept)")
-    shift: bool
-    untrained: bool
-    source: str
-
-
 class ModelsResponse(BaseModel):
-    models: list[ModelOut]
+    models: list[ModelInfo]
 
 
 class ReadyResponse(BaseModel):
@@ -142,13 +126,12 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 def _upload(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
     """Pick the upload reader from the content type; refuse early what cannot be accepted."""
     content_type = request.headers.get("content-type", "")
-    media = media_type(content_type)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes + 64 * 1024:  # multipart framing
         raise ServiceError(ErrorKind.too_large, f"the upload is larger than the limit of {max_bytes} bytes")
-    if media == "multipart/form-data":
+    if media_type(content_type) == "multipart/form-data":
         return multipart_file(_body(request), content_type)
-    if is_video_media_type(media):
+    if is_video_upload(content_type):
         return _body(request)
     raise ServiceError(
         ErrorKind.unsupported_media_type,
@@ -238,11 +221,11 @@ async def classify(
 
 
 async def list_models(server: ServerDep) -> ModelsResponse:
-    return ModelsResponse(models=[_model_out(info) for info in server.models_info()])
+    return ModelsResponse(models=server.models_info())
 
 
-async def get_model(name: str, server: ServerDep) -> ModelOut:
-    return _model_out(server.model_info(name))
+async def get_model(name: str, server: ServerDep) -> ModelInfo:
+    return server.model_info(name)
 
 
 async def healthz() -> dict[str, str]:
@@ -287,7 +270,7 @@ def create_app(server: Server) -> FastAPI:
     )  # fmt: skip
     app.add_api_route("/v1/models", list_models, response_model=ModelsResponse, responses=_errors(*auth),
                       dependencies=guarded)  # fmt: skip
-    app.add_api_route("/v1/models/{name}", get_model, response_model=ModelOut, responses=_errors(*auth, 404),
+    app.add_api_route("/v1/models/{name}", get_model, response_model=ModelInfo, responses=_errors(*auth, 404),
                       dependencies=guarded)  # fmt: skip
     app.add_api_route("/healthz", healthz, summary="Liveness: the process answers", dependencies=probe_guard)
     app.add_api_route("/readyz", readyz, response_model=ReadyResponse, responses={503: {"model": ReadyResponse}},
@@ -295,10 +278,6 @@ def create_app(server: Server) -> FastAPI:
     app.add_api_route("/metrics", metrics, summary="Prometheus metrics", response_class=Response,
                       dependencies=probe_guard)  # fmt: skip
     return app
-
-
-def _model_out(info: ModelInfo) -> ModelOut:
-    return ModelOut(**dataclasses.asdict(info))
 
 
 def _response(result: Classification) -> ClassifyResponse:
