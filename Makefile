@@ -30,10 +30,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# The whole suite, with the coverage of service/ (also inside the server and decode-worker processes tests start).
 unit: install system-deps
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --cov --cov-report=term
 
 test: lint typecheck unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*

@@ -1,4 +1,5 @@
-"""The Python clients and the tsm-classify command against a real server."""
+"""The Python clients and the tsm-classify command against the real server in this process, over its
+loopback HTTP port."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.process import ServerProcess
+from harness.inproc import InProcessServer
 from service.client import AsyncClient, ClassifyError, Client
 from tests.conftest import ROOT
 
 
-def test_sync_client_file_and_bytes_agree(server: ServerProcess, clip: Path) -> None:
+def test_sync_client_file_and_bytes_agree(server: InProcessServer, clip: Path) -> None:
     with Client(server.url) as client:
         assert client.ready()
         assert {m["name"] for m in client.models()} == {"tiny", "tiny4"}
@@ -24,7 +25,7 @@ def test_sync_client_file_and_bytes_agree(server: ServerProcess, clip: Path) -> 
     assert from_file["predictions"] == from_bytes["predictions"]
 
 
-def test_async_client_runs_concurrently(server: ServerProcess, clip: Path) -> None:
+def test_async_client_runs_concurrently(server: InProcessServer, clip: Path) -> None:
     async def run() -> list[dict]:
         async with AsyncClient(server.url) as client:
             return await asyncio.gather(*(client.classify(clip, model="tiny4", top_k=1) for _ in range(4)))
@@ -33,13 +34,13 @@ def test_async_client_runs_concurrently(server: ServerProcess, clip: Path) -> No
     assert {a["predictions"][0]["label"] for a in answers} and all(a["model"]["name"] == "tiny4" for a in answers)
 
 
-def test_client_errors_carry_code_and_status(server: ServerProcess, clip: Path) -> None:
+def test_client_errors_carry_code_and_status(server: InProcessServer, clip: Path) -> None:
     with Client(server.url) as client, pytest.raises(ClassifyError) as info:
         client.classify(clip, model="missing")
     assert (info.value.status, info.value.code) == (404, "unknown_model")
 
 
-def test_tsm_classify_command(server: ServerProcess, clip: Path, tmp_path: Path) -> None:
+def test_tsm_classify_command(server: InProcessServer, clip: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 100)
     done = subprocess.run(

@@ -4,6 +4,7 @@ configuration each part of the server is built from."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 
 import pytest
@@ -13,6 +14,7 @@ from service.__main__ import build_parser, settings_from_args
 from service.batching import BatcherConfig
 from service.config import Settings
 from service.decode import DecodeLimits
+from service.logs import configure_logging
 from service.request import RequestLimits
 from service.runner import RunnerConfig
 from tests.conftest import ROOT
@@ -81,3 +83,32 @@ def test_narrow_config_defaults_are_the_settings_defaults() -> None:
     defaults = Settings.model_construct()
     assert RunnerConfig() == RunnerConfig.from_settings(defaults)
     assert BatcherConfig() == BatcherConfig.from_settings(defaults)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_logging_goes_to_one_root_handler_uvicorn_included(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", fmt)
+        logging.getLogger("tsm.request").info("request", extra={"request_id": "r1", "outcome": "ok"})
+        logging.getLogger("uvicorn.error").warning("uvicorn speaks %s", "too")
+        logging.getLogger("tsm").debug("below the level")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    if fmt == "json":
+        first, second = (json.loads(line) for line in lines)
+        assert (first["logger"], first["message"], first["request_id"], first["outcome"]) == (
+            "tsm.request", "request", "r1", "ok",
+        )  # fmt: skip
+        assert first["level"] == "info" and first["ts"].endswith("Z")
+        assert (second["logger"], second["message"], second["level"]) == (
+            "uvicorn.error",
+            "uvicorn speaks too",
+            "warning",
+        )
+    else:
+        assert "INFO tsm.request: request" in lines[0] and "WARNING uvicorn.error: uvicorn speaks too" in lines[1]

@@ -7,6 +7,10 @@
 - Prometheus: `promtool check config`, `check rules`, `test rules`; a real Prometheus on loopback
   scrapes the real server with the shipped rules, and one HTTP and one gRPC request move the series.
 - Grafana: the dashboard's structure, datasource and PromQL, evaluated by that Prometheus.
+
+"The real server" is the session's shared in-process server, on its loopback ports (other modules
+use it too, so its counters are compared with their values just before this module's requests);
+only the HTTPS healthcheck starts a server process, for its TLS listener.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.inproc import InProcessServer
 from harness.process import ServerProcess, free_port
 from service.client import GrpcClient
 from service.config import Settings
@@ -505,8 +511,13 @@ def exported_names(exposition: str) -> set[str]:
     return names
 
 
+def port(server: InProcessServer) -> int:
+    """The shared server's loopback HTTP port."""
+    return int(server.url.rsplit(":", 1)[1])
+
+
 @pytest.fixture(scope="module")
-def scraped(server: ServerProcess) -> set[str]:
+def scraped(server: InProcessServer) -> set[str]:
     return exported_names(httpx.get(f"{server.url}/metrics", timeout=10).text)
 
 
@@ -526,9 +537,9 @@ def test_every_metric_the_deploy_files_query_is_exported(scraped: set[str]) -> N
         assert names <= scraped, f"{where} names series the server does not export: {sorted(names - scraped)}"
 
 
-def test_dockerfile_healthcheck_passes_on_a_live_server_and_fails_without_one(server: ServerProcess) -> None:
+def test_dockerfile_healthcheck_passes_on_a_live_server_and_fails_without_one(server: InProcessServer) -> None:
     argv = [sys.executable, *healthcheck_argv()[1:]]
-    env = {**os.environ, "TSM_HTTP_PORT": str(server.http_port)}
+    env = {**os.environ, "TSM_HTTP_PORT": str(port(server))}
     assert subprocess.run(argv, env=env, timeout=30, check=False).returncode == 0
     env["TSM_HTTP_PORT"] = str(free_port())
     assert subprocess.run(argv, env=env, timeout=30, capture_output=True, check=False).returncode != 0
@@ -553,13 +564,13 @@ def test_dockerfile_healthcheck_speaks_https_when_the_server_does(tiny_store: Pa
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_k8s_probes_succeed_against_a_ready_server(server: ServerProcess, overlay: str) -> None:
+def test_k8s_probes_succeed_against_a_ready_server(server: InProcessServer, overlay: str) -> None:
     c = container(overlay)
     for probe in ("livenessProbe", "readinessProbe"):
         path = c[probe]["httpGet"]["path"]
         assert httpx.get(f"{server.url}{path}", timeout=c[probe]["timeoutSeconds"]).status_code == 200, probe
     grpc_probe = c["startupProbe"]["grpc"]
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+    with grpc.insecure_channel(server.grpc_target) as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=grpc_probe["service"]), timeout=c["startupProbe"]["timeoutSeconds"]
         )
@@ -628,8 +639,8 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{server.http_port}")
+def prometheus(server: InProcessServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{port(server)}")
     try:
         prom.wait_for("the server's target up", lambda: prom.value('up{job="tsm-serve"}') == 1)
         yield prom
@@ -637,28 +648,60 @@ def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) 
         prom.stop()
 
 
+Labels = frozenset[tuple[str, str]]
+
+
+def exposition_values(exposition: str) -> dict[tuple[str, Labels], float]:
+    """Every sample of a scrape, by series name and labels."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+
+
+def series_key(metric: dict[str, str]) -> tuple[str, Labels]:
+    """A series as Prometheus returns it, keyed as in the server's own exposition."""
+    own = {k: v for k, v in metric.items() if k not in {"__name__", "job", "instance"}}
+    return metric["__name__"], frozenset(own.items())
+
+
+@dataclass
+class Traffic:
+    answers: dict[str, dict[str, Any]]  # protocol -> the classification it returned
+    before: dict[tuple[str, Labels], float]  # the server's series just before the requests
+
+    def moved(self, result: list[dict[str, Any]]) -> dict[tuple[str, Labels], float]:
+        """The series of a query result whose value differs from before the requests, by how much."""
+        changes = {series_key(r["metric"]): float(r["value"][1]) for r in result}
+        return {k: v - self.before.get(k, 0.0) for k, v in changes.items() if v != self.before.get(k, 0.0)}
+
+
 @pytest.fixture(scope="module")
-def traffic(server: ServerProcess, prometheus: Prometheus, clip: Path) -> dict[str, dict[str, Any]]:
+def traffic(server: InProcessServer, prometheus: Prometheus, clip: Path) -> Traffic:
     """One classification over HTTP and one over gRPC, once both are being scraped."""
+    before = exposition_values(server.metrics())
     with clip.open("rb") as f:
         answer = httpx.post(f"{server.url}/classify", files={"file": (clip.name, f)}, timeout=60)
     assert answer.status_code == 200, answer.text
-    with GrpcClient(f"127.0.0.1:{server.grpc_port}") as client:
+    with GrpcClient(server.grpc_target) as client:
         grpc_answer = client.classify(clip)
-    return {"http": answer.json(), "grpc": grpc_answer}
+    return Traffic({"http": answer.json(), "grpc": grpc_answer}, before)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_a_request_moves_its_series(prometheus: Prometheus, traffic: dict[str, Any], protocol: str) -> None:
-    model = traffic[protocol]["model"]["name"]
+def test_a_request_moves_its_series(prometheus: Prometheus, traffic: Traffic, protocol: str) -> None:
+    model = traffic.answers[protocol]["model"]["name"]
     sel = f'job="tsm-serve", protocol="{protocol}"'
     counted = prometheus.wait_for(
         f"tsm_requests_total for {protocol}",
-        lambda: prometheus.query(f'tsm_requests_total{{{sel}, code="ok"}} == 1'),
+        lambda: traffic.moved(prometheus.query(f'tsm_requests_total{{{sel}, code="ok"}}')),
     )
-    assert counted[0]["metric"]["model"] == model
+    ok_series = ("tsm_requests_total", frozenset({"protocol": protocol, "model": model, "code": "ok"}.items()))
+    assert counted == {ok_series: 1}, "one request, counted once, under the model that answered"
     for stage in ("upload", "decode", "queue", "inference", "total"):
-        assert prometheus.value(f'tsm_request_duration_seconds_count{{{sel}, stage="{stage}"}}') == 1, stage
+        durations = traffic.moved(prometheus.query(f'tsm_request_duration_seconds_count{{{sel}, stage="{stage}"}}'))
+        assert list(durations.values()) == [1], stage
     assert (prometheus.value(f'tsm_batch_clips_count{{job="tsm-serve", model="{model}"}}') or 0) >= 1
     assert prometheus.value('tsm_ready{job="tsm-serve"}') == 1
     # The shipped recording rules ran on these series.
@@ -668,7 +711,7 @@ def test_a_request_moves_its_series(prometheus: Prometheus, traffic: dict[str, A
     )
 
 
-def test_shipped_rules_all_evaluate_cleanly(prometheus: Prometheus, traffic: dict[str, Any]) -> None:
+def test_shipped_rules_all_evaluate_cleanly(prometheus: Prometheus, traffic: Traffic) -> None:
     def evaluated() -> list[dict[str, Any]]:
         rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
         return rules if rules and all(r["health"] != "unknown" for r in rules) else []
@@ -679,14 +722,19 @@ def test_shipped_rules_all_evaluate_cleanly(prometheus: Prometheus, traffic: dic
     assert firing == []
 
 
-def test_dashboard_and_autoscaling_queries_answer_from_real_series(
-    prometheus: Prometheus, traffic: dict[str, Any]
-) -> None:
-    # Let at least two scrapes follow the requests, so the rates have samples to work on.
-    prometheus.wait_for(
-        "two samples after the requests",
-        lambda: (prometheus.value('count_over_time(tsm_requests_total{protocol="grpc"}[1m])') or 0) >= 2,
-    )
+def test_dashboard_and_autoscaling_queries_answer_from_real_series(prometheus: Prometheus, traffic: Traffic) -> None:
+    # Let at least two scrapes follow the requests, so the rates have samples to work on: two
+    # samples of the gRPC request's series that count it.
+    model = traffic.answers["grpc"]["model"]["name"]
+    labels = {"protocol": "grpc", "model": model, "code": "ok"}
+    counted = traffic.before.get(("tsm_requests_total", frozenset(labels.items())), 0.0) + 1
+    selector = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+
+    def samples_after() -> int:
+        result = prometheus.query(f'tsm_requests_total{{job="tsm-serve", {selector}}}[1m]')
+        return sum(float(v) >= counted for r in result for _, v in r["values"])
+
+    prometheus.wait_for("two samples after the requests", lambda: samples_after() >= 2)
     # Families that stay empty without overload, bad uploads or CUDA on this machine.
     may_be_empty = ("tsm_rejected_total", "tsm_decode_failures_total", "tsm_device_memory_bytes")
     for expr in dashboard_exprs():

@@ -1,6 +1,8 @@
-"""The gRPC front door, end to end: real server processes on loopback ports, real encoded videos.
+"""The gRPC front door, end to end: the real server in this process (its gRPC front door on a real
+loopback port), real encoded videos; a server process where the process itself is under test (TLS,
+a failed start, SIGTERM).
 
-Each answer is compared with what the HTTP front door of the same process says for the same file.
+Each answer is compared with what the HTTP front door of the same server says for the same file.
 """
 
 from __future__ import annotations
@@ -25,29 +27,21 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from harness.inproc import InProcessServer
 from harness.media import make_audio, make_video, truncate
 from harness.process import ServerProcess
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, GrpcClient, classification_dict
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLE_VIDEOS, UPLOAD_LIMIT
 
-LIMIT = 24_000_000  # upload limit of the module's server: a 20 MB video fits, 25 MB does not
 SERVICE = "tsm.v1.VideoClassifier"
-SAMPLE_VIDEOS = sorted(p for p in SAMPLES.glob("*") if p.suffix not in (".md", ".json", ".sh"))
 
 
 # ------------------------------------------------------------------------------------ helpers
 @pytest.fixture(scope="module")
-def server(tiny_store: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tiny_store, max_upload_bytes=LIMIT)
-    yield proc
-    assert proc.stop() == 0, proc.output()
-
-
-@pytest.fixture(scope="module")
-def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+def channel(server: InProcessServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.grpc_target) as ch:
         yield ch
 
 
@@ -56,9 +50,9 @@ def stub(channel: grpc.Channel) -> pb_grpc.VideoClassifierStub:
     return pb_grpc.VideoClassifierStub(channel)
 
 
-def http_answer(server: ServerProcess, path: Path, **params: object) -> httpx.Response:
+def post_video(client: httpx.Client, path: Path, **params: object) -> httpx.Response:
     with path.open("rb") as f:
-        return httpx.post(f"{server.url}/classify", params=params, files={"file": (path.name, f)}, timeout=60)
+        return client.post("/classify", params=params, files={"file": (path.name, f)})
 
 
 def stream_of(data: bytes, options: pb.ClassifyOptions, chunk: int = 256 * 1024, pause: float = 0.0):
@@ -89,8 +83,9 @@ def assert_status(error: grpc.RpcError, status: grpc.StatusCode, code: str) -> s
     return str(details)
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)} (\S+)$", httpx.get(f"{server.url}/metrics").text, re.M)
+def metric(server: InProcessServer | ServerProcess, name: str) -> float:
+    text = server.metrics() if isinstance(server, InProcessServer) else httpx.get(f"{server.url}/metrics").text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(found[1]) if found else 0.0
 
 
@@ -131,9 +126,9 @@ def test_committed_stubs_equal_a_fresh_generation() -> None:
 
 
 # ----------------------------------------------------------------------------- answers
-def test_unary_and_stream_answer_as_http_for_every_sample(server: ServerProcess, stub: Any, clip: Path) -> None:
+def test_unary_and_stream_answer_as_http_for_every_sample(server: InProcessServer, stub: Any, clip: Path) -> None:
     for video in [clip, *SAMPLE_VIDEOS]:
-        http = http_answer(server, video, top_k=3)
+        http = post_video(server.http, video, top_k=3)
         assert http.status_code == 200, (video.name, http.text)
         data = video.read_bytes()
         options = pb.ClassifyOptions(top_k=3, filename=video.name, content_type="video/mp4")
@@ -155,35 +150,35 @@ def test_views_other_model_and_request_id(stub: Any, clip: Path) -> None:
     assert set(classification_dict(c)["timings_ms"]) == {"upload", "decode", "queue", "inference", "total"}
 
 
-def test_list_models_matches_http(server: ServerProcess, stub: Any) -> None:
-    with GrpcClient(f"127.0.0.1:{server.grpc_port}") as client:
-        assert client.models() == httpx.get(f"{server.url}/v1/models").json()["models"]
+def test_list_models_matches_http(server: InProcessServer, stub: Any) -> None:
+    with GrpcClient(server.grpc_target) as client:
+        assert client.models() == server.http.get("/v1/models").json()["models"]
     assert [m.name for m in stub.ListModels(pb.ListModelsRequest()).models] == ["tiny", "tiny4"]
 
 
-def test_twenty_megabyte_video_streams_through(server: ServerProcess, tmp_path: Path) -> None:
+def test_twenty_megabyte_video_streams_through(server: InProcessServer, tmp_path: Path) -> None:
     big = make_video(tmp_path / "big.mp4", width=640, height=480, frames=128, pattern="noise")
-    assert 20_000_000 < big.stat().st_size < LIMIT
-    with GrpcClient(f"127.0.0.1:{server.grpc_port}") as client:
+    assert 20_000_000 < big.stat().st_size < UPLOAD_LIMIT
+    with GrpcClient(server.grpc_target) as client:
         answer = client.classify(big, top_k=2)  # ClassifyStream in 1 MiB chunks
     assert (answer["video"]["width"], answer["video"]["frames"]) == (640, 128)
-    assert comparable(answer) == comparable(http_answer(server, big, top_k=2).json())
+    assert comparable(answer) == comparable(post_video(server.http, big, top_k=2).json())
 
 
 # ------------------------------------------------------------------------------- errors
-def test_over_the_limit_is_resource_exhausted(server: ServerProcess, stub: Any) -> None:
+def test_over_the_limit_is_resource_exhausted(server: InProcessServer, stub: Any) -> None:
     """Streamed: refused while reading, with HTTP's message. Unary above the message limit
     (upload limit + 1 MiB): refused by gRPC itself, with the same status."""
-    too_big = b"\0" * (LIMIT + 1_000_000)
+    too_big = b"\0" * (UPLOAD_LIMIT + 1_000_000)
     error = rpc_error(lambda: stub.ClassifyStream(stream_of(too_big, pb.ClassifyOptions(), chunk=1 << 20)))
     message = assert_status(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large")
-    http = httpx.post(f"{server.url}/classify", content=iter([too_big]), headers={"Content-Type": "video/mp4"})
+    http = server.http.post("/classify", content=iter([too_big]), headers={"Content-Type": "video/mp4"})
     assert http.json()["error"] == {"code": "too_large", "message": message}
-    huge = rpc_error(lambda: stub.Classify(pb.ClassifyRequest(video=b"\0" * (LIMIT + 2 * 1024 * 1024))))
+    huge = rpc_error(lambda: stub.Classify(pb.ClassifyRequest(video=b"\0" * (UPLOAD_LIMIT + 2 * 1024 * 1024))))
     assert huge.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_errors_carry_the_http_code_and_message(server: ServerProcess, stub: Any, clip: Path, tmp_path: Path) -> None:
+def test_errors_carry_the_http_code_and_message(server: InProcessServer, stub: Any, clip: Path, tmp_path: Path) -> None:
     text = tmp_path / "notes.mp4"
     text.write_text("not a video at all\n" * 50)
     cases = [  # file, options, gRPC status
@@ -195,7 +190,7 @@ def test_errors_carry_the_http_code_and_message(server: ServerProcess, stub: Any
         (clip, {"crops": 2}, grpc.StatusCode.INVALID_ARGUMENT),
     ]
     for path, params, status in cases:
-        want = http_answer(server, path, **params).json()["error"]
+        want = post_video(server.http, path, **params).json()["error"]
         options, data = pb.ClassifyOptions(**params), path.read_bytes()
         unary = rpc_error(lambda: stub.Classify(pb.ClassifyRequest(options=options, video=data)))  # noqa: B023
         streamed = rpc_error(lambda: stub.ClassifyStream(stream_of(data, options)))  # noqa: B023
@@ -225,7 +220,7 @@ def test_protocol_mistakes_are_invalid_argument(stub: Any, clip: Path) -> None:
 
 
 def test_deadline_exceeded_and_cancelled_work_leaves_nothing_behind(
-    server: ServerProcess, stub: Any, clip: Path
+    server: InProcessServer, stub: Any, clip: Path
 ) -> None:
     data = clip.read_bytes()
     slow = stream_of(data, pb.ClassifyOptions(), chunk=len(data) // 4 + 1, pause=0.3)
@@ -249,20 +244,20 @@ def test_deadline_exceeded_and_cancelled_work_leaves_nothing_behind(
     assert stub.Classify(pb.ClassifyRequest(video=data), timeout=60).classification.predictions
 
 
-def test_client_maps_errors_and_the_command_uses_grpc(server: ServerProcess, clip: Path, tmp_path: Path) -> None:
-    with GrpcClient(f"127.0.0.1:{server.grpc_port}") as client, pytest.raises(ClassifyError) as info:
+def test_client_maps_errors_and_the_command_uses_grpc(server: InProcessServer, clip: Path, tmp_path: Path) -> None:
+    with GrpcClient(server.grpc_target) as client, pytest.raises(ClassifyError) as info:
         client.classify(clip, model="missing")
     assert (info.value.status, info.value.code, info.value.grpc_status) == (404, "unknown_model", "NOT_FOUND")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 100)
     done = subprocess.run(
-        [ROOT / ".venv/bin/tsm-classify", "--grpc", f"127.0.0.1:{server.grpc_port}", clip, bad, "--top-k", "2",
+        [ROOT / ".venv/bin/tsm-classify", "--grpc", server.grpc_target, clip, bad, "--top-k", "2",
          "--json"], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     answer = json.loads(done.stdout.splitlines()[0])
     assert comparable({k: v for k, v in answer.items() if k != "file"}) == comparable(
-        http_answer(server, clip, top_k=2).json()
+        post_video(server.http, clip, top_k=2).json()
     )
     assert "INVALID_ARGUMENT unsupported_media_type" in done.stderr
 
@@ -279,8 +274,8 @@ def test_health_serving_and_reflection_lists_every_service(channel: grpc.Channel
     assert [m.name for m in methods] == ["Classify", "ClassifyStream", "ListModels"]
 
 
-def test_buf_curl_a_client_we_did_not_write(server: ServerProcess, clip: Path, tmp_path: Path) -> None:
-    base = f"http://127.0.0.1:{server.grpc_port}"
+def test_buf_curl_a_client_we_did_not_write(server: InProcessServer, clip: Path, tmp_path: Path) -> None:
+    base = f"http://{server.grpc_target}"
     curl = [buf(), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
     listed = subprocess.run([*curl, "--list-services", base], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
@@ -296,28 +291,24 @@ def test_buf_curl_a_client_we_did_not_write(server: ServerProcess, clip: Path, t
     predictions = json.loads(done.stdout)["classification"]["predictions"]
     # protobuf JSON leaves out fields at their zero value, such as index 0
     got = [{"label": p["label"], "index": p.get("index", 0), "score": p["score"]} for p in predictions]
-    assert got == http_answer(server, clip, top_k=3).json()["predictions"]
+    assert got == post_video(server.http, clip, top_k=3).json()["predictions"]
     refused = classify(truncate(clip, tmp_path / "cut.mp4", 0.5).read_bytes())
     assert refused.returncode != 0 and '"code": "invalid_argument"' in refused.stderr
 
 
-# ----------------------------------------------------------------- other server processes
+# ------------------------------------------------ servers of their own: settings, TLS, processes
 def test_overload_is_resource_exhausted_with_retry_after(tiny_store: Path, clip: Path) -> None:
     """One slow stream holds the only queue slot: the next call is refused at once."""
-    proc = ServerProcess(tiny_store, max_queue_clips=1)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{proc.grpc_port}") as ch:
-            stub = pb_grpc.VideoClassifierStub(ch)
-            data = clip.read_bytes()
-            holder = stub.ClassifyStream.future(stream_of(data, pb.ClassifyOptions(), len(data) // 8 + 1, 0.2))
-            eventually(lambda: metric(proc, "tsm_requests_in_flight") >= 1, "the slow stream was admitted")
-            error = rpc_error(lambda: stub.Classify(pb.ClassifyRequest(video=data)))
-            assert_status(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
-            assert int(dict(error.trailing_metadata())["retry-after-s"]) >= 1
-            assert holder.result(timeout=60).classification.predictions
-            assert stub.Classify(pb.ClassifyRequest(video=data)).classification.predictions, "the slot is free"
-    finally:
-        assert proc.stop() == 0, proc.output()
+    with InProcessServer(tiny_store, max_queue_clips=1) as srv, grpc.insecure_channel(srv.grpc_target) as ch:
+        stub = pb_grpc.VideoClassifierStub(ch)
+        data = clip.read_bytes()
+        holder = stub.ClassifyStream.future(stream_of(data, pb.ClassifyOptions(), len(data) // 8 + 1, 0.2))
+        eventually(lambda: metric(srv, "tsm_requests_in_flight") >= 1, "the slow stream was admitted")
+        error = rpc_error(lambda: stub.Classify(pb.ClassifyRequest(video=data)))
+        assert_status(error, grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
+        assert int(dict(error.trailing_metadata())["retry-after-s"]) >= 1
+        assert holder.result(timeout=60).classification.predictions
+        assert stub.Classify(pb.ClassifyRequest(video=data)).classification.predictions, "the slot is free"
 
 
 def test_tls_from_settings(tiny_store: Path, clip: Path, tmp_path: Path) -> None:
@@ -335,7 +326,8 @@ def test_tls_from_settings(tiny_store: Path, clip: Path, tmp_path: Path) -> None
         with GrpcClient(target, root_certificates=cert.read_bytes()) as client:
             assert client.ready()
             answer = client.classify(clip, top_k=2)
-        assert comparable(answer) == comparable(http_answer(proc, clip, top_k=2).json())
+        with httpx.Client(base_url=proc.url, timeout=60) as http:
+            assert comparable(answer) == comparable(post_video(http, clip, top_k=2).json())
         with GrpcClient(target, timeout_s=5) as plaintext:
             assert not plaintext.ready(), "a plaintext client must not get through"
     finally:

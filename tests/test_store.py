@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from service.__main__ import main
 from service.model.tsm import CheckpointError, read_checkpoint
 from service.store import StoreError, find_entries, import_checkpoint, load_entry, write_random_entry
 from tests.checkpoints import write_checkpoint
@@ -23,21 +27,37 @@ def mbv2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_checkpoint("mobilenetv2", tmp_path_factory.mktemp("ckpt") / "mbv2.pth")
 
 
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *map(str, args)], capture_output=True, text=True, timeout=120
-    )
+@dataclass
+class Done:
+    returncode: int
+    stderr: str
 
 
-def cli_import(ckpt: Path, store: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str | Path, process: bool = False) -> Done:
+    """``tsm-serve ARGS``: its own ``main()`` in this process, or (``process``) ``python -m service``."""
+    if process:
+        done = subprocess.run(
+            [sys.executable, "-m", "service", *map(str, args)], capture_output=True, text=True, timeout=120
+        )
+        return Done(done.returncode, done.stderr)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            code = int(e.code or 0)
+    return Done(code, err.getvalue())
+
+
+def cli_import(ckpt: Path, store: Path, *extra: str, process: bool = False) -> Done:
     return cli("import-checkpoint", ckpt, "--arch", "mobilenetv2", "--num-segments", "8", "--labels", "kinetics400",
-               "--name", "m", "--store", store, *extra)  # fmt: skip
+               "--name", "m", "--store", store, *extra, process=process)  # fmt: skip
 
 
 def test_truncated_checkpoint_is_a_clear_cli_error(tmp_path: Path, mbv2_ckpt: Path) -> None:
     cut = tmp_path / "cut.pth"
     cut.write_bytes(mbv2_ckpt.read_bytes()[: mbv2_ckpt.stat().st_size // 2])
-    done = cli_import(cut, tmp_path / "store")
+    done = cli_import(cut, tmp_path / "store", process=True)  # the console script, end to end
     assert done.returncode == 2
     assert "not a readable PyTorch checkpoint" in done.stderr
     assert "Traceback" not in done.stderr
