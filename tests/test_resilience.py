@@ -1,17 +1,22 @@
-"""Under load and under attack, against real server processes on loopback: overload, drain under
-load, a short soak and a short fuzzing run. The full-size runs are bench/soak.py, bench/fuzz.py and
-bench/e2e.sh; these are bounded (a few hundred requests in all) and assert behaviour, not speed."""
+"""Under load and under attack, over loopback: overload and a short fuzzing run against the real
+server in this process; drain under load (a signal) and a short soak (the process's memory,
+descriptors and decode workers) against real server processes. The full-size runs are
+bench/soak.py, bench/fuzz.py and bench/e2e.sh; these are bounded (a few hundred requests in all)
+and assert behaviour, not speed."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
-from harness.fuzz import cases, make_seeds, send_cases, server_alive, verdict
+from harness.fuzz import cases, make_seeds, send_cases, verdict
+from harness.inproc import InProcessServer
 from harness.load import (
     GrpcTarget,
     HttpTarget,
@@ -59,12 +64,18 @@ def test_load_generator_refuses_non_loopback_targets() -> None:
 
 def test_overload_refuses_the_excess_fast_and_answers_the_rest_correctly(tiny_store: Path, busy_clip: Video) -> None:
     """4× capacity: 16 clients against a queue of 4 clips. HTTP answers 200 or 429 with
-    Retry-After, gRPC OK or RESOURCE_EXHAUSTED; every 200 equals the lone answer; memory is flat."""
-    proc = ServerProcess(tiny_store, max_queue_clips=4, max_delay_ms=20)
+    Retry-After, gRPC OK or RESOURCE_EXHAUSTED; every 200 equals the lone answer; memory is flat.
+    The server runs in this process: its memory is this process's plus its own decode workers'."""
+    pid = os.getpid()
+    elsewhere = set(decode_workers(pid))  # other in-process servers' workers (none recycle while idle)
+    srv = InProcessServer(tiny_store, http_port=True, max_queue_clips=4, max_delay_ms=20)
+
+    def tree_mb() -> float:
+        return rss_mb(pid) + sum(rss_mb(c) for c in decode_workers(pid) if c not in elsewhere)
 
     async def scenario() -> tuple[Record, list[list[Record]], list[Record], list[Record], list[float]]:
-        http = HttpTarget(proc.url, 16, timeout_s=HANG_S, params={"top_k": 5})
-        rpc = GrpcTarget(f"127.0.0.1:{proc.grpc_port}", timeout_s=HANG_S, top_k=5)
+        http = HttpTarget(srv.url, 16, timeout_s=HANG_S, params={"top_k": 5})
+        rpc = GrpcTarget(srv.grpc_target, timeout_s=HANG_S, top_k=5)
         rounds: list[list[Record]] = []
         rss: list[float] = []
         try:
@@ -72,7 +83,7 @@ def test_overload_refuses_the_excess_fast_and_answers_the_rest_correctly(tiny_st
             for _ in range(2):
                 records, _ = await closed_loop(http, [busy_clip], 16, 100, HANG_S)
                 rounds.append(records)
-                rss.append(rss_mb(proc.proc.pid) + sum(rss_mb(c) for c in decode_workers(proc.proc.pid)))
+                rss.append(tree_mb())
             grpc_records, _ = await closed_loop(rpc, [busy_clip], 16, 60, HANG_S)
             # open loop well above capacity: arrivals keep coming whatever the answers
             open_records, _ = await open_loop(http, [busy_clip], 100.0, 60, HANG_S)
@@ -103,7 +114,7 @@ def test_overload_refuses_the_excess_fast_and_answers_the_rest_correctly(tiny_st
         # bounded memory: a second identical round does not grow the process tree
         assert rss[1] < 4096 and rss[1] < rss[0] * 1.10 + 30, rss
     finally:
-        assert proc.stop() == 0, proc.output()
+        srv.close()  # drains and stops; raises if the server cannot
 
 
 def test_sigterm_under_load_completes_in_flight_refuses_new_and_loses_nothing(
@@ -187,18 +198,27 @@ def test_short_soak_keeps_memory_descriptors_and_spool_flat(tiny_store: Path, tm
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a decode worker outlived the server"
 
 
+def answers_probes(srv: InProcessServer) -> bool:
+    """The in-process server is alive: /healthz and /readyz answer 200, in the app and on its port."""
+    try:
+        local = [srv.http.get(route).status_code for route in ("/healthz", "/readyz")]
+        remote = [httpx.get(f"{srv.url}{route}", timeout=10).status_code for route in ("/healthz", "/readyz")]
+    except httpx.HTTPError:
+        return False
+    return local == remote == [200, 200]
+
+
 def test_fuzzed_uploads_never_crash_hang_or_5xx(tiny_store: Path, tmp_path: Path) -> None:
-    """80 seeded mutations (flips, cuts, duplications, header damage, splices) of real clips."""
+    """80 seeded mutations (flips, cuts, duplications, header damage, splices) of real clips. Decoders
+    run in worker processes: a crash there must leave the server (in this process) answering."""
     seeds = [Video(p.name, p.read_bytes()) for p in make_seeds(tmp_path / "seeds")]
     batch = cases(seeds, 80, seed=1)
-    proc = ServerProcess(tiny_store, decode_timeout_s=5, spool_dir=tmp_path / "spool")
-    try:
-        results = asyncio.run(send_cases(proc.url, batch, concurrency=2, timeout_s=HANG_S + 30))
-        alive = server_alive(proc.url, proc.proc)
-    finally:
-        code = proc.stop()
+    with InProcessServer(tiny_store, http_port=True, decode_timeout_s=5, spool_dir=tmp_path / "spool") as srv:
+        results = asyncio.run(send_cases(srv.url, batch, concurrency=2, timeout_s=HANG_S + 30))
+        alive = answers_probes(srv)
+    # leaving the block drained and stopped the server (an error there fails the test)
     report = verdict(results, hang_s=5 + 30, alive=alive)
-    assert report["passed"] and code == 0, report
+    assert report["passed"], report
     assert report["status_counts"].get("422"), "no mutation was refused as undecodable: the fuzzer is too gentle"
     assert not any((tmp_path / "spool").iterdir())
 

@@ -14,11 +14,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
-from harness.process import ServerProcess
+from harness.inproc import InProcessServer
 from service.decode import decode_file
 from service.sampling import SamplingSpec
 from service.store import load_entry, sha256_file
@@ -295,14 +294,11 @@ def test_server_classifies_every_example_correctly(tmp_path: Path) -> None:
     _trained_entry()
     store = tmp_path / "store"
     shutil.copytree(DEFAULT_ENTRY, store / ENTRY_NAME / "1")
-    server = ServerProcess(store, default_model=ENTRY_NAME)
-    try:
+    with InProcessServer(store, default_model=ENTRY_NAME) as server:
         for clip in _examples():
             with clip.open("rb") as f:
-                r = httpx.post(f"{server.url}/classify", params={"top_k": 3}, files={"file": f}, timeout=60)
+                r = server.http.post("/classify", params={"top_k": 3}, files={"file": f})
             assert r.status_code == 200, r.text
             answer = r.json()
             assert answer["model"]["name"] == ENTRY_NAME and not answer["model"]["untrained"]
             assert answer["predictions"][0]["label"] == _expected(clip), (clip.name, answer["predictions"])
-    finally:
-        assert server.stop() == 0, server.output()
