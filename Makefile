@@ -30,9 +30,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# The whole suite, with the coverage of service/ (also inside the server and decode-worker processes tests start).
+# The whole suite on one worker per core (tests marked xdist_group share a worker), with the coverage of
+# service/ (also inside the server and decode-worker processes the tests start).
 unit: install system-deps
-	$(VENV)/bin/pytest --cov --cov-report=term
+	$(VENV)/bin/pytest --numprocesses auto --dist loadgroup --cov --cov-report=term
 
 test: lint typecheck unit
 

@@ -9,7 +9,7 @@ import pytest
 
 from harness.inproc import InProcessServer
 from harness.media import make_video
-from harness.process import ROOT
+from harness.process import ROOT, ServerProcess, self_signed_certificate
 from service.store import write_random_entry
 
 SAMPLES = Path(__file__).parent / "data" / "videos"
@@ -33,6 +33,17 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real H.264 MP4, 96x64, 24 frames."""
     return make_video(tmp_path_factory.mktemp("clips") / "clip.mp4", width=96, height=64, frames=24, pattern="corner")
+
+
+@pytest.fixture(scope="session")
+def tls_server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    """One server process with HTTPS and gRPC over TLS (TLS is the process's own listeners), and the
+    certificate to trust. Tests using it are marked ``xdist_group("tls")`` so one worker runs them all."""
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    proc = ServerProcess(tiny_store, http_tls_cert_file=cert, http_tls_key_file=key, grpc_tls_cert_file=cert,
+                         grpc_tls_key_file=key, max_batch_clips=4)  # fmt: skip
+    yield proc, cert
+    assert proc.stop() == 0, proc.output()
 
 
 @pytest.fixture(scope="session")

@@ -545,22 +545,14 @@ def test_dockerfile_healthcheck_passes_on_a_live_server_and_fails_without_one(se
     assert subprocess.run(argv, env=env, timeout=30, capture_output=True, check=False).returncode != 0
 
 
-def test_dockerfile_healthcheck_speaks_https_when_the_server_does(tiny_store: Path, tmp_path: Path) -> None:
-    if "http_tls_cert_file" not in Settings.model_fields:
-        pytest.skip("this server version has no HTTPS")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    ok(tool("openssl", "apt-get install -y openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
-       "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-       "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1")  # fmt: skip
-    proc = ServerProcess(tiny_store, http_tls_cert_file=cert, http_tls_key_file=key)
-    try:
-        argv = [sys.executable, *healthcheck_argv()[1:]]
-        env = {**os.environ, "TSM_HTTP_PORT": str(proc.http_port), "TSM_HTTP_TLS_CERT_FILE": str(cert)}
-        assert subprocess.run(argv, env=env, timeout=30, check=False).returncode == 0
-        del env["TSM_HTTP_TLS_CERT_FILE"]  # plain HTTP to an HTTPS port fails
-        assert subprocess.run(argv, env=env, timeout=30, capture_output=True, check=False).returncode != 0
-    finally:
-        assert proc.stop() == 0, proc.output()
+@pytest.mark.xdist_group("tls")
+def test_dockerfile_healthcheck_speaks_https_when_the_server_does(tls_server: tuple[ServerProcess, Path]) -> None:
+    proc, cert = tls_server
+    argv = [sys.executable, *healthcheck_argv()[1:]]
+    env = {**os.environ, "TSM_HTTP_PORT": str(proc.http_port), "TSM_HTTP_TLS_CERT_FILE": str(cert)}
+    assert subprocess.run(argv, env=env, timeout=30, check=False).returncode == 0
+    del env["TSM_HTTP_TLS_CERT_FILE"]  # plain HTTP to an HTTPS port fails
+    assert subprocess.run(argv, env=env, timeout=30, capture_output=True, check=False).returncode != 0
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -311,27 +312,17 @@ def test_overload_is_resource_exhausted_with_retry_after(tiny_store: Path, clip:
         assert stub.Classify(pb.ClassifyRequest(video=data)).classification.predictions, "the slot is free"
 
 
-def test_tls_from_settings(tiny_store: Path, clip: Path, tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    proc = ServerProcess(tiny_store, grpc_tls_cert_file=cert, grpc_tls_key_file=key)
-    try:
-        target = f"127.0.0.1:{proc.grpc_port}"
-        with GrpcClient(target, root_certificates=cert.read_bytes()) as client:
-            assert client.ready()
-            answer = client.classify(clip, top_k=2)
-        with httpx.Client(base_url=proc.url, timeout=60) as http:
-            assert comparable(answer) == comparable(post_video(http, clip, top_k=2).json())
-        with GrpcClient(target, timeout_s=5) as plaintext:
-            assert not plaintext.ready(), "a plaintext client must not get through"
-    finally:
-        assert proc.stop() == 0, proc.output()
+@pytest.mark.xdist_group("tls")
+def test_tls_from_settings(tls_server: tuple[ServerProcess, Path], clip: Path) -> None:
+    proc, cert = tls_server
+    target = f"127.0.0.1:{proc.grpc_port}"
+    with GrpcClient(target, root_certificates=cert.read_bytes()) as client:
+        assert client.ready()
+        answer = client.classify(clip, top_k=2)
+    with httpx.Client(base_url=proc.url, timeout=60, verify=ssl.create_default_context(cafile=cert)) as http:
+        assert comparable(answer) == comparable(post_video(http, clip, top_k=2).json())
+    with GrpcClient(target, timeout_s=5) as plaintext:
+        assert not plaintext.ready(), "a plaintext client must not get through"
 
 
 def test_a_taken_port_or_half_tls_settings_fail_the_start(tiny_store: Path, tmp_path: Path) -> None:
@@ -352,7 +343,7 @@ def test_a_taken_port_or_half_tls_settings_fail_the_start(tiny_store: Path, tmp_
 def test_sigterm_drains_grpc_and_http_together(tiny_store: Path, clip: Path) -> None:
     """SIGTERM with slow uploads in flight on both protocols: health turns NOT_SERVING, new calls get
     UNAVAILABLE / 503, every in-flight request completes, the process exits 0."""
-    proc = ServerProcess(tiny_store)
+    proc = ServerProcess(tiny_store, max_batch_clips=4)
     data = clip.read_bytes()
     piece = len(data) // 8 + 1
 

@@ -190,7 +190,7 @@ def test_overload_is_429_with_retry_after(tiny_store: Path, clip: Path) -> None:
 
 def test_drain_finishes_in_flight_requests_and_refuses_new_ones(tiny_store: Path, clip: Path) -> None:
     """SIGTERM with 8 slow uploads in flight: all 8 complete, a new request is refused, exit 0."""
-    proc = ServerProcess(tiny_store)
+    proc = ServerProcess(tiny_store, max_batch_clips=4)
     data = clip.read_bytes()
 
     async def slow_upload(client: httpx.AsyncClient) -> int:

@@ -124,7 +124,7 @@ def test_sigterm_under_load_completes_in_flight_refuses_new_and_loses_nothing(
     refusal (503 / UNAVAILABLE / connection refused), requests in flight at the signal succeed,
     none hangs, and the process exits 0 within the drain budget."""
     drain_s = 10.0
-    proc = ServerProcess(tiny_store, drain_timeout_s=drain_s)
+    proc = ServerProcess(tiny_store, drain_timeout_s=drain_s, max_batch_clips=4)
     signalled_at: list[float] = []
 
     async def scenario() -> tuple[list[Record], list[Record], float]:
@@ -180,7 +180,7 @@ def test_short_soak_keeps_memory_descriptors_and_spool_flat(tiny_store: Path, tm
     """240 requests, a third malformed, workers recycled every 10 decodes (bench/soak.py: 10,000)."""
     spool = tmp_path / "spool"
     valid, malformed = make_mix(tmp_path / "videos")
-    proc = ServerProcess(tiny_store, spool_dir=spool, decode_max_jobs=10, decode_timeout_s=10)
+    proc = ServerProcess(tiny_store, spool_dir=spool, decode_max_jobs=10, decode_timeout_s=10, max_batch_clips=4)
     workers: set[int] = set()
     try:
         records, snaps = asyncio.run(
@@ -228,7 +228,7 @@ def test_requests_still_in_flight_when_the_drain_budget_ends_get_an_explicit_503
 ) -> None:
     """Batches that wait 20 s keep every request in flight past a 1 s drain budget: each must end
     as 503 ``draining`` (gRPC UNAVAILABLE), never as a 500 or a dropped connection."""
-    proc = ServerProcess(tiny_store, drain_timeout_s=1, max_batch_clips=64, max_delay_ms=20_000)
+    proc = ServerProcess(tiny_store, drain_timeout_s=1, max_batch_clips=8, max_delay_ms=20_000)  # 6 clips: never full
 
     async def scenario() -> tuple[list[Record], list[Record]]:
         http = HttpTarget(proc.url, 4, timeout_s=HANG_S)

@@ -4,9 +4,7 @@ process's listener), and private spooling of uploads."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,25 +87,14 @@ def test_grpc_needs_a_key_but_health_does_not(locked: InProcessServer, clip: Pat
         assert {m["name"] for m in client.models()} == {"tiny", "tiny4"}
 
 
-def test_https(tiny_store: Path, tmp_path: Path, clip: Path) -> None:
-    openssl = shutil.which("openssl")
-    assert openssl, "openssl is needed to make a test certificate"
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    proc = ServerProcess(tiny_store, http_tls_cert_file=cert, http_tls_key_file=key)
-    try:
-        assert proc.url.startswith("https://")
-        with Client(proc.url, verify=str(cert)) as client:
-            assert client.classify(clip, top_k=1)["predictions"]
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"http://127.0.0.1:{proc.http_port}/healthz", timeout=5)
-    finally:
-        assert proc.stop() == 0
+@pytest.mark.xdist_group("tls")
+def test_https(tls_server: tuple[ServerProcess, Path], clip: Path) -> None:
+    proc, cert = tls_server
+    assert proc.url.startswith("https://")
+    with Client(proc.url, verify=str(cert)) as client:
+        assert client.classify(clip, top_k=1)["predictions"]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{proc.http_port}/healthz", timeout=5)
 
 
 def test_uploads_spool_privately_and_are_removed(tiny_store: Path, tmp_path: Path, clip: Path) -> None:

@@ -124,7 +124,9 @@ def test_drain_refuses_new_work_and_stop_removes_the_spool(tiny_store: Path, cli
 
 def test_requests_past_the_drain_budget_are_answered_draining(tiny_store: Path, clip: Path) -> None:
     """abort_in_flight: a request still running when the budget ends gets ``draining``, not a bare cancel."""
-    with InProcessServer(tiny_store, max_batch_clips=64, max_delay_ms=20_000, drain_timeout_s=0.2) as srv:
+    with InProcessServer(
+        tiny_store, max_batch_clips=2, max_delay_ms=20_000, drain_timeout_s=0.2
+    ) as srv:  # 1 clip: never full
         classifier = srv.server.require_classifier()
         data = clip.read_bytes()
 
