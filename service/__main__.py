@@ -22,8 +22,6 @@ from pydantic import ValidationError
 
 from service.config import Settings
 from service.logs import configure_logging
-from service.model.tsm import CheckpointError
-from service.store import StoreError, import_checkpoint
 
 log = logging.getLogger("tsm")
 _STOP_GRACE_S = 5  # after the drain: the last moments for connections of both servers to close
@@ -145,12 +143,19 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    entry = import_checkpoint(
-        args.checkpoint, arch=args.arch, num_segments=args.num_segments, labels=args.labels, name=args.name,
-        version=args.version, store=args.store, shift=not args.no_shift, shift_div=args.shift_div,
-        shift_place=args.shift_place, width_mult=args.width_mult, input_size=args.input_size,
-        scale_size=args.scale_size, overwrite=args.overwrite,
-    )  # fmt: skip
+    from service.model.tsm import CheckpointError
+    from service.store import StoreError, import_checkpoint
+
+    try:
+        entry = import_checkpoint(
+            args.checkpoint, arch=args.arch, num_segments=args.num_segments, labels=args.labels, name=args.name,
+            version=args.version, store=args.store, shift=not args.no_shift, shift_div=args.shift_div,
+            shift_place=args.shift_place, width_mult=args.width_mult, input_size=args.input_size,
+            scale_size=args.scale_size, overwrite=args.overwrite,
+        )  # fmt: skip
+    except (StoreError, CheckpointError) as e:
+        print(f"tsm-serve: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {entry}")
     return 0
 
@@ -192,6 +197,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """torch and the server are imported only once they are needed: ``--help`` and a settings
+    error answer at once."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "import-checkpoint":
@@ -199,9 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
         configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(serve(settings))
-    except (StoreError, CheckpointError) as e:
-        print(f"tsm-serve: error: {e}", file=sys.stderr)
-        return 2
     except ValidationError as e:
         print(f"tsm-serve: invalid settings: {e}", file=sys.stderr)
         return 2

@@ -44,6 +44,11 @@ from service.config import Settings
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
+# One worker runs this module (under pytest-xdist): most of its tools (docker-compose, kubectl, promtool,
+# Prometheus) are Go programs, and once two of them, started at the same moment by the two
+# workers of a loaded 2-core machine, spun at full CPU for minutes. Not understood; kept apart.
+pytestmark = pytest.mark.xdist_group("deploy")
+
 OVERLAYS = ("gpu", "cpu")
 PROFILES = {"gpu": "tsm-serve", "cpu": "tsm-serve-cpu"}  # compose profile -> its server service
 STOP_GRACE_S = 5  # service/__main__.py: the servers' own grace after the drain
