@@ -342,7 +342,8 @@ def test_a_taken_port_or_half_tls_settings_fail_the_start(tiny_store: Path, tmp_
 
 def test_sigterm_drains_grpc_and_http_together(tiny_store: Path, clip: Path) -> None:
     """SIGTERM with slow uploads in flight on both protocols: health turns NOT_SERVING, new calls get
-    UNAVAILABLE / 503, every in-flight request completes, the process exits 0."""
+    UNAVAILABLE / 503, readiness 503, every in-flight request completes, the process exits 0.
+    (HTTP's own drain test lives here: one process for both protocols.)"""
     proc = ServerProcess(tiny_store, max_batch_clips=4)
     data = clip.read_bytes()
     piece = len(data) // 8 + 1
@@ -367,6 +368,8 @@ def test_sigterm_drains_grpc_and_http_together(tiny_store: Path, clip: Path) -> 
         assert health(ch, "") == health_pb2.HealthCheckResponse.NOT_SERVING
         late = rpc_error(lambda: stub.Classify(pb.ClassifyRequest(video=data)))
         assert_status(late, grpc.StatusCode.UNAVAILABLE, "draining")
+        late_http = httpx.post(f"{proc.url}/classify", content=data, headers={"Content-Type": "video/mp4"})
+        assert (late_http.status_code, late_http.json()["error"]["code"]) == (503, "draining")
         assert httpx.get(f"{proc.url}/readyz").status_code == 503
         assert all(s.result(timeout=60).classification.predictions for s in streams)
         assert [p.result(timeout=60) for p in posts] == [200] * 4
