@@ -30,10 +30,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# The whole suite on one worker per core (tests marked xdist_group share a worker), with the coverage of
-# service/ (also inside the server and decode-worker processes the tests start).
+# The whole suite, with the coverage of service/ (also inside the server and decode-worker processes the
+# tests start). One process: under pytest-xdist, Go tools (docker-compose, kubectl, promtool) started by
+# the tests twice spun at full CPU until killed, on fresh clones; not understood, so not used.
 unit: install system-deps
-	$(VENV)/bin/pytest --numprocesses auto --dist loadgroup --cov --cov-report=term
+	$(VENV)/bin/pytest --cov --cov-report=term
 
 test: lint typecheck unit
 

@@ -38,7 +38,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tls_server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     """One server process with HTTPS and gRPC over TLS (TLS is the process's own listeners), and the
-    certificate to trust. Tests using it are marked ``xdist_group("tls")`` so one worker runs them all."""
+    certificate to trust: the HTTPS, gRPC TLS and HTTPS-healthcheck tests share it."""
     cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     proc = ServerProcess(tiny_store, http_tls_cert_file=cert, http_tls_key_file=key, grpc_tls_cert_file=cert,
                          grpc_tls_key_file=key, max_batch_clips=4)  # fmt: skip

@@ -44,11 +44,6 @@ from service.config import Settings
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
-# One worker runs this module (under pytest-xdist): most of its tools (docker-compose, kubectl, promtool,
-# Prometheus) are Go programs, and once two of them, started at the same moment by the two
-# workers of a loaded 2-core machine, spun at full CPU for minutes. Not understood; kept apart.
-pytestmark = pytest.mark.xdist_group("deploy")
-
 OVERLAYS = ("gpu", "cpu")
 PROFILES = {"gpu": "tsm-serve", "cpu": "tsm-serve-cpu"}  # compose profile -> its server service
 STOP_GRACE_S = 5  # service/__main__.py: the servers' own grace after the drain
@@ -550,7 +545,6 @@ def test_dockerfile_healthcheck_passes_on_a_live_server_and_fails_without_one(se
     assert subprocess.run(argv, env=env, timeout=30, capture_output=True, check=False).returncode != 0
 
 
-@pytest.mark.xdist_group("tls")
 def test_dockerfile_healthcheck_speaks_https_when_the_server_does(tls_server: tuple[ServerProcess, Path]) -> None:
     proc, cert = tls_server
     argv = [sys.executable, *healthcheck_argv()[1:]]

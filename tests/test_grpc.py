@@ -312,7 +312,6 @@ def test_overload_is_resource_exhausted_with_retry_after(tiny_store: Path, clip:
         assert stub.Classify(pb.ClassifyRequest(video=data)).classification.predictions, "the slot is free"
 
 
-@pytest.mark.xdist_group("tls")
 def test_tls_from_settings(tls_server: tuple[ServerProcess, Path], clip: Path) -> None:
     proc, cert = tls_server
     target = f"127.0.0.1:{proc.grpc_port}"

@@ -87,7 +87,6 @@ def test_grpc_needs_a_key_but_health_does_not(locked: InProcessServer, clip: Pat
         assert {m["name"] for m in client.models()} == {"tiny", "tiny4"}
 
 
-@pytest.mark.xdist_group("tls")
 def test_https(tls_server: tuple[ServerProcess, Path], clip: Path) -> None:
     proc, cert = tls_server
     assert proc.url.startswith("https://")
