@@ -5,10 +5,9 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install system-deps serve test lint typecheck unit clean
 
-# --no-compile: Python compiles what it imports on first use; compiling all of torch up front costs ~20 s.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
