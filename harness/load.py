@@ -367,7 +367,7 @@ class Sampler:
                 await asyncio.sleep(self._interval)
 
 
-def metric(text: str, name: str, **labels: str) -> float:
+def metric(text: str, name: str, /, **labels: str) -> float:
     """One series of a Prometheus exposition (0 when absent)."""
     for line in text.splitlines():
         m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from harness.inproc import InProcessServer
+from harness.load import metric
 from harness.media import truncate
 from service.classifier import Classification, Classifier, top_k
 from service.errors import ErrorKind, ServiceError
@@ -46,9 +46,7 @@ def refused(
 
 
 def counter(srv: InProcessServer, name: str, **labels: str) -> float:
-    selector = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
-    found = re.search(rf"^{re.escape(name + selector)} (\S+)$", srv.metrics(), re.M)
-    return float(found[1]) if found else 0.0
+    return metric(srv.metrics(), name, **labels)
 
 
 def spool_files(srv: InProcessServer) -> list[Path]:

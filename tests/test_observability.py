@@ -14,16 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness.inproc import InProcessServer
+from harness.load import metric
 from service.logs import JsonFormatter
-
-
-def sample(text: str, metric: str, **labels: str) -> float:
-    """The value of one series in a Prometheus exposition (0 when absent)."""
-    for line in text.splitlines():
-        m = re.match(rf"^{metric}(?:\{{(.*)\}})? (\S+)$", line)
-        if m and all(f'{k}="{v}"' in (m[1] or "") for k, v in labels.items()):
-            return float(m[2])
-    return 0.0
 
 
 def test_metrics_pass_promtool_and_move_with_requests(server: InProcessServer, clip: Path) -> None:
@@ -39,21 +31,21 @@ def test_metrics_pass_promtool_and_move_with_requests(server: InProcessServer, c
     assert check.returncode == 0, check.stdout + check.stderr
 
     ok = {"protocol": "http", "model": "tiny", "code": "ok"}
-    assert sample(after, "tsm_requests_total", **ok) == sample(before, "tsm_requests_total", **ok) + 1
+    assert metric(after, "tsm_requests_total", **ok) == metric(before, "tsm_requests_total", **ok) + 1
     for stage in ("upload", "decode", "queue", "inference", "total"):
         labels = {"protocol": "http", "stage": stage}
-        assert sample(after, "tsm_request_duration_seconds_count", **labels) > sample(
+        assert metric(after, "tsm_request_duration_seconds_count", **labels) > metric(
             before, "tsm_request_duration_seconds_count", **labels
         )
     bad = {"reason": "unsupported_media_type"}
-    assert sample(after, "tsm_decode_failures_total", **bad) == sample(before, "tsm_decode_failures_total", **bad) + 1
-    assert sample(after, "tsm_batch_clips_count", model="tiny") > sample(before, "tsm_batch_clips_count", model="tiny")
-    assert sample(after, "tsm_model_info", name="tiny", arch="mobilenetv2", segments="8", device="cpu") == 1
-    assert sample(after, "tsm_decode_workers", state="workers") == 2
-    assert sample(after, "tsm_decode_jobs_total") > sample(before, "tsm_decode_jobs_total")
+    assert metric(after, "tsm_decode_failures_total", **bad) == metric(before, "tsm_decode_failures_total", **bad) + 1
+    assert metric(after, "tsm_batch_clips_count", model="tiny") > metric(before, "tsm_batch_clips_count", model="tiny")
+    assert metric(after, "tsm_model_info", name="tiny", arch="mobilenetv2", segments="8", device="cpu") == 1
+    assert metric(after, "tsm_decode_workers", state="workers") == 2
+    assert metric(after, "tsm_decode_jobs_total") > metric(before, "tsm_decode_jobs_total")
     assert re.search(r"^tsm_decode_worker_restarts_total ", after, re.M), "the restart counter is exported"
-    assert sample(after, "tsm_decode_worker_restarts_total") == sample(before, "tsm_decode_worker_restarts_total")
-    assert sample(after, "tsm_ready") == 1
+    assert metric(after, "tsm_decode_worker_restarts_total") == metric(before, "tsm_decode_worker_restarts_total")
+    assert metric(after, "tsm_ready") == 1
     assert "tsm_queue_clips{" in after
 
 
@@ -65,8 +57,8 @@ def test_a_decode_worker_killed_for_overrunning_is_counted_as_a_restart(tiny_sto
             r = srv.http.post("/classify", files={"file": f})
         assert r.status_code == 422 and r.json()["error"]["code"] == "decode_timeout", r.text
         metrics = srv.metrics()
-        assert sample(metrics, "tsm_decode_worker_restarts_total") == 1
-        assert sample(metrics, "tsm_decode_jobs_total") == 1  # run, and failed
+        assert metric(metrics, "tsm_decode_worker_restarts_total") == 1
+        assert metric(metrics, "tsm_decode_jobs_total") == 1  # run, and failed
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ stop, on real models, decode workers and batchers in this process."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from harness.inproc import InProcessServer
+from harness.load import metric
 from service.config import Settings
 from service.errors import ErrorKind, ServiceError
 from service.request import ClassifyOptions
@@ -18,14 +18,6 @@ from service.sampling import SamplingSpec
 from service.server import ModelInfo, Server
 from service.store import StoreError
 from tests.conftest import TINY_LABELS
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    found = re.search(
-        rf"^{re.escape(name)}{{{re.escape(selector)}}} (\S+)$" if labels else rf"^{name} (\S+)$", text, re.M
-    )
-    return float(found[1]) if found else 0.0
 
 
 def test_models_info_describes_every_loaded_model(server: InProcessServer) -> None:
