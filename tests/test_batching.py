@@ -220,6 +220,18 @@ def test_full_queue_rejects_with_retry_after() -> None:
     run(main)
 
 
+def test_a_smaller_batch_may_be_asked_for_never_a_larger_one() -> None:
+    runner = make_runner(max_batch_clips=4)
+    try:
+        assert Batcher(runner, BatcherConfig(), max_batch=2).max_batch == 2
+        assert Batcher(runner, BatcherConfig()).max_batch == 4, "the runner's size by default"
+        for size in (0, 5):
+            with pytest.raises(ValueError, match="between 1 and the runner's 4"):
+                Batcher(runner, BatcherConfig(), max_batch=size)
+    finally:
+        runner.close()
+
+
 def test_expired_requests_never_reach_the_model() -> None:
     gate = Gate(small_tsm())
 
