@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,9 +46,16 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on CUDA, float32 on CPU"
     )
-    torch_threads: int = Field(default=0, ge=0, description="intra-op CPU threads; 0: torch's default")
+    torch_threads: int = Field(default=0, ge=0, description="inference threads; 0: its share of cpu_budget")
     channels_last: bool = True
-    compile: bool = Field(default=False, description="torch.compile the model (slower start, faster steady state)")
+    engine: Literal["auto", "torch", "compile", "openvino"] = Field(
+        "auto",
+        description="auto: the fastest engine that passes verification here (CPU: openvino or torch; CUDA: torch); "
+        "compile: torch.compile (slow start)",
+    )
+    engine_cache_dir: Path | None = Field(
+        default=None, description="converted engines, reused across restarts; default ~/.cache/tsm-serve/engines"
+    )
     cuda_graphs: bool = Field(default=False, description="capture CUDA graphs per batch-size bucket (CUDA only)")
 
     # --- batching and admission
@@ -55,13 +64,17 @@ class Settings(BaseSettings):
     max_queue_clips: int = Field(default=256, ge=1, description="admitted but unfinished clips; beyond: 429")
     request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of a request that sets none")
 
+    # --- the CPU budget: inference threads + decode workers × decoder threads <= cpu_budget
+    cpu_budget: int = Field(default=0, ge=0, description="cores this server may use; 0: the cores it may run on "
+                            "(CPU affinity and cgroup quota)")  # fmt: skip
+
     # --- decoding
-    decode_workers: int = Field(default=0, ge=0, description="decode processes; 0: one per CPU core")
+    decode_workers: int = Field(default=0, ge=0, description="decode processes; 0: their share of cpu_budget")
     decode_timeout_s: float = Field(default=20.0, gt=0, description="a decode running longer is killed")
     decode_memory_mb: int = Field(
         default=2048, ge=768, description="address-space cap of each decode worker (decord alone maps ~650 MB)"
     )
-    decode_threads: int = Field(default=1, ge=0, description="decoder threads per worker; 0: ffmpeg's choice")
+    decode_threads: int = Field(default=1, ge=1, description="decoder threads per worker")
     decode_max_jobs: int = Field(default=200, ge=1, description="a worker is replaced after this many decodes")
     max_upload_bytes: int = Field(default=200 * MiB, ge=1)
     max_frame_pixels: int = Field(default=4096 * 2304, ge=1, description="width*height of a frame, at most")
@@ -83,8 +96,51 @@ class Settings(BaseSettings):
                 raise ValueError(f"set both {proto}_tls_cert_file and {proto}_tls_key_file, or neither")
         return self
 
-    def decode_worker_count(self) -> int:
-        return self.decode_workers or os.cpu_count() or 1
+    def cpu_split(self, accelerator: bool) -> CpuSplit:
+        """Divide the CPU budget between inference and decoding; refuse settings that oversubscribe.
+
+        On CPU, inference gets half the cores (rounded down, at least one) and decode workers the rest:
+        both halves are busy under load. With an accelerator the host needs one inference thread to
+        feed it and every other core decodes. One thread of each is the floor, even on one core."""
+        budget = self.cpu_budget or available_cores()
+        inference = self.torch_threads or (1 if accelerator else max(1, budget // 2))
+        workers = self.decode_workers or max(1, (budget - inference) // self.decode_threads)
+        used = inference + workers * self.decode_threads
+        if used > max(budget, 2):
+            raise ValueError(
+                f"CPU budget exceeded: {inference} inference thread(s) + {workers} decode worker(s) × "
+                f"{self.decode_threads} decoder thread(s) = {used} threads on {budget} core(s) "
+                f"(TSM_CPU_BUDGET {'set' if self.cpu_budget else 'from this machine'}). Threads beyond the cores "
+                "slow every request down; lower TSM_TORCH_THREADS, TSM_DECODE_WORKERS or TSM_DECODE_THREADS, "
+                "or leave them at 0 to be derived"
+            )
+        return CpuSplit(budget, inference, workers, self.decode_threads)
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    budget: int
+    inference_threads: int
+    decode_workers: int
+    decode_threads: int
+
+    def describe(self) -> str:
+        return (
+            f"CPU budget {self.budget} core(s): inference {self.inference_threads} thread(s), decoding "
+            f"{self.decode_workers} worker(s) × {self.decode_threads} thread(s)"
+        )
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
 def default(name: str) -> Any:

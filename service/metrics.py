@@ -51,8 +51,8 @@ class Metrics:
         )
         self.in_flight = Gauge("tsm_requests_in_flight", "Requests being handled now.", registry=r)
         self.model_info = Gauge(
-            "tsm_model_info", "Loaded models (value 1).", ["name", "version", "arch", "segments", "device", "dtype"],
-            registry=r,
+            "tsm_model_info", "Loaded models (value 1) and the engine serving each.",
+            ["name", "version", "arch", "segments", "device", "dtype", "engine"], registry=r,
         )  # fmt: skip
         self.ready = Gauge("tsm_ready", "1 when models are warm and the server is not draining.", registry=r)
         self.device_memory = Gauge("tsm_device_memory_bytes", "CUDA memory of this process.", ["kind"], registry=r)

@@ -10,8 +10,11 @@ into a pinned host buffer, start the host-to-device copy on a side stream), :met
 Every torch call runs on the runner's own thread (CUDA graphs and ``torch.compile``'s graph trees
 are bound to the thread that recorded them); :meth:`forward` and :meth:`warmup` hop onto it.
 
-Precision: autocast float16 (default) or bfloat16 on CUDA; float32 on CPU, whatever is asked
-(CPU half-precision convolutions are slower than float32 on the machines we serve from).
+The forward pass itself is an *engine* (``service.engines``): torch eager, torch.compile or
+OpenVINO, chosen and verified against the float32 eager reference during :meth:`Runner.warmup`.
+
+Precision: autocast float16 (default) or bfloat16 on CUDA; on CPU float32, or bfloat16 through
+OpenVINO when asked for (torch's CPU half-precision convolutions are slower than float32 here).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -29,6 +33,17 @@ import torch
 from torch import Tensor, nn
 
 from service.config import default
+from service.engines import (
+    Compute,
+    Engine,
+    EngineCache,
+    ModelIdentity,
+    build_openvino,
+    openvino_available,
+    seeded_clips,
+    time_batch1,
+    verify,
+)
 from service.errors import ErrorKind, ServiceError
 
 if TYPE_CHECKING:
@@ -49,11 +64,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The precision of the torch engines: on CPU always float32 (bfloat16 is OpenVINO's there)."""
     if device.type != "cuda":
-        if name not in ("auto", "float32"):
-            log.warning("dtype %s ignored on %s: CPU inference runs in float32", name, device)
+        if name == "float16":
+            log.warning("dtype float16 ignored on %s: CPU inference runs in float32 (or bfloat16)", device)
         return torch.float32
     return torch.float16 if name == "auto" else _DTYPES[name]
+
+
+# Largest batch warmed up on CPU: past 2-4 clips a CPU batch gets no faster per clip (bench/RESULTS.md),
+# so bigger batches run as chunks of a warmed size and warming them would only delay readiness.
+CPU_WARM_MAX = 4
 
 
 @dataclass(frozen=True)
@@ -65,17 +86,19 @@ class RunnerConfig:
     dtype: str = default("dtype")
     torch_threads: int = default("torch_threads")
     channels_last: bool = default("channels_last")
-    compile: bool = default("compile")
+    engine: str = default("engine")
+    engine_cache_dir: Path | None = default("engine_cache_dir")  # noqa: RUF009 (None: immutable)
     cuda_graphs: bool = default("cuda_graphs")
     max_batch_clips: int = default("max_batch_clips")
     chunk_cpu_batches: bool = True  # False: run every batch whole (model-only benchmarks)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RunnerConfig:
+    def from_settings(cls, settings: Settings, torch_threads: int | None = None) -> RunnerConfig:
+        """``torch_threads``: the inference share of the CPU budget (``Settings.cpu_split``)."""
         return cls(
-            device=settings.device, dtype=settings.dtype, torch_threads=settings.torch_threads,
-            channels_last=settings.channels_last, compile=settings.compile, cuda_graphs=settings.cuda_graphs,
-            max_batch_clips=settings.max_batch_clips,
+            device=settings.device, dtype=settings.dtype, torch_threads=torch_threads or settings.torch_threads,
+            channels_last=settings.channels_last, engine=settings.engine, engine_cache_dir=settings.engine_cache_dir,
+            cuda_graphs=settings.cuda_graphs, max_batch_clips=settings.max_batch_clips,
         )  # fmt: skip
 
 
@@ -137,8 +160,12 @@ class Runner:
         num_segments: int,
         input_size: int,
         config: RunnerConfig,
+        identity: ModelIdentity | None = None,
     ) -> None:
+        """``identity`` (arch, weights hash) lets converted engines be cached on disk and sets the
+        verification tolerance; without it they are converted at every start."""
         self.config = config
+        self.identity = identity
         self.device = resolve_device(config.device)
         self._normalise = Normalise(mean, std, self.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
@@ -160,14 +187,13 @@ class Runner:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         self._autocast = self._cuda and self.dtype != torch.float32
-        self._use_graphs = self._cuda and config.cuda_graphs and not config.compile
-        self._compute: Callable[[Tensor], Tensor] = self._compute_eager
-        if config.compile:
-            mode = "reduce-overhead" if self._cuda and config.cuda_graphs else "default"
-            self._compute = torch.compile(self._compute_eager, mode=mode, dynamic=False)
+        # Until warm-up has chosen and verified an engine, the reference serves.
+        self.engine = Engine("torch", "float32", self._compute_reference)
+        self._compute: Compute = self._compute_reference
+        self._use_graphs = False
         # Padding to buckets keeps shapes fixed for graphs, compile and cuDNN autotuning; on CPU
         # eager it would only waste work.
-        self._pad = self._cuda or config.compile
+        self._pad = self._cuda
         self.buckets: list[int] = []
         self.warmup_s: dict[int, float] = {}  # steady-state seconds per batch, by bucket
         self.cpu_chunk: int | None = None  # set by warm-up on CPU
@@ -206,11 +232,12 @@ class Runner:
         return self._call(lambda: self.collect(self.launch(self.stage(clips))))
 
     def warmup(self, buckets: Sequence[int] | None = None) -> None:
-        """Run each batch-size bucket up to ``max_batch`` (largest first: memory trouble shows at
-        once); sets the buckets and, on CPU, the chunk size.
+        """Choose and verify the engine, then run each batch-size bucket (largest first: memory
+        trouble shows at once); sets the buckets and, on CPU, the chunk size. Only what serving
+        runs is warmed: on CPU, sizes up to ``CPU_WARM_MAX`` (larger batches run in chunks).
 
         ``buckets`` overrides the default powers of two (benches use it to limit compile time)."""
-        self._call(lambda: self._warmup(sorted(set(buckets or batch_buckets(self.max_batch)))))
+        self._call(lambda: self._warmup(sorted(set(buckets)) if buckets else None))
 
     def check_clips(self, clips: np.ndarray) -> None:
         if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[1:] != self.clip_shape:
@@ -266,14 +293,96 @@ class Runner:
         return launched.out[: launched.rows].float().cpu().numpy()
 
     # ------------------------------------------------------------------------------- compute
+    def _compute_reference(self, x: Tensor) -> Tensor:
+        """Eager float32: what every engine is verified against."""
+        x = self._normalise(x)
+        return self.model(x if self._channels_last else x.contiguous())
+
     def _compute_eager(self, x: Tensor) -> Tensor:
+        if not self._autocast:
+            return self._compute_reference(x)
         x = self._normalise(x)
         if not self._channels_last:
             x = x.contiguous()
-        with torch.autocast(self.device.type, self.dtype, enabled=self._autocast, cache_enabled=not self._use_graphs):
-            if self._autocast:
-                x = x.to(self.dtype)
-            return self.model(x)
+        with torch.autocast(self.device.type, self.dtype, cache_enabled=not self._use_graphs):
+            return self.model(x.to(self.dtype))
+
+    # ------------------------------------------------------------------------------- engines
+    def _candidates(self) -> list[str]:
+        wanted = self.config.engine
+        if wanted != "auto":
+            return [wanted]
+        # compile is never automatic: it takes minutes per batch size on CUDA
+        return ["openvino", "torch"] if not self._cuda and openvino_available() else ["torch"]
+
+    def _build(self, name: str, reuse_cached: bool = True) -> Engine:
+        precision = str(self.dtype).removeprefix("torch.")
+        if name == "torch":
+            return Engine("torch", precision, self._compute_eager)
+        if name == "compile":
+            mode = "reduce-overhead" if self._cuda and self.config.cuda_graphs else "default"
+            return Engine("compile", precision, torch.compile(self._compute_eager, mode=mode, dynamic=False))
+        if name == "openvino":
+            if self._cuda:
+                raise ValueError("OpenVINO runs on the CPU; this runner is on " + str(self.device))
+            identity = self.identity or ModelIdentity("", "", self.clip_shape)
+            ov_precision = "bfloat16" if self.config.dtype == "bfloat16" else "float32"
+            cache = EngineCache(self.config.engine_cache_dir) if self.identity else None
+            return build_openvino(
+                self.model, self._normalise, identity, ov_precision, self.config.torch_threads, cache, reuse_cached
+            )
+        raise ValueError(f"unknown engine {name!r}")
+
+    def _verified(self, name: str, clips: Tensor) -> Engine | None:
+        """Build ``name`` and verify it; a cached engine that fails is rebuilt once. None: refused."""
+        arch = self.identity.arch if self.identity else ""
+        for reuse_cached in (True, False):
+            try:
+                engine = self._build(name, reuse_cached)
+            except Exception as e:  # a missing package, an unsupported op, a compiler error
+                log.warning("engine %s refused: it could not be built (%s); falling back", name, e)
+                return None
+            if name == "torch" and engine.precision == "float32":
+                return engine  # the reference itself
+            verdict = verify(engine.compute, self._compute_reference, clips, arch, engine.precision)
+            if verdict.ok:
+                log.info(
+                    "engine %s verified: max |logits - reference| %.2g <= %.2g (%s in %.1f s)",
+                    engine.label,
+                    verdict.max_abs,
+                    verdict.bound,
+                    "cached" if engine.cached else "built",
+                    engine.build_s,
+                )
+                return engine
+            if not engine.cached:
+                break
+            log.warning("cached engine %s failed verification (%s): rebuilding it", engine.label, verdict.reason)
+        log.warning("engine %s refused: %s against the float32 reference; falling back", engine.label, verdict.reason)
+        return None
+
+    def _select_engine(self) -> None:
+        clips = seeded_clips(self.clip_shape, self.device)
+        names = self._candidates()
+        chosen: list[tuple[float, Engine]] = []
+        for name in names:
+            engine = self._verified(name, clips)
+            if engine is None:
+                continue
+            seconds = time_batch1(engine.compute, clips) if len(names) > 1 else 0.0
+            chosen.append((seconds, engine))
+            if len(names) > 1:
+                log.info("engine %s: %.1f clips/s at batch 1", engine.label, 1 / max(seconds, 1e-9))
+        if not chosen and "torch" not in names:
+            engine = self._verified("torch", clips)  # the fallback
+            chosen = [(0.0, engine)] if engine is not None else []
+        if not chosen:  # torch at a half precision failed: float32 is the reference and cannot
+            chosen = [(0.0, Engine("torch", "float32", self._compute_reference))]
+        self.engine = min(chosen, key=lambda pair: pair[0])[1]
+        self._compute = self.engine.compute
+        self._use_graphs = self._cuda and self.config.cuda_graphs and self.engine.name == "torch"
+        self._pad = self._cuda or self.engine.name == "compile"
+        log.info("engine %s serves on %s", self.engine.label, self.device)
 
     def _run(self, data: Tensor, rows: int) -> Tensor:
         """Forward ``data``; a CUDA out-of-memory error splits the batch in halves and retries."""
@@ -299,14 +408,18 @@ class Runner:
         with torch.inference_mode():
             return torch.cat([self._run(data[:half], half), self._run(data[half:rows], rows - half)])
 
-    def _warmup(self, buckets: list[int]) -> None:
+    def _warmup(self, buckets: list[int] | None) -> None:
+        self._select_engine()
+        if buckets is None:
+            chunked = not self._pad and self.config.chunk_cpu_batches
+            buckets = batch_buckets(min(self.max_batch, CPU_WARM_MAX) if chunked else self.max_batch)
         self.buckets = buckets
         zeros = np.zeros((buckets[-1], *self.clip_shape), np.uint8)
         for size in reversed(self.buckets):
             if self._use_graphs:
                 self._capture(size)
             times = []
-            for _ in range(3):  # the first run allocates (and autotunes on CUDA); time the others
+            for _ in range(3 if self._cuda else 2):  # the first run allocates (and autotunes on CUDA)
                 start = time.perf_counter()
                 self.collect(self.launch(self.stage(zeros[:size])))
                 times.append(time.perf_counter() - start)

@@ -24,10 +24,11 @@ from service.classifier import Classifier, LoadedModel
 from service.config import Settings
 from service.decode import DecodeLimits
 from service.decode_pool import DecodePool
+from service.engines import ModelIdentity
 from service.errors import ErrorKind, ServiceError, shutting_down
 from service.metrics import Metrics
 from service.request import RequestLimits
-from service.runner import Runner, RunnerConfig
+from service.runner import Runner, RunnerConfig, resolve_device
 from service.store import StoreError, find_entries, load_entry
 from service.uploads import default_spool_dir
 
@@ -53,6 +54,8 @@ class ModelInfo:
     shift: Annotated[bool, Field(description="false for a TSN (no temporal shift)")]
     untrained: Annotated[bool, Field(description="random weights: its answers mean nothing")]
     source: str
+    engine: Annotated[str, Field(description="inference engine serving it: torch, compile or openvino")]
+    precision: Annotated[str, Field(description="float32, or float16/bfloat16 (verified to looser bounds)")]
 
 
 class Server:
@@ -110,13 +113,20 @@ class Server:
         if s.default_model not in wanted:
             wanted.append(s.default_model)
         models: dict[str, LoadedModel] = {}
-        runner_config, batcher_config = RunnerConfig.from_settings(s), BatcherConfig.from_settings(s)
+        try:
+            split = s.cpu_split(accelerator=resolve_device(s.device).type == "cuda")
+        except ValueError as e:
+            raise ServiceError(ErrorKind.internal, str(e)) from None
+        log.info("%s", split.describe())
+        runner_config = RunnerConfig.from_settings(s, split.inference_threads)
+        batcher_config = BatcherConfig.from_settings(s)
         for name in wanted:
             t0 = time.monotonic()
             entry = await asyncio.to_thread(load_entry, found[name])
             c = entry.config
+            identity = ModelIdentity(c.arch, c.weights_sha256, (c.num_segments, c.input_size, c.input_size, 3))
             runner = Runner(entry.model, mean=c.mean, std=c.std, num_segments=c.num_segments,
-                            input_size=c.input_size, config=runner_config)  # fmt: skip
+                            input_size=c.input_size, config=runner_config, identity=identity)  # fmt: skip
             self._runners.append(runner)
             await asyncio.to_thread(runner.warmup)
             batcher = Batcher(runner, batcher_config, name=name, on_batch=self._batch_observer(name))
@@ -128,10 +138,12 @@ class Server:
                 c.arch,
                 str(c.num_segments),
                 str(runner.device),
-                str(runner.dtype).removeprefix("torch."),
+                runner.engine.precision,
+                runner.engine.name,
             ).set(1)
-            log.info("model %s/%s ready on %s in %.1f s", name, c.version, runner.device, time.monotonic() - t0)
-        self._pool = DecodePool(DecodeLimits.from_settings(s), s.decode_worker_count(), s.decode_threads)
+            log.info("model %s/%s ready on %s with engine %s in %.1f s", name, c.version, runner.device,
+                     runner.engine.label, time.monotonic() - t0)  # fmt: skip
+        self._pool = DecodePool(DecodeLimits.from_settings(s), split.decode_workers, split.decode_threads)
         await self._pool.start()
         self._spool_dir = default_spool_dir(s.spool_dir)
         limits = RequestLimits.from_settings(s)
@@ -214,7 +226,8 @@ class Server:
                 name=name, version=c.version, default=name == self.classifier.default_model,
                 arch=c.arch, num_segments=c.num_segments, num_classes=c.num_classes,
                 input_size=c.input_size, scale_size=c.scale_size, resize=c.resize, shift=c.shift,
-                untrained=c.untrained, source=c.source,
+                untrained=c.untrained, source=c.source, engine=model.batcher.runner.engine.name,
+                precision=model.batcher.runner.engine.precision,
             ))  # fmt: skip
         return out
 

@@ -19,6 +19,17 @@ UPLOAD_LIMIT = 24_000_000  # of the shared server: a 20 MB video fits, 25 MB doe
 __all__ = ["ROOT", "SAMPLES", "SAMPLE_VIDEOS", "TINY_LABELS", "UPLOAD_LIMIT"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Converted engines go to a directory of this session, not the user's ~/.cache: servers started
+    in-process and as processes read it through the environment (tests that need a cold or damaged
+    cache pass their own ``engine_cache_dir``)."""
+    cache_home = tmp_path_factory.mktemp("cache-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache_home))
+        yield cache_home / "tsm-serve" / "engines"
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two small untrained models: fast enough to serve many requests on 2 cores; tiny4 sees whole frames."""
@@ -51,5 +62,7 @@ def server(tiny_store: Path) -> Iterator[InProcessServer]:
     """The real server in this process, shared by every module that needs no settings of its own.
     Batches wait long enough (300 ms) for concurrent requests to share them; it also listens on a
     loopback HTTP port for clients that need a socket."""
-    with InProcessServer(tiny_store, http_port=True, max_delay_ms=300, max_upload_bytes=UPLOAD_LIMIT) as srv:
+    # engine auto, as a server out of the box: the shared server also checks the engine choice end to end
+    with InProcessServer(tiny_store, http_port=True, max_delay_ms=300, max_upload_bytes=UPLOAD_LIMIT,
+                         engine="auto") as srv:  # fmt: skip
         yield srv

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 
 import pytest
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 
 from service.__main__ import build_parser, settings_from_args
 from service.batching import BatcherConfig
-from service.config import Settings
+from service.config import Settings, available_cores
 from service.decode import DecodeLimits
 from service.logs import configure_logging
 from service.request import RequestLimits
@@ -59,9 +60,31 @@ def test_invalid_settings_are_refused_by_name(kwargs: dict[str, object], fragmen
         Settings(**kwargs)
 
 
-def test_decode_workers_default_to_the_core_count() -> None:
-    assert Settings(decode_workers=3).decode_worker_count() == 3
-    assert Settings(decode_workers=0).decode_worker_count() >= 1
+def test_the_cpu_budget_is_split_without_oversubscribing() -> None:
+    split = Settings(cpu_budget=8).cpu_split(accelerator=False)
+    assert (split.inference_threads, split.decode_workers, split.decode_threads) == (4, 4, 1)
+    assert "CPU budget 8 core(s): inference 4 thread(s), decoding 4 worker(s)" in split.describe()
+    on_gpu = Settings(cpu_budget=8).cpu_split(accelerator=True)
+    assert (on_gpu.inference_threads, on_gpu.decode_workers) == (1, 7)  # one thread feeds the device
+    assert Settings(cpu_budget=8, decode_threads=2).cpu_split(False).decode_workers == 2
+    assert Settings(cpu_budget=6, torch_threads=1).cpu_split(False).decode_workers == 5
+    one_core = Settings(cpu_budget=1).cpu_split(False)
+    assert (one_core.inference_threads, one_core.decode_workers) == (1, 1)  # the floor: one of each
+    machine = Settings().cpu_split(False)
+    assert machine.budget == available_cores() >= 1
+    assert machine.inference_threads + machine.decode_workers * machine.decode_threads <= max(machine.budget, 2)
+
+
+def test_settings_that_oversubscribe_are_refused_with_what_to_change() -> None:
+    with pytest.raises(ValueError, match=r"2 inference thread\(s\) \+ 3 decode worker\(s\) × 1 decoder thread\(s\) "
+                       r"= 5 threads on 4 core\(s\).*TSM_DECODE_WORKERS"):  # fmt: skip
+        Settings(cpu_budget=4, torch_threads=2, decode_workers=3).cpu_split(accelerator=False)
+    with pytest.raises(ValueError, match="CPU budget exceeded"):
+        Settings(cpu_budget=4, decode_workers=2, decode_threads=2).cpu_split(accelerator=False)
+
+
+def test_available_cores_follow_affinity() -> None:
+    assert available_cores() <= len(os.sched_getaffinity(0))
 
 
 def test_each_part_gets_its_own_settings_and_nothing_else() -> None:
@@ -69,9 +92,10 @@ def test_each_part_gets_its_own_settings_and_nothing_else() -> None:
                  max_delay_ms=7, max_queue_clips=9, request_timeout_s=11, max_upload_bytes=1234, max_clips=3,
                  decode_timeout_s=5, decode_memory_mb=1024, decode_max_jobs=17)  # fmt: skip
     assert RunnerConfig.from_settings(s) == RunnerConfig(
-        device="cpu", dtype="float32", torch_threads=2, channels_last=False, compile=False, cuda_graphs=False,
+        device="cpu", dtype="float32", torch_threads=2, channels_last=False, engine="auto", cuda_graphs=False,
         max_batch_clips=4,
     )  # fmt: skip
+    assert RunnerConfig.from_settings(Settings(torch_threads=0), torch_threads=3).torch_threads == 3
     assert BatcherConfig.from_settings(s) == BatcherConfig(max_delay_ms=7, max_queue_clips=9, request_timeout_s=11)
     assert RequestLimits.from_settings(s) == RequestLimits(max_upload_bytes=1234, max_clips=3, request_timeout_s=11)
     limits = DecodeLimits.from_settings(s)

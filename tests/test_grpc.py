@@ -153,7 +153,10 @@ def test_views_other_model_and_request_id(stub: Any, clip: Path) -> None:
 
 def test_list_models_matches_http(server: InProcessServer, stub: Any) -> None:
     with GrpcClient(server.grpc_target) as client:
-        assert client.models() == server.http.get("/v1/models").json()["models"]
+        models = client.models()
+        assert models == server.http.get("/v1/models").json()["models"]
+    # The engine each model is served by, verified at load (auto: OpenVINO wins on CPU where it installs).
+    assert {(m["engine"], m["precision"]) for m in models} <= {("openvino", "float32"), ("torch", "float32")}
     assert [m.name for m in stub.ListModels(pb.ListModelsRequest()).models] == ["tiny", "tiny4"]
 
 

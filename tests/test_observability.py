@@ -41,6 +41,8 @@ def test_metrics_pass_promtool_and_move_with_requests(server: InProcessServer, c
     assert metric(after, "tsm_decode_failures_total", **bad) == metric(before, "tsm_decode_failures_total", **bad) + 1
     assert metric(after, "tsm_batch_clips_count", model="tiny") > metric(before, "tsm_batch_clips_count", model="tiny")
     assert metric(after, "tsm_model_info", name="tiny", arch="mobilenetv2", segments="8", device="cpu") == 1
+    engine = server.http.get("/v1/models/tiny").json()["engine"]
+    assert metric(after, "tsm_model_info", name="tiny", engine=engine) == 1
     assert metric(after, "tsm_decode_workers", state="workers") == 2
     assert metric(after, "tsm_decode_jobs_total") > metric(before, "tsm_decode_jobs_total")
     assert re.search(r"^tsm_decode_worker_restarts_total ", after, re.M), "the restart counter is exported"

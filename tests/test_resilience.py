@@ -180,7 +180,9 @@ def test_short_soak_keeps_memory_descriptors_and_spool_flat(tiny_store: Path, tm
     """240 requests, a third malformed, workers recycled every 10 decodes (bench/soak.py: 10,000)."""
     spool = tmp_path / "spool"
     valid, malformed = make_mix(tmp_path / "videos")
-    proc = ServerProcess(tiny_store, spool_dir=spool, decode_max_jobs=10, decode_timeout_s=10, max_batch_clips=4)
+    proc = ServerProcess(
+        tiny_store, spool_dir=spool, decode_max_jobs=10, decode_timeout_s=10, max_batch_clips=4, engine="auto"
+    )  # the default engine soaks too
     workers: set[int] = set()
     try:
         records, snaps = asyncio.run(

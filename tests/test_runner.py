@@ -32,6 +32,8 @@ def small_tsm(seed: int = 0) -> TSM:
 
 
 def make_runner(model: nn.Module | None = None, **config: Any) -> Runner:
+    """A runner on the torch engine: these tests watch the calls into the torch model itself."""
+    config.setdefault("engine", "torch")
     return Runner(
         model if model is not None else small_tsm(),
         mean=MEAN,
@@ -133,15 +135,21 @@ def test_work_runs_on_the_inference_thread_only() -> None:
     runner.close()
 
 
-def test_warmup_runs_every_bucket_and_picks_a_cpu_chunk() -> None:
+def test_warmup_runs_what_serving_runs_and_picks_a_cpu_chunk() -> None:
     assert batch_buckets(1) == [1]
     assert batch_buckets(12) == [1, 2, 4, 8, 12]
     assert batch_buckets(16) == [1, 2, 4, 8, 16]
+    # Whole batches (no chunking): every bucket up to the largest is warmed.
+    model = Recording(small_tsm())
+    whole = make_runner(model, max_batch_clips=12, chunk_cpu_batches=False)
+    whole.warmup()
+    assert set(model.sizes) == set(whole.warmup_s) == {1, 2, 4, 8, 12} and whole.cpu_chunk is None
+    whole.close()
+    # Serving on CPU: batches run in chunks of at most CPU_WARM_MAX clips, so only those sizes warm up.
     model = Recording(small_tsm())
     runner = make_runner(model, max_batch_clips=12)
     runner.warmup()
-    assert set(model.sizes) == {1, 2, 4, 8, 12}
-    assert set(runner.warmup_s) == {1, 2, 4, 8, 12}
+    assert set(model.sizes) == set(runner.warmup_s) == set(runner.buckets) == {1, 2, 4}
     assert runner.cpu_chunk in runner.buckets
     # A big batch runs as chunks of the fastest size, and keeps every row in order.
     model.sizes.clear()

@@ -27,7 +27,9 @@ def test_models_info_describes_every_loaded_model(server: InProcessServer) -> No
     assert tiny == ModelInfo(
         name="tiny", version="1", default=True, arch="mobilenetv2", num_segments=8, num_classes=len(TINY_LABELS),
         input_size=64, scale_size=72, resize="short_side", shift=True, untrained=True, source=tiny.source,
+        engine=tiny.engine, precision="float32",
     )  # fmt: skip
+    assert tiny.engine in ("openvino", "torch")  # auto: the faster of the verified engines here
     with pytest.raises(ServiceError) as info:
         server.server.model_info("nope")
     assert info.value.kind is ErrorKind.unknown_model and "tiny, tiny4" in info.value.message
@@ -56,11 +58,13 @@ def test_only_the_named_models_and_the_default_load(tiny_store: Path) -> None:
         assert [i.name for i in srv.server.models_info()] == ["tiny", "tiny4"]
         info = srv.http.get("/v1/models/tiny").json()
         assert info["default"] is True
-    with InProcessServer(tiny_store, models=["tiny4"], default_model="tiny4", max_batch_clips=2) as srv:
+    with InProcessServer(tiny_store, models=["tiny4"], default_model="tiny4", max_batch_clips=2, engine="torch") as srv:
         assert [i.name for i in srv.server.models_info()] == ["tiny4"]
+        assert srv.http.get("/v1/models/tiny4").json()["engine"] == "torch"  # the engine asked for
         text = srv.metrics()
         assert metric(text, "tsm_ready") == 1.0
-        assert 'tsm_model_info{arch="mobilenetv2",device="cpu",dtype="float32",name="tiny4"' in text
+        labels = {"arch": "mobilenetv2", "device": "cpu", "dtype": "float32", "engine": "torch", "name": "tiny4"}
+        assert metric(text, "tsm_model_info", **labels) == 1.0
 
 
 def spec(srv: InProcessServer) -> SamplingSpec:

@@ -1,0 +1,253 @@
+"""Inference engines: one interface, chosen per device, verified against the reference before serving.
+
+An engine maps uint8 clips ``[B, T, H, W, 3]`` (a tensor on the runner's device) to float logits
+``[B, C]``; normalisation is part of it. The engines:
+
+* ``torch``: eager PyTorch in float32 (CPU) or autocast float16/bfloat16 (CUDA). In float32 it *is* the
+  reference the others are checked against.
+* ``compile``: ``torch.compile`` of the same function (CUDA; on CPU it needs a C++ toolchain).
+* ``openvino``: the model, normalisation included, converted to OpenVINO IR and run by its CPU plugin
+  (float32, or bfloat16 where the CPU has it and ``dtype=bfloat16`` asks for it). It won on our CPU
+  (bench/RESULTS.md, engines table); ONNX Runtime was measured and not kept.
+
+``auto`` builds every engine the device offers (CPU: openvino, torch; CUDA: torch), verifies each and
+takes the fastest at batch 1 on this machine.
+
+**Verification.** Seeded clips go through the engine and through the float32 eager reference; the
+engine is refused unless ``max|engine - reference| <= tol * max(1, max|reference|)`` and the top
+classes agree. ``tol`` is the golden tolerance for float32 (1e-3 ResNet, 1e-4 MobileNetV2) with the
+top-5 identical; 5e-2 with the top-1 identical for float16/bfloat16 (a looser bound: half precisions
+round activations to 8-11 bits). A refused engine costs one log line and the runner falls back.
+
+**Cache.** Converted engines live under ``cache_dir/<key>/`` where the key hashes the weights' sha256,
+the engine, its version, the shapes and the precision. ``manifest.json`` holds the sha256 of every
+file; an entry whose files do not match it (truncated, edited) or whose engine fails verification is
+rebuilt, never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("tsm.engines")
+
+# Bumped when what we write into a cache entry changes: older entries then never match.
+CACHE_FORMAT = 1
+FP32_TOLERANCE = {"resnet50": 1e-3, "resnet101": 1e-3, "mobilenetv2": 1e-4}
+HALF_TOLERANCE = 5e-2
+
+Compute = Callable[[Tensor], Tensor]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tsm-serve" / "engines"
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What makes a converted engine valid for a model: its weights and the shapes it is fed."""
+
+    arch: str
+    weights_sha256: str
+    clip_shape: tuple[int, int, int, int]  # T, H, W, 3
+
+
+@dataclass
+class Engine:
+    name: str  # torch, compile, openvino
+    precision: str  # float32, float16, bfloat16
+    compute: Compute
+    build_s: float = 0.0
+    cached: bool = False  # loaded from the disk cache rather than converted now
+
+    @property
+    def label(self) -> str:
+        return self.name if self.precision == "float32" else f"{self.name}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    max_abs: float
+    bound: float
+    reason: str = ""
+
+
+def verify(engine: Compute, reference: Compute, clips: Tensor, arch: str, precision: str) -> Verdict:
+    """Compare an engine's logits with the reference's on the same clips (rules: module docstring)."""
+    with torch.inference_mode():
+        want = reference(clips).float().cpu()
+        got = engine(clips).float().cpu()
+    if got.shape != want.shape:
+        return Verdict(False, float("inf"), 0.0, f"logits shape {list(got.shape)}, expected {list(want.shape)}")
+    if not torch.isfinite(got).all():
+        return Verdict(False, float("inf"), 0.0, "non-finite logits")
+    half = precision != "float32"
+    tol = HALF_TOLERANCE if half else FP32_TOLERANCE.get(arch, 1e-4)
+    bound = tol * max(1.0, float(want.abs().max()))
+    max_abs = float((got - want).abs().max())
+    k = 1 if half else min(5, want.shape[1])
+    if max_abs > bound:
+        return Verdict(False, max_abs, bound, f"max |logits - reference| {max_abs:.3g} > {bound:.3g}")
+    if not torch.equal(got.topk(k).indices, want.topk(k).indices):
+        return Verdict(False, max_abs, bound, f"top-{k} classes differ from the reference")
+    return Verdict(True, max_abs, bound)
+
+
+def seeded_clips(clip_shape: Sequence[int], device: torch.device, n: int = 2) -> Tensor:
+    generator = torch.Generator().manual_seed(20190)
+    return torch.randint(0, 256, (n, *clip_shape), dtype=torch.uint8, generator=generator).to(device)
+
+
+def time_batch1(compute: Compute, clips: Tensor, runs: int = 2) -> float:
+    """Best seconds per clip at batch 1 (the first call, already made by verification, warmed it)."""
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(runs):
+            start = time.perf_counter()
+            compute(clips[:1]).cpu()
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+# ------------------------------------------------------------------------------------- OpenVINO
+class _Serving(nn.Module):
+    """uint8 clips → logits, the graph OpenVINO converts (normalisation folded into it)."""
+
+    def __init__(self, model: nn.Module, normalise: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.normalise = normalise
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.normalise(x).contiguous())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class EngineCache:
+    """Folders of converted engines with a manifest of file hashes (rules: module docstring)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root or default_cache_dir()
+
+    @staticmethod
+    def key(identity: ModelIdentity, engine: str, version: str, precision: str) -> dict[str, Any]:
+        return {
+            "format": CACHE_FORMAT, "engine": engine, "version": version, "precision": precision,
+            "weights_sha256": identity.weights_sha256, "clip_shape": list(identity.clip_shape),
+        }  # fmt: skip
+
+    def folder(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        return self.root / f"{key['engine']}-{digest}"
+
+    def lookup(self, key: dict[str, Any]) -> Path | None:
+        """The entry's folder if it is complete and unaltered; a damaged one is removed."""
+        folder = self.folder(key)
+        manifest = folder / "manifest.json"
+        if not manifest.exists():
+            return None
+        try:
+            meta = json.loads(manifest.read_text())
+            intact = meta["key"] == key and all(_sha256(folder / name) == sha for name, sha in meta["files"].items())
+        except (OSError, ValueError, KeyError, TypeError):
+            intact = False
+        if not intact:
+            log.warning("engine cache entry %s is damaged or stale: rebuilding it", folder)
+            self.discard(key)
+            return None
+        return folder
+
+    def store(self, key: dict[str, Any], write: Callable[[Path], None]) -> Path | None:
+        """Write an entry atomically (a temp folder renamed into place); None if the cache is unwritable."""
+        folder = self.folder(key)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+            write(tmp)
+            files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+            (tmp / "manifest.json").write_text(json.dumps({"key": key, "files": files}, indent=1))
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        except OSError as e:
+            log.warning("engine cache %s is not writable (%s): engines are converted at every start", self.root, e)
+            return None
+        return folder
+
+    def discard(self, key: dict[str, Any]) -> None:
+        shutil.rmtree(self.folder(key), ignore_errors=True)
+
+
+def build_openvino(
+    model: nn.Module,
+    normalise: Callable[[Tensor], Tensor],
+    identity: ModelIdentity,
+    precision: str,
+    threads: int,
+    cache: EngineCache | None,
+    reuse_cached: bool = True,
+) -> Engine:
+    """Convert the model for OpenVINO's CPU plugin, or load the conversion from ``cache`` (unless
+    ``reuse_cached`` is False: a rebuild), and compile it."""
+    import openvino as ov
+
+    start = time.perf_counter()
+    key = EngineCache.key(identity, "openvino", ov.get_version(), "float32")  # the IR is float32 either way
+    folder = cache.lookup(key) if cache is not None and reuse_cached else None
+    cached = folder is not None
+    core = ov.Core()
+    if folder is not None:
+        ir: Any = core.read_model(folder / "model.xml")
+    else:
+        example = torch.zeros((1, *identity.clip_shape), dtype=torch.uint8)
+        shape = ov.PartialShape([-1, *identity.clip_shape])  # any batch size
+        with warnings.catch_warnings():  # the converter traces: torch warns about tracing itself, and about
+            warnings.simplefilter("ignore")  # Python-side shape checks; verification judges the result
+            ir = ov.convert_model(_Serving(model, normalise).eval(), example_input=example, input=[shape])
+        if cache is not None:
+            cache.store(key, lambda d: ov.save_model(ir, d / "model.xml", compress_to_fp16=False))
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
+        "PERFORMANCE_HINT": "LATENCY",  # one request at a time, all threads on it
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(ir, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def compute(x: Tensor) -> Tensor:
+        out = request.infer({0: x.numpy()})[0]
+        return torch.from_numpy(np.array(out))  # the request reuses its output buffer on the next call
+
+    return Engine("openvino", precision, compute, time.perf_counter() - start, cached)
