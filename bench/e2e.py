@@ -1,20 +1,24 @@
-"""End to end: our default configuration against a naive one of our own server, over HTTP.
+"""End to end over HTTP: our default configuration against a baseline, side by side.
 
-    bench/e2e.sh                                   # the full run (~7-15 min on 2 cores)
+    bench/e2e.sh                                   # against the plain FastAPI handler (~30 min on 2 cores)
     bench/e2e.sh --quick                           # a smoke run (a few minutes)
+    bench/e2e.sh --baseline naive                  # against our own server with batching off
     bench/e2e.sh --results bench/RESULTS.md        # append the tables to RESULTS.md
 
-Two server processes start side by side on loopback (same model store, same decode workers):
-``default`` (our defaults: batches of up to 16 clips, 10 ms delay) and ``naive`` (batching off:
-``TSM_MAX_BATCH_CLIPS=1``, one request = one forward pass). Only one is loaded at a time; cells
-alternate which goes first, so drifting background load on a shared machine hits both alike.
+Two server processes start side by side on loopback (same model store, same weights): ``default``
+(our server as it ships: engine auto, the CPU budget derived from the machine, batches of up to 16
+clips) and the baseline: ``plain`` (``bench/plain_server.py``: decord in the request thread, one eager
+forward per request, 2 torch threads, what a team writes first) or ``naive`` (our server with
+batching off, ``TSM_MAX_BATCH_CLIPS=1``). Only one is loaded at a time; rounds alternate which goes
+first, so drifting background load on a shared machine hits both alike.
 
 Each cell is a closed loop at concurrency c ∈ {1, 4, 16, 64} of multipart uploads, round-robin
 over a preloaded mix of 320×240, 640×360 and 1280×720 H.264 clips (moving shapes over a panning
-texture, a keyframe every 2 s, see ``bench.decode.make_clip``), for two models: the bundled
-default model (its width and input named in the table) and an untrained MobileNetV2 TSM ×1.0 at 8×224²
-(400 classes, He-initialised with calibrated BatchNorm). Alongside: per-stage server timings,
-decode-worker busy fraction (``/metrics``), mean batch size, server and machine CPU use.
+texture, a keyframe every 2 s, see ``bench.decode.make_clip``), for the models named by ``--models``:
+``default`` (the bundled model), ``mbv2_224`` (MobileNetV2 TSM ×1.0 at 8×224²) and ``resnet50_224``
+(ResNet-50 TSM at 8×224²), the last two untrained (400 classes, He-initialised with calibrated
+BatchNorm: the cost of a real one). Alongside: per-stage server timings, decode-worker busy fraction
+(``/metrics``), mean batch size, server and machine CPU use.
 """
 
 from __future__ import annotations
@@ -45,16 +49,24 @@ from harness.process import ServerProcess  # noqa: E402
 from service.metrics import STAGES  # noqa: E402
 
 DEFAULT_MODEL = "tsm_mobilenetv2_synthetic_motion"
-BIG_MODEL = "mbv2_224"
-CONFIGS: dict[str, dict[str, object]] = {"default": {}, "naive": {"max_batch_clips": 1}}
-SIZES = ((320, 240), (640, 360), (1280, 720))
+MODELS = {"mbv2_224": "MobileNetV2 ×1.0, 8×224²", "resnet50_224": "ResNet-50, 8×224²"}
+# Our server as it ships (the harness's test defaults undone); the baselines.
+SHIPPED: dict[str, object] = {
+    "engine": "auto", "cpu_budget": 0, "decode_workers": 0, "torch_threads": 0, "log_level": "INFO",
+}  # fmt: skip
+CONFIGS: dict[str, dict[str, object]] = {
+    "default": SHIPPED,
+    "naive": {**SHIPPED, "max_batch_clips": 1},
+    "plain": {"module": "bench.plain_server"},
+}
+SIZES = ((320, 240, 10), (640, 360, 10), (1280, 720, 5))  # width, height, seconds: the issue #19 mix
 
 
-def make_videos(directory: Path, seconds: int) -> list[Path]:
+def make_videos(directory: Path) -> list[Path]:
     """The clip mix, encoded once and cached (encoding 720p takes a while on 2 cores)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for w, h in SIZES:
+    for w, h, seconds in SIZES:
         path = directory / f"shapes_{w}x{h}_{seconds}s.mp4"
         if not path.exists():
             tmp = path.with_suffix(".part.mp4")
@@ -65,14 +77,15 @@ def make_videos(directory: Path, seconds: int) -> list[Path]:
 
 
 def make_store(directory: Path) -> Path:
-    """The default entry (copied) plus a MobileNetV2 TSM at 8×224² with random weights."""
+    """The default entry (copied) plus MobileNetV2 and ResNet-50 TSMs at 8×224² with random weights."""
     from service.store import write_random_entry
 
     store = directory / "store"
     shutil.copytree(ROOT / "model_store" / DEFAULT_MODEL, store / DEFAULT_MODEL)
     labels = (ROOT / "model_store" / "labels" / "kinetics400.txt").read_text().split("\n")
     labels = [label for label in labels if label.strip()]
-    write_random_entry(store, name=BIG_MODEL, labels=labels, width_mult=1.0, input_size=224, scale_size=256)
+    write_random_entry(store, name="mbv2_224", labels=labels, width_mult=1.0, input_size=224, scale_size=256)
+    write_random_entry(store, name="resnet50_224", labels=labels, arch="resnet50", input_size=224, scale_size=256)
     return store
 
 
@@ -82,6 +95,19 @@ def default_model_name() -> str:
 
     c = ModelConfig.model_validate_json((ROOT / "model_store" / DEFAULT_MODEL / "1" / "model.json").read_text())
     return f"default (MobileNetV2 ×{c.width_mult:g}, {c.num_segments}×{c.input_size}²)"
+
+
+def started_with(server: ServerProcess) -> str:
+    """The engines and CPU split the default server chose, from its log."""
+    found = []
+    for line in server.output().splitlines():
+        try:
+            message = json.loads(line).get("message", "")
+        except ValueError:
+            continue
+        if message.startswith(("CPU budget", "model ")):
+            found.append(message)
+    return "; ".join(found)
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -152,21 +178,29 @@ def fmt_s(ms: float) -> str:
     return f"{ms / 1000:.2f}"
 
 
+BASELINE_NOTES = {
+    "naive": "naive = our server with `TSM_MAX_BATCH_CLIPS=1` (one request = one forward pass), otherwise as shipped.",
+    "plain": "plain = `bench/plain_server.py`: a FastAPI handler with decord in the request thread (full-resolution "
+    "frames, then resized), one eager forward per request, 2 torch threads; same weights and sampling.",
+}
+
+
 def tables(results: list[dict[str, Any]], head: dict[str, Any]) -> str:
+    base = head["baseline"]
+    names = ["default", base]
     lines = [
         f"## End to end (`bench/e2e.sh{head['flags']}`), {head['date']}, {head['machine']}",
         "",
         f"Load average {head['load_before']} before, {head['load_after']} after (other jobs share this machine). "
         f"HTTP multipart, closed loop, {head['requests_note']}; mix of {', '.join(head['videos'])} round-robin. "
-        "naive = our server with `TSM_MAX_BATCH_CLIPS=1` (one request = one forward pass); both configurations "
-        "use the same decode pool (one worker per core). Latency in seconds.",
+        f"default = tsm-serve as shipped ({head['default_start']}). {BASELINE_NOTES[base]} Latency in seconds.",
         "",
-        "| model | c | default videos/s | naive videos/s | ratio | default p50 / p99 | naive p50 / p99 "
+        f"| model | c | default videos/s | {base} videos/s | ratio | default p50 / p99 | {base} p50 / p99 "
         "| p99 ratio | mean batch default |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        d, n = r["default"], r["naive"]
+        d, n = r["default"], r[base]
         ratio = d["videos_per_s"] / n["videos_per_s"] if n["videos_per_s"] else float("nan")
         p99 = d["latency_ms"]["p99"] / n["latency_ms"]["p99"] if n["latency_ms"]["p99"] else float("nan")
         lines.append(
@@ -185,7 +219,7 @@ def tables(results: list[dict[str, Any]], head: dict[str, Any]) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
-        for name in CONFIGS:
+        for name in names:
             x = r[name]
             st = x["stages_ms"]
             prof = x["profile"]
@@ -207,11 +241,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "load_before": load_average(),
         "flags": " --quick" if args.quick else "",
     }
-    paths = make_videos(args.video_dir, args.seconds)
+    paths = make_videos(args.video_dir)
     videos = load_videos(paths)
-    head["videos"] = [f"{w}×{h}" for w, h in SIZES]
+    head["videos"] = [f"{w}×{h} {seconds} s" for w, h, seconds in SIZES]
     store = make_store(work)
-    models = [(DEFAULT_MODEL, default_model_name()), (BIG_MODEL, "MobileNetV2 ×1.0, 8×224²")]
+    labels = {DEFAULT_MODEL: default_model_name(), **MODELS}
+    models = [(DEFAULT_MODEL if m == "default" else m, labels[DEFAULT_MODEL if m == "default" else m])
+              for m in args.models.split(",")]  # fmt: skip
+    names = ["default", args.baseline]
+    head["baseline"] = args.baseline
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     head["requests_note"] = (
         f"max({args.min_requests}, {args.per_client}×c) requests per cell and configuration in {args.rounds} "
@@ -221,31 +259,34 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     servers: dict[str, ServerProcess] = {}
     results: list[dict[str, Any]] = []
     try:
-        for name, settings in CONFIGS.items():
-            servers[name] = ServerProcess(store, default_model=DEFAULT_MODEL, decode_workers=0, **settings)
+        for name in names:
+            t = time.monotonic()
+            servers[name] = ServerProcess(store, default_model=DEFAULT_MODEL, **CONFIGS[name])  # type: ignore[arg-type]
+            print(f"{name} ready in {time.monotonic() - t:.1f} s", flush=True)
+        head["default_start"] = started_with(servers["default"])
         for model, label in models:
-            for name in CONFIGS:
+            for name in names:
                 await warm_up(servers[name], videos, model)
             for i, c in enumerate(concurrencies):
                 requests = max(args.min_requests, args.per_client * c)
                 row: dict[str, Any] = {"model": model, "label": label, "c": c, "requests": requests}
-                tallies = {name: Tally() for name in CONFIGS}
+                tallies = {name: Tally() for name in names}
                 t = time.monotonic()
                 # Short alternating rounds (AB, BA, AB, ...): background load on a shared machine
                 # drifts over minutes, and this spreads it over both configurations alike.
                 for r in range(args.rounds):
-                    order = list(CONFIGS) if (i + r) % 2 == 0 else list(reversed(CONFIGS))
+                    order = names if (i + r) % 2 == 0 else names[::-1]
                     for name in order:
                         per_round = max(c, requests // args.rounds)
                         await one_round(servers[name], videos, model, c, per_round, args.cell_seconds, tallies[name])
-                for name in CONFIGS:
+                for name in names:
                     row[name] = tallies[name].report()
                 print(
                     f"{model} c={c}: "
                     + ", ".join(
                         f"{n} {row[n]['videos_per_s']:.2f} videos/s {row[n]['round_videos_per_s']} "
                         f"p99 {row[n]['latency_ms']['p99']:.0f} ms {row[n]['status_counts']}"
-                        for n in CONFIGS
+                        for n in names
                     )
                     + f" ({time.monotonic() - t:.0f} s, load {load_average()})",
                     flush=True,
@@ -269,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-requests", type=int, default=40, help="...but at least this many")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell and configuration")
     p.add_argument("--cell-seconds", type=float, default=150.0, help="no new request in a cell after this long")
-    p.add_argument("--seconds", type=int, default=8, help="length of each generated clip")
+    p.add_argument("--baseline", choices=["plain", "naive"], default="plain", help="what default is compared with")
+    p.add_argument("--models", default="mbv2_224,resnet50_224", help="comma-separated: default, mbv2_224, resnet50_224")
     p.add_argument("--video-dir", type=Path, default=Path(tempfile.gettempdir()) / "tsm-bench-videos")
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--results", type=Path, help="append the tables to this markdown file (bench/RESULTS.md)")

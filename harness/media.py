@@ -75,9 +75,13 @@ def make_video(
     gop: int | None = None,
     faststart: bool = False,
     audio: bool = False,
+    encoder_options: dict[str, str] | None = None,
+    pts_ms: list[int] | None = None,
 ) -> Path:
     """Encodes a real video. ``rotation`` (counter-clockwise degrees) goes in the display matrix
-    (MP4/MOV only); ``gop`` sets the keyframe interval (a huge value: one keyframe)."""
+    (MP4/MOV only); ``gop`` sets the keyframe interval (a huge value: one keyframe);
+    ``encoder_options`` replace ours (x264: B-frames, open GOPs); ``pts_ms`` gives each frame its
+    time in milliseconds (a variable frame rate)."""
     encoder, pix_fmt = CODECS[codec]
     fmt, _ = CONTAINERS[container]
     options = {"movflags": "+faststart"} if faststart else {}
@@ -92,6 +96,7 @@ def make_video(
             codec_options["preset"] = "ultrafast"
         if encoder in ("libvpx", "libvpx-vp9"):
             codec_options.update({"deadline": "realtime", "cpu-used": "8"})
+        codec_options.update(encoder_options or {})
         stream = out.add_stream(encoder, rate=Fraction(fps), options=codec_options)
         assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -102,6 +107,8 @@ def make_video(
                     **codec_options,
                     "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
                 }
+        if pts_ms:
+            stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
         if rotation:
             stream.set_display_rotation(rotation)
         sound = out.add_stream("aac", rate=16000) if audio else None
@@ -110,8 +117,8 @@ def make_video(
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             if pix_fmt != "rgb24":
                 frame = frame.reformat(format=pix_fmt)
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
+            frame.pts = pts_ms[i] if pts_ms else i
+            frame.time_base = Fraction(1, 1000) if pts_ms else Fraction(1, fps)
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
         if sound is not None:

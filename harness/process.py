@@ -40,9 +40,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m service`` on free loopback ports, as a user would run it."""
+    """``python -m service`` on free loopback ports, as a user would run it (``module``: another
+    server that reads the same ``TSM_*`` variables, such as bench.plain_server)."""
 
-    def __init__(self, store: Path, **settings: object):
+    def __init__(self, store: Path, module: str = "service", **settings: object):
         self.http_port = free_port()
         self.grpc_port = free_port()
         cert = settings.get("http_tls_cert_file")
@@ -55,7 +56,7 @@ class ServerProcess:
         env.update({f"TSM_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = open(store.parent / f"server-{self.http_port}.log", "w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         self.wait_ready()
 

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     decode_workers: int = Field(default=0, ge=0, description="decode processes; 0: their share of cpu_budget")
     decode_timeout_s: float = Field(default=20.0, gt=0, description="a decode running longer is killed")
     decode_memory_mb: int = Field(
-        default=2048, ge=768, description="address-space cap of each decode worker (decord alone maps ~650 MB)"
+        default=2048, ge=768, description="address-space cap of each decode worker (FFmpeg maps ~400 MB)"
     )
     decode_threads: int = Field(default=1, ge=1, description="decoder threads per worker")
     decode_max_jobs: int = Field(default=200, ge=1, description="a worker is replaced after this many decodes")

@@ -3,15 +3,16 @@
 ``decode_file`` runs in-process (decode workers call it; so can training code). Hostile uploads are
 decoded in worker processes (``service.decode_pool``), never in the server process. The rules:
 
-- decord is only ever given a file path (from an in-memory buffer it segfaults on ~7% of fuzzed
-  uploads); PyAV handles what decord refuses (GIF, Ogg, AV1, MPEG-TS, damaged files).
-- Everything is probed with PyAV and checked against the limits before any frame is decoded at
-  size: memory follows decoded pixels, not upload bytes.
-- Frames are resized while decoding to the model's scale size, then centre (or three-) cropped.
+- PyAV (FFmpeg) decodes every format; only what the sampled frames need is decoded
+  (:func:`decode_plan`), and the pixels equal those of decoding every frame.
+- Everything is probed and checked against the limits before any frame is decoded at size:
+  memory follows decoded pixels, not upload bytes.
+- Frames are resized while converting to RGB, straight to the model's scale size, then centre
+  (or three-) cropped.
 - Error messages are ours: library text carries server paths and is never passed on.
 
-Why one module of this length: the probe, the limits and the two decoders share the probe's facts
-and the error messages; split apart, each piece would import the others' internals.
+Why one module of this length: the probe, the limits, the decode plan and the decoders share the
+probe's facts and the error messages; split apart, each piece would import the others' internals.
 """
 
 from __future__ import annotations
@@ -20,15 +21,10 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-
-try:
-    import decord
-except ImportError:  # decord has no wheels for ARM (aarch64, Apple silicon): PyAV decodes everything there
-    decord = None
 
 from service.errors import ErrorKind, ServiceError
 from service.sampling import SamplingSpec, assemble, nearest_keyframes, sample_indices, scaled_size
@@ -37,15 +33,14 @@ if TYPE_CHECKING:
     from service.config import Settings
 
 MiB = 1024 * 1024
-# decord 0.6.0 cannot open these (it fails to measure their frame count); PyAV can.
-_PYAV_ONLY_CONTAINERS = frozenset({"gif", "ogg", "mpegts", "apng"})
-_PYAV_ONLY_CODECS = frozenset({"gif", "av1", "libdav1d", "libaom-av1", "theora", "apng"})
 # The long side of a resized frame is at most this many times its short side: a 16x8000 upload
 # would otherwise become a 256x128000 frame.
 MAX_ASPECT = 16
+# Codecs whose sparse decoding (restarts at keyframes, frames nothing refers to skipped) returns the
+# pixels of full decoding, checked by tests/test_decode.py; others (AV1: hidden frames) decode every frame.
+SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg1video", "mpeg2video", "mjpeg", "gif", "ffv1"})
 # One decoder thread per worker: the pool already runs one worker per core (see bench/decode.py).
 DECODER_THREADS = 1
-_ROTATED_CHUNK = 4  # full-resolution frames held at once when decord cannot resize (rotated video)
 
 
 @dataclass(frozen=True)
@@ -82,7 +77,7 @@ class VideoFacts:
     fps: float
     duration_s: float
     rotation: int
-    decoder: str  # "decord" or "pyav"
+    decoder: str  # "pyav"
 
 
 @dataclass
@@ -233,34 +228,11 @@ def _check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
 # --- decoders ---------------------------------------------------------------------------------
 
 
-class _DecordRefused(Exception):
-    """decord could not handle this file; PyAV gets a try."""
-
-
 def decode_file(
-    path: str | Path,
-    spec: SamplingSpec,
-    limits: DecodeLimits,
-    decoder: Literal["auto", "decord", "pyav"] = "auto",
-    threads: int = DECODER_THREADS,
+    path: str | Path, spec: SamplingSpec, limits: DecodeLimits, threads: int = DECODER_THREADS
 ) -> DecodedVideo:
-    """Probes, checks the limits, decodes the sampled frames. Raises :class:`ServiceError`.
-    ``threads``: decoder threads (0: the decoder's choice)."""
-    if decoder == "decord" and decord is None:
-        raise RuntimeError("decoder='decord' asked for, but decord is not installed")
+    """Probes, checks the limits, decodes the sampled frames. Raises :class:`ServiceError`."""
     info = probe(path, limits)
-    use_decord = decoder == "decord" or (
-        decoder == "auto"
-        and decord is not None
-        and info.container not in _PYAV_ONLY_CONTAINERS
-        and info.codec not in _PYAV_ONLY_CODECS
-    )
-    if use_decord:
-        try:
-            return _decode_decord(str(path), info, spec, threads)
-        except _DecordRefused:
-            if decoder == "decord":
-                raise _undecodable() from None
     return _decode_pyav(str(path), info, spec, limits, threads)
 
 
@@ -271,79 +243,33 @@ def _facts(info: _Probe, frames: int, fps: float, decoder: str) -> VideoFacts:
                       info.rotation, decoder)  # fmt: skip
 
 
-def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    """RGB resize with swscale (bilinear), for frames decord could not resize while decoding."""
-    picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    return picture.reformat(width=width, height=height, interpolation="BILINEAR").to_ndarray()
-
-
-def _decode_decord(path: str, info: _Probe, spec: SamplingSpec, threads: int) -> DecodedVideo:
-    width, height = scaled_size(*info.display_size, spec.scale_size, spec.resize)
-    # decord rotates by the display matrix itself, but its resize is wrong for 90/270 turns (those
-    # decode at full size), and it fails on a change of aspect ratio (stretch decodes at the
-    # short-side size): both are resized to (width, height) afterwards.
-    rotated = info.rotation in (90, 270)
-    resize_late = rotated or spec.resize == "stretch"
-    try:
-        if rotated:
-            reader = decord.VideoReader(path, num_threads=threads)
-        else:
-            size = scaled_size(*info.display_size, spec.scale_size)
-            reader = decord.VideoReader(path, width=size[0], height=size[1], num_threads=threads)
-        count = len(reader)
-        if count <= 0:
-            raise _DecordRefused
-        indices = sample_indices(count, spec.num_segments, spec.clips)
-        if spec.sampling == "keyframes":
-            indices = nearest_keyframes(indices, [int(k) for k in reader.get_key_indices()])
-        order = sorted({i for clip in indices for i in clip})
-        if resize_late:
-            chunks: list[np.ndarray] = []
-            for start in range(0, len(order), _ROTATED_CHUNK):
-                batch = reader.get_batch(order[start : start + _ROTATED_CHUNK]).asnumpy()
-                chunks.extend(_resize(frame, width, height) for frame in batch)
-            unique = np.stack(chunks)
-        else:
-            unique = reader.get_batch(order).asnumpy()
-        fps = float(reader.get_avg_fps())
-        del reader
-    except (decord.DECORDError, RuntimeError, ValueError, IndexError) as exc:
-        raise _DecordRefused from exc
-    if unique.shape != (len(order), height, width, 3) or unique.dtype != np.uint8:
-        raise _DecordRefused
-    return DecodedVideo(assemble(unique, order, indices, spec), _facts(info, count, fps, "decord"))
-
-
 def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimits, threads: int) -> DecodedVideo:
     width, height = scaled_size(*info.display_size, spec.scale_size, spec.resize)
     coded_w, coded_h = (height, width) if info.rotation in (90, 270) else (width, height)
     turns = info.rotation // 90  # np.rot90 turns counter-clockwise, as the display matrix does
     try:
         # Count the frames that are really there by demuxing (no decoding): metadata of damaged
-        # or streamed files is often missing or wrong.
-        keyframes: list[int] = []
-        count = 0
-        with av.open(path, metadata_errors="ignore") as container:
-            stream = _video_stream(container)
-            if stream is None:
-                raise _undecodable()
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue
-                if packet.is_keyframe:
-                    keyframes.append(count)
-                count += 1
+        # or streamed files is often missing or wrong. The same pass maps the GOP structure.
+        packets = _demux(path)
+        count = len(packets.pts)
         if count == 0:
             raise _undecodable("it contains no frames")
         fps = info.fps or 25.0
         if not info.duration_s and count / fps > limits.max_duration_s:
             raise _too_long(count / fps, limits)
         indices = sample_indices(count, spec.num_segments, spec.clips)
+        keyframes = packets.keyframe_indices()
         only_keys = spec.sampling == "keyframes" and bool(keyframes)
         if only_keys:
             indices = nearest_keyframes(indices, keyframes)
         order = sorted({i for clip in indices for i in clip})
-        got = _pyav_frames(path, order, keyframes if only_keys else None, coded_w, coded_h, turns, threads)
+        convert = _Convert(coded_w, coded_h, turns)
+        if only_keys:
+            got = _keyframes(path, order, keyframes, convert, threads)
+        elif info.codec in SPARSE_CODECS and packets.timestamps_usable():
+            got = _sparse(path, packets, order, convert, threads)
+        else:
+            got = _sequential(path, order, convert, threads)
     except av.FFmpegError as exc:
         raise _undecodable() from exc
     if not got:
@@ -357,30 +283,162 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
     return DecodedVideo(assemble(unique, order, indices, spec), _facts(info, count, fps, "pyav"))
 
 
-def _pyav_frames(
-    path: str, order: list[int], keyframes: list[int] | None, width: int, height: int, turns: int, threads: int
-) -> dict[int, np.ndarray]:
-    """Decodes frames ``order`` (sorted) sequentially; with ``keyframes`` only keyframes are decoded
-    and the n-th one is frame ``keyframes[n]``."""
+@dataclass
+class _Packets:
+    """The video stream's packets in decode order, from one demux pass (nothing decoded)."""
+
+    pts: list[int | None]
+    keyframe: list[bool]
+
+    def timestamps_usable(self) -> bool:
+        """Every packet has its own timestamp: display order and decode order can be told apart."""
+        return None not in self.pts and len(set(self.pts)) == len(self.pts)
+
+    def keyframe_indices(self) -> list[int]:
+        """Display indices of the keyframes (decode order, where timestamps cannot say more)."""
+        if not self.timestamps_usable():
+            return [n for n, key in enumerate(self.keyframe) if key]
+        rank = {pts: i for i, pts in enumerate(sorted(self.pts))}  # type: ignore[type-var]
+        return sorted(rank[pts] for pts, key in zip(self.pts, self.keyframe, strict=True) if key)
+
+
+def _demux(path: str) -> _Packets:
+    packets = _Packets([], [])
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = _video_stream(container)
+        if stream is None:
+            raise _undecodable()
+        for packet in container.demux(stream):
+            if packet.size:
+                packets.pts.append(packet.pts)
+                packets.keyframe.append(bool(packet.is_keyframe))
+    return packets
+
+
+@dataclass(frozen=True)
+class _Convert:
+    """Decoded frame → RGB at the model's scale (swscale resizes while converting), turned for display."""
+
+    width: int
+    height: int
+    turns: int
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        rgb = frame.to_ndarray(width=self.width, height=self.height, format="rgb24", interpolation="BILINEAR")
+        return np.rot90(rgb, self.turns) if self.turns else rgb
+
+
+def decode_plan(packets: _Packets, wanted: list[int]) -> list[tuple[int, int]]:
+    """Runs of packets (decode-order ``[start, end]``) that reach every wanted display index.
+
+    A wanted frame needs the packets from the last keyframe before it (in both orders) up to its
+    own; runs that touch merge into one sequential pass, and the packets between runs are never
+    decoded (the decoder restarts at the next run's keyframe). Within a run, frames nothing refers
+    to are skipped unless wanted (``skip_frame``, decided per packet in :func:`_sparse`)."""
+    display = sorted(packets.pts)  # type: ignore[type-var]
+    position = {pts: n for n, pts in enumerate(packets.pts)}
+    needs = []
+    for end in (position[display[i]] for i in wanted):
+        target = packets.pts[end]
+        # A frame shown before its keyframe (a leading picture of an open GOP) needs an earlier one.
+        start = next(
+            (k for k in range(end, -1, -1) if packets.keyframe[k] and packets.pts[k] <= target),  # type: ignore[operator]
+            0,
+        )
+        needs.append((start, end))
+    runs: list[tuple[int, int]] = []
+    for start, end in sorted(needs):
+        if runs and start <= runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], end))
+        else:
+            runs.append((start, end))
+    return runs
+
+
+def _sparse(path: str, packets: _Packets, order: list[int], convert: _Convert, threads: int) -> dict[int, np.ndarray]:
+    """Decodes only what the sampled frames need (plan: :func:`decode_plan`); the same pixels as
+    decoding every frame, which the tests check on B-frames, open GOPs and other codecs."""
+    display = sorted(packets.pts)  # type: ignore[type-var]
+    wanted = {display[i]: i for i in order}
+    runs = decode_plan(packets, order)
+    got: dict[int, np.ndarray] = {}
+
+    def take(frames: list[av.VideoFrame]) -> None:
+        for frame in frames:
+            i = wanted.get(frame.pts)
+            if i is not None and i not in got:
+                got[i] = convert(frame)
+
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = _video_stream(container)
+        assert stream is not None
+        stream.thread_count = threads
+        ctx = stream.codec_context
+        run, n = 0, -1
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            n += 1
+            if n < runs[run][0]:
+                continue  # between runs: never decoded
+            ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+            try:
+                take(ctx.decode(packet))
+            except av.FFmpegError:  # a damaged packet: conceal it, as players do
+                continue
+            if n == runs[run][1]:
+                take(ctx.decode(None))  # the run's last frames leave the reorder buffer
+                ctx.flush_buffers()  # the decoder restarts clean at the next run's keyframe
+                run += 1
+                if run == len(runs):
+                    break
+    return got
+
+
+def _sequential(path: str, order: list[int], convert: _Convert, threads: int) -> dict[int, np.ndarray]:
+    """Every frame in turn up to the last sampled one; the n-th frame out is display index n. For
+    streams whose timestamps cannot place frames (missing or repeated)."""
     wanted = set(order)
     got: dict[int, np.ndarray] = {}
     with av.open(path, metadata_errors="ignore") as container:
         stream = _video_stream(container)
         assert stream is not None
         stream.thread_count = threads
-        if keyframes is not None:
-            stream.codec_context.skip_frame = "NONKEY"
         n = 0
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
-            except av.FFmpegError:  # a damaged packet: conceal it, as players do
+            except av.FFmpegError:
                 continue
             for frame in frames:
-                index = keyframes[n] if keyframes is not None and n < len(keyframes) else n
-                if index in wanted:
-                    rgb = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
-                    got[index] = np.rot90(rgb, turns) if turns else rgb
+                if n in wanted:
+                    got[n] = convert(frame)
+                n += 1
+            if len(got) == len(wanted):
+                break
+    return got
+
+
+def _keyframes(
+    path: str, order: list[int], keyframes: list[int], convert: _Convert, threads: int
+) -> dict[int, np.ndarray]:
+    """``sampling=keyframes``: only keyframes are decoded; the n-th one is display index ``keyframes[n]``."""
+    wanted = set(order)
+    got: dict[int, np.ndarray] = {}
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = _video_stream(container)
+        assert stream is not None
+        stream.thread_count = threads
+        stream.codec_context.skip_frame = "NONKEY"
+        n = 0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                continue
+            for frame in frames:
+                if n < len(keyframes) and keyframes[n] in wanted:
+                    got[keyframes[n]] = convert(frame)
                 n += 1
             if len(got) == len(wanted):
                 break

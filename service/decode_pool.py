@@ -1,6 +1,6 @@
 """The pool of decode worker processes (the worker's own loop is ``service.decode_worker``): one
 job at a time each, killed and replaced when they crash, hang or exceed their memory cap, recycled
-after ``max_jobs`` (decord leaks, dmlc/decord#323).
+after ``max_jobs`` (a bound on whatever a native decoder leaks).
 
 Shape: an asyncio queue of jobs; one slot task per worker takes a job, sends it down the worker's
 socket and waits for the answer in a thread (so the event loop never blocks on a pipe), with the
@@ -250,7 +250,7 @@ class DecodePool:
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,  # ffmpeg and decord log server paths; our replies carry what matters
+                stderr=subprocess.DEVNULL,  # ffmpeg logs server paths; our replies carry what matters
                 start_new_session=True,  # a Ctrl-C to the server's terminal is the server's to handle
                 env={**os.environ, **_WORKER_ENV},
             )

@@ -1,7 +1,7 @@
 """Receiving uploads: a private spool directory, streaming a body to a file with the byte limit
 enforced while reading, and the multipart reader that streams one field as it arrives.
 
-decord must only ever open a file path (from a memory buffer it crashes on malformed input), so
+Decode workers open a file path (the decoder seeks in it, and the upload never crosses a pipe), so
 every upload lands in a private file first; nothing is held whole in memory.
 """
 
