@@ -193,7 +193,8 @@ def tables(results: list[dict[str, Any]], head: dict[str, Any]) -> str:
         "",
         f"Load average {head['load_before']} before, {head['load_after']} after (other jobs share this machine). "
         f"HTTP multipart, closed loop, {head['requests_note']}; mix of {', '.join(head['videos'])} round-robin. "
-        f"default = tsm-serve as shipped ({head['default_start']}). {BASELINE_NOTES[base]} Latency in seconds.",
+        f"default = tsm-serve as shipped ({'; '.join(head['default_start'])}). {BASELINE_NOTES[base]} "
+        "Latency in seconds.",
         "",
         f"| model | c | default videos/s | {base} videos/s | ratio | default p50 / p99 | {base} p50 / p99 "
         "| p99 ratio | mean batch default |",
@@ -233,6 +234,35 @@ def tables(results: list[dict[str, Any]], head: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+async def cell(
+    servers: dict[str, ServerProcess], names: list[str], videos: list[Any], model: str, label: str, i: int, c: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:  # fmt: skip
+    requests = max(args.min_requests, args.per_client * c)
+    row: dict[str, Any] = {"model": model, "label": label, "c": c, "requests": requests}
+    tallies = {name: Tally() for name in names}
+    t = time.monotonic()
+    # Short alternating rounds (AB, BA, AB, ...): background load on a shared machine drifts over
+    # minutes, and this spreads it over both configurations alike.
+    for r in range(args.rounds):
+        for name in names if (i + r) % 2 == 0 else names[::-1]:
+            per_round = max(c, requests // args.rounds)
+            await one_round(servers[name], videos, model, c, per_round, args.cell_seconds, tallies[name])
+    for name in names:
+        row[name] = tallies[name].report()
+    print(
+        f"{model} c={c}: "
+        + ", ".join(
+            f"{n} {row[n]['videos_per_s']:.2f} videos/s {row[n]['round_videos_per_s']} "
+            f"p99 {row[n]['latency_ms']['p99']:.0f} ms {row[n]['status_counts']}"
+            for n in names
+        )
+        + f" ({time.monotonic() - t:.0f} s, load {load_average()})",
+        flush=True,
+    )
+    return row
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="tsm-e2e-"))
     head: dict[str, Any] = {
@@ -256,47 +286,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         f"alternating rounds (no new request after {args.cell_seconds:g} s in a round), after a warm-up of every "
         "clip twice; videos/s = all answers / all round time"
     )
-    servers: dict[str, ServerProcess] = {}
     results: list[dict[str, Any]] = []
+    head["default_start"] = []
     try:
-        for name in names:
-            t = time.monotonic()
-            servers[name] = ServerProcess(store, default_model=DEFAULT_MODEL, **CONFIGS[name])  # type: ignore[arg-type]
-            print(f"{name} ready in {time.monotonic() - t:.1f} s", flush=True)
-        head["default_start"] = started_with(servers["default"])
         for model, label in models:
-            for name in names:
-                await warm_up(servers[name], videos, model)
-            for i, c in enumerate(concurrencies):
-                requests = max(args.min_requests, args.per_client * c)
-                row: dict[str, Any] = {"model": model, "label": label, "c": c, "requests": requests}
-                tallies = {name: Tally() for name in names}
-                t = time.monotonic()
-                # Short alternating rounds (AB, BA, AB, ...): background load on a shared machine
-                # drifts over minutes, and this spreads it over both configurations alike.
-                for r in range(args.rounds):
-                    order = names if (i + r) % 2 == 0 else names[::-1]
-                    for name in order:
-                        per_round = max(c, requests // args.rounds)
-                        await one_round(servers[name], videos, model, c, per_round, args.cell_seconds, tallies[name])
+            # Each model on its own pair of servers, as it would be deployed: the CPU split follows it.
+            servers: dict[str, ServerProcess] = {}
+            try:
                 for name in names:
-                    row[name] = tallies[name].report()
-                print(
-                    f"{model} c={c}: "
-                    + ", ".join(
-                        f"{n} {row[n]['videos_per_s']:.2f} videos/s {row[n]['round_videos_per_s']} "
-                        f"p99 {row[n]['latency_ms']['p99']:.0f} ms {row[n]['status_counts']}"
-                        for n in names
-                    )
-                    + f" ({time.monotonic() - t:.0f} s, load {load_average()})",
-                    flush=True,
-                )
-                results.append(row)
+                    t = time.monotonic()
+                    servers[name] = ServerProcess(store, default_model=model, models=f'["{model}"]', **CONFIGS[name])  # type: ignore[arg-type]
+                    print(f"{model}: {name} ready in {time.monotonic() - t:.1f} s", flush=True)
+                head["default_start"].append(started_with(servers["default"]))
+                for name in names:
+                    await warm_up(servers[name], videos, model)
+                for i, c in enumerate(concurrencies):
+                    results.append(await cell(servers, names, videos, model, label, i, c, args))
+            finally:
+                for name, server in servers.items():
+                    code = server.stop()
+                    if code not in (0, -15):  # uvicorn.run (the plain server) exits by the signal
+                        print(f"{name} server exited with {code}:\n{server.output()[-3000:]}", file=sys.stderr)
     finally:
-        for server in servers.values():
-            code = server.stop()
-            if code != 0:
-                print(f"server exited with {code}:\n{server.output()[-3000:]}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
     head["load_after"] = load_average()
     return {"head": head, "results": results, "table": tables(results, head)}

@@ -31,10 +31,10 @@ from service.server import Server
 T = TypeVar("T")
 _CALL_TIMEOUT_S = 300.0  # no test waits on the server longer than this
 # Small batches: warming up every batch size is most of a start (4 clips: ~0.7 s less than 16).
-# Two decode workers exercise the pool's concurrency on any machine: the CPU budget is set to allow them.
+# Two decode workers exercise the pool's concurrency on any machine (the budget says two cores to allow them).
 # The torch engine starts at once; the engine choice itself is tested by servers that pass engine="auto".
 DEFAULTS: dict[str, Any] = {
-    "host": "127.0.0.1", "default_model": "tiny", "decode_workers": 2, "cpu_budget": 4, "log_level": "WARNING",
+    "host": "127.0.0.1", "default_model": "tiny", "decode_workers": 2, "cpu_budget": 2, "log_level": "WARNING",
     "max_batch_clips": 4, "engine": "torch",
 }  # fmt: skip
 

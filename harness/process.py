@@ -51,7 +51,7 @@ class ServerProcess:
         self.verify: bool | ssl.SSLContext = ssl.create_default_context(cafile=str(cert)) if cert else True
         env = {**os.environ, "TSM_HOST": "127.0.0.1", "TSM_HTTP_PORT": str(self.http_port),
                "TSM_GRPC_PORT": str(self.grpc_port), "TSM_MODEL_STORE": str(store), "TSM_DEFAULT_MODEL": "tiny",
-               "TSM_DECODE_WORKERS": "2", "TSM_CPU_BUDGET": "4", "TSM_ENGINE": "torch",
+               "TSM_DECODE_WORKERS": "2", "TSM_CPU_BUDGET": "2", "TSM_ENGINE": "torch",
                "TSM_LOG_LEVEL": "WARNING"}  # as harness.inproc.DEFAULTS  # fmt: skip
         env.update({f"TSM_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = open(store.parent / f"server-{self.http_port}.log", "w+")  # noqa: SIM115 - closed in stop()

@@ -96,25 +96,42 @@ class Settings(BaseSettings):
                 raise ValueError(f"set both {proto}_tls_cert_file and {proto}_tls_key_file, or neither")
         return self
 
-    def cpu_split(self, accelerator: bool) -> CpuSplit:
+    def cpu_split(self, accelerator: bool, seconds_per_clip: float = 0.0) -> CpuSplit:
         """Divide the CPU budget between inference and decoding; refuse settings that oversubscribe.
 
-        On CPU, inference gets half the cores (rounded down, at least one) and decode workers the rest:
-        both halves are busy under load. With an accelerator the host needs one inference thread to
-        feed it and every other core decodes. One thread of each is the floor, even on one core."""
+        Neither side may use more threads than the budget has cores. Inference gets every core (one
+        thread with an accelerator: it only feeds the device). Decode workers: as many as keep up with
+        the model, ``seconds_per_clip`` (its warm-up time per clip) against ~0.2 s of CPU per video,
+        up to the budget; with an accelerator, every core but one. The two sides take turns on the
+        same cores (a clip is decoded, then inferred); bench/RESULTS.md has the splits we measured."""
         budget = self.cpu_budget or available_cores()
-        inference = self.torch_threads or (1 if accelerator else max(1, budget // 2))
-        workers = self.decode_workers or max(1, (budget - inference) // self.decode_threads)
-        used = inference + workers * self.decode_threads
-        if used > max(budget, 2):
-            raise ValueError(
-                f"CPU budget exceeded: {inference} inference thread(s) + {workers} decode worker(s) × "
-                f"{self.decode_threads} decoder thread(s) = {used} threads on {budget} core(s) "
-                f"(TSM_CPU_BUDGET {'set' if self.cpu_budget else 'from this machine'}). Threads beyond the cores "
-                "slow every request down; lower TSM_TORCH_THREADS, TSM_DECODE_WORKERS or TSM_DECODE_THREADS, "
-                "or leave them at 0 to be derived"
-            )
+        asked = {
+            "TSM_TORCH_THREADS": self.torch_threads,
+            "TSM_DECODE_WORKERS × TSM_DECODE_THREADS": self.decode_workers * self.decode_threads,
+        }
+        for name, used in asked.items():
+            if used > budget:
+                raise ValueError(
+                    f"CPU budget exceeded: {name} = {used} threads on {budget} core(s) (TSM_CPU_BUDGET "
+                    f"{'as set' if self.cpu_budget else 'from this machine'}). Threads beyond the cores slow "
+                    "every request down: lower it, or leave it at 0 to be derived"
+                )
+        inference = self.torch_threads or (1 if accelerator else budget)
+        most = max(1, budget // self.decode_threads)
+        if self.decode_workers:
+            workers = self.decode_workers
+        elif accelerator:
+            workers = max(1, (budget - 1) // self.decode_threads)
+        elif seconds_per_clip > 0:
+            workers = min(most, max(1, math.ceil(DECODE_S_PER_VIDEO / (seconds_per_clip * self.decode_threads))))
+        else:
+            workers = most
         return CpuSplit(budget, inference, workers, self.decode_threads)
+
+
+# CPU seconds to decode a typical upload's sampled frames (bench/RESULTS.md: 0.05 s at 320×240, 0.12 s
+# at 640×360, 0.27 s at 1280×720): how many decode workers keep one inference thread pool busy.
+DECODE_S_PER_VIDEO = 0.2
 
 
 @dataclass(frozen=True)

@@ -113,11 +113,11 @@ class Server:
         if s.default_model not in wanted:
             wanted.append(s.default_model)
         models: dict[str, LoadedModel] = {}
+        accelerator = resolve_device(s.device).type == "cuda"
         try:
-            split = s.cpu_split(accelerator=resolve_device(s.device).type == "cuda")
+            split = s.cpu_split(accelerator)
         except ValueError as e:
             raise ServiceError(ErrorKind.internal, str(e)) from None
-        log.info("%s", split.describe())
         runner_config = RunnerConfig.from_settings(s, split.inference_threads)
         batcher_config = BatcherConfig.from_settings(s)
         for name in wanted:
@@ -143,6 +143,10 @@ class Server:
             ).set(1)
             log.info("model %s/%s ready on %s with engine %s in %.1f s", name, c.version, runner.device,
                      runner.engine.label, time.monotonic() - t0)  # fmt: skip
+        # Decode workers: as many as keep the default model busy (its warm-up time per clip).
+        default_runner = models[s.default_model].batcher.runner
+        split = s.cpu_split(accelerator, default_runner.warmup_s.get(1, 0.0))
+        log.info("%s", split.describe())
         self._pool = DecodePool(DecodeLimits.from_settings(s), split.decode_workers, split.decode_threads)
         await self._pool.start()
         self._spool_dir = default_spool_dir(s.spool_dir)

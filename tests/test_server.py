@@ -53,6 +53,20 @@ def test_a_missing_model_fails_the_start_with_its_name(tiny_store: Path) -> None
     assert info.value.kind is ErrorKind.not_ready
 
 
+def test_settings_that_oversubscribe_the_cpu_fail_the_start_with_what_to_change(tiny_store: Path) -> None:
+    server = Server(Settings(model_store=tiny_store, default_model="tiny", cpu_budget=2, torch_threads=3))
+
+    async def start() -> None:
+        try:
+            await server.start()
+        finally:
+            await server.stop()
+
+    with pytest.raises(ServiceError, match=r"CPU budget exceeded: TSM_TORCH_THREADS = 3 threads on 2 core"):
+        asyncio.run(start())
+    assert server.startup_error is not None and "TSM_TORCH_THREADS" in server.startup_error
+
+
 def test_only_the_named_models_and_the_default_load(tiny_store: Path) -> None:
     with InProcessServer(tiny_store, models=["tiny4"], default_model="tiny", max_batch_clips=2) as srv:
         assert [i.name for i in srv.server.models_info()] == ["tiny", "tiny4"]
