@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import math
 import os
 import re
 import shutil
@@ -309,7 +310,15 @@ def container(overlay: str) -> dict[str, Any]:
 
 
 def container_env(overlay: str) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container(overlay)["env"]}
+    """Literal values; the CPU budget comes from the container's CPU request (resourceFieldRef)."""
+    c = container(overlay)
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    for e in c["env"]:
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["resourceFieldRef"]
+            assert (ref["containerName"], ref["resource"], ref["divisor"]) == (c["name"], "requests.cpu", "1")
+            env[e["name"]] = str(math.ceil(float(c["resources"]["requests"]["cpu"])))
+    return env
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -371,7 +380,9 @@ def test_k8s_deployment_drains_runs_locked_down_and_fits_its_device(overlay: str
     c = container(overlay)
     settings = check_settings(container_env(overlay), f"k8s {overlay}")
     assert settings.host == "0.0.0.0"
-    assert "TSM_DECODE_WORKERS" in container_env(overlay), "0 would start one worker per core of the node"
+    # Without it, the budget would be the node's cores (no CPU limit): the pod's request bounds it.
+    assert settings.cpu_budget == math.ceil(float(c["resources"]["requests"]["cpu"])) > 0
+    assert settings.cpu_split(accelerator=overlay == "gpu").decode_workers <= settings.cpu_budget
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": settings.http_port, "grpc": settings.grpc_port}
 
