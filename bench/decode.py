@@ -1,25 +1,30 @@
-"""Decode cost per video: our path vs the usual full-resolution path vs PyAV seeking.
+"""Decode cost per video: our sparse decoder against the decoders it replaced and the physical minimum.
 
-    .venv/bin/python bench/decode.py [--repeat 5] [--seconds 10]
+    .venv/bin/python bench/decode.py [--repeat 5] [--results bench/RESULTS.md]
 
-Encodes two 10 s H.264 clips (320x240 and 1280x720, 25 fps, a keyframe every 2 s, B-frames)
-with PyAV, then times each method in a fresh process (so its peak RSS is its own) on 8 TSN-sampled
-frames resized to 256 and centre-cropped to 224. Then pool throughput: workers x decoder threads.
+The clip mix of bench/e2e.py (H.264 by x264 "veryfast": B-frames, a keyframe every 2 s; moving shapes
+over a panning texture) is encoded once; each method then runs in a fresh process (so its peak RSS is
+its own) on 8 TSN-sampled frames resized to 256 and centre-cropped to 224. Reported: wall ms and CPU
+ms (user + system: core·s) per video, best of ``--repeat``, and frames decoded.
 
 Methods:
-- ours:        service.decode.decode_file (decord, sampled frames only, resized while decoding)
-- ours-kf:     the same with sampling="keyframes" (approximate)
-- ours-pyav:   our PyAV fallback (demux count, sequential decode, resize while converting)
-- full-res:    what other servers do: decord get_batch at full resolution, then resize each frame
-- pyav-seek:   PyAV: seek to each sampled frame's time, decode to it, resize while converting
-- pyav-seek-skip: pyav-seek, but frames neither wanted nor referenced are skipped (skip_frame=NONREF)
-- order:       decord per-frame reads (vr[i]) in sorted order, resized while decoding
+- ours:       service.decode.decode_file (PyAV: from the keyframe before each sampled frame, packets
+              between GOPs never decoded, frames nothing refers to skipped; resized while converting)
+- sequential: PyAV, every frame up to the last sampled one (exact decoding, the tests' reference)
+- decord:     the decoder we served with before: decord get_batch of the sampled frames, resized at decode
+- full-res:   what other servers do: decord get_batch at full resolution, then resize each frame
+- ours-kf:    decode_file with sampling="keyframes" (approximate: the nearest keyframes)
+
+Frames: "minimum" counts, in the decode runs the sampled frames need, the I and P frames (references
+in any H.264 stream) plus the sampled frames: a lower bound for exact decoding (x264's B-pyramid also
+makes some B-frames references). "ours" counts the frames FFmpeg decoded; decord decodes every frame
+of its runs (keyframe to sampled frame).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import datetime as dt
 import json
 import resource
 import subprocess
@@ -33,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SPEC = {"num_segments": 8, "scale_size": 256, "input_size": 224}
-METHODS = ["ours", "ours-kf", "ours-pyav", "full-res", "pyav-seek", "pyav-seek-skip", "order"]
+METHODS = ["ours", "sequential", "decord", "full-res", "ours-kf"]
+CLIPS = ((320, 240, 10), (640, 360, 10), (1280, 720, 5))  # width, height, seconds: the issue #19 mix
 
 
 def make_clip(path: Path, width: int, height: int, seconds: int, fps: int = 25) -> Path:
@@ -60,7 +66,7 @@ def make_clip(path: Path, width: int, height: int, seconds: int, fps: int = 25) 
     return path
 
 
-def run_one(method: str, path: str, repeat: int, threads: int) -> dict[str, float]:
+def run_one(method: str, path: str, repeat: int) -> dict[str, float]:
     """Runs in a fresh process: one warm-up, then ``repeat`` timed decodes."""
     import numpy as np
 
@@ -70,103 +76,88 @@ def run_one(method: str, path: str, repeat: int, threads: int) -> dict[str, floa
     limits = DecodeLimits(4096 * 2304, 8192, 3600.0, 60.0, 4096, 1000)
     spec = SamplingSpec(**SPEC)  # type: ignore[arg-type]
 
-    def full_res() -> np.ndarray:
+    def with_decord(full_resolution: bool) -> np.ndarray:
         import decord
 
-        from service.decode import _resize
+        probe = decord.VideoReader(path, num_threads=1)
+        height, width = probe[0].shape[:2]
+        w, h = scaled_size(width, height, spec.scale_size)
+        reader = probe if full_resolution else decord.VideoReader(path, width=w, height=h, num_threads=1)
+        order = sample_indices(len(reader), spec.num_segments)[0]
+        batch = reader.get_batch(order).asnumpy()
+        if full_resolution:
+            import av
 
-        vr = decord.VideoReader(path, num_threads=threads)
-        order = sample_indices(len(vr), spec.num_segments)[0]
-        batch = vr.get_batch(order).asnumpy()
-        w, h = scaled_size(batch.shape[2], batch.shape[1], spec.scale_size)
-        small = np.stack([_resize(f, w, h) for f in batch])
-        return assemble(small, order, [order], spec)
+            batch = np.stack([
+                av.VideoFrame.from_ndarray(f, format="rgb24").reformat(width=w, height=h).to_ndarray() for f in batch
+            ])  # fmt: skip
+        return assemble(batch, order, [order], spec)
 
-    def per_frame() -> np.ndarray:
-        import decord
-
-        probe = decord.VideoReader(path, num_threads=threads)
-        w, h = scaled_size(probe[0].shape[1], probe[0].shape[0], spec.scale_size)
-        vr = decord.VideoReader(path, width=w, height=h, num_threads=threads)
-        order = sample_indices(len(vr), spec.num_segments)[0]
-        small = np.stack([vr[i].asnumpy() for i in order])
-        return assemble(small, order, [order], spec)
-
-    def pyav_seek() -> np.ndarray:
+    def sequential() -> np.ndarray:
         import av
 
         with av.open(path) as container:
             stream = container.streams.video[0]
-            stream.thread_count = threads
-            n, rate, tb = stream.frames, stream.average_rate, stream.time_base
-            assert n and rate and tb
+            n = stream.frames
             w, h = scaled_size(stream.codec_context.width, stream.codec_context.height, spec.scale_size)
             order = sample_indices(n, spec.num_segments)[0]
-            frames = []
-            for i in order:
-                target = int(Fraction(i) / rate / tb) + (stream.start_time or 0)
-                container.seek(target, stream=stream, backward=True)
-                for frame in container.decode(stream):
-                    if frame.pts is not None and frame.pts >= target:
-                        frames.append(frame.to_ndarray(width=w, height=h, format="rgb24"))
-                        break
-            return assemble(np.stack(frames), order, [order], spec)
-
-    def pyav_seek_skip() -> np.ndarray:
-        """pyav-seek, but frames that are neither wanted nor referenced are not decoded at all."""
-        import av
-
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_count = threads
-            n, rate, tb = stream.frames, stream.average_rate, stream.time_base
-            assert n and rate and tb
-            w, h = scaled_size(stream.codec_context.width, stream.codec_context.height, spec.scale_size)
-            order = sample_indices(n, spec.num_segments)[0]
-            targets = [int(Fraction(i) / rate / tb) + (stream.start_time or 0) for i in order]
-            wanted = set(targets)
-            frames = []
-            for target in targets:
-                container.seek(target, stream=stream, backward=True)
-                found = None
-                for packet in container.demux(stream):
-                    keep = packet.pts is None or packet.pts in wanted
-                    stream.codec_context.skip_frame = "DEFAULT" if keep else "NONREF"
-                    for frame in packet.decode():
-                        if frame.pts is not None and frame.pts >= target:
-                            found = frame.to_ndarray(width=w, height=h, format="rgb24")
-                            break
-                    if found is not None:
-                        break
-                assert found is not None
-                frames.append(found)
-            return assemble(np.stack(frames), order, [order], spec)
+            got = {}
+            for i, frame in enumerate(container.decode(stream)):
+                if i in order:
+                    got[i] = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BILINEAR")
+                if i >= order[-1]:
+                    break
+        return assemble(np.stack([got[i] for i in order]), order, [order], spec)
 
     def run() -> object:
         if method == "ours":
-            return decode_file(path, spec, limits, threads=threads)
+            return decode_file(path, spec, limits)
         if method == "ours-kf":
-            kf = SamplingSpec(**SPEC, sampling="keyframes")  # type: ignore[arg-type]
-            return decode_file(path, kf, limits, threads=threads)
-        if method == "ours-pyav":
-            return decode_file(path, spec, limits, decoder="pyav", threads=threads)
-        if method == "full-res":
-            return full_res()
-        if method == "pyav-seek":
-            return pyav_seek()
-        if method == "pyav-seek-skip":
-            return pyav_seek_skip()
-        if method == "order":
-            return per_frame()
+            return decode_file(path, SamplingSpec(**SPEC, sampling="keyframes"), limits)  # type: ignore[arg-type]
+        if method == "sequential":
+            return sequential()
+        if method in ("decord", "full-res"):
+            return with_decord(method == "full-res")
         raise ValueError(method)
 
     run()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, used = time.perf_counter(), cpu_s()
         run()
-        times.append((time.perf_counter() - start) * 1000)
-    return {"ms": min(times), "rss_mb": peak_rss_mb()}
+        wall.append((time.perf_counter() - start) * 1000)
+        cpu.append((cpu_s() - used) * 1000)
+    return {"ms": min(wall), "cpu_ms": min(cpu), "rss_mb": peak_rss_mb()}
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def frame_counts(path: Path) -> dict[str, int]:
+    """Frames each approach decodes for the 8 sampled frames (see the module docstring)."""
+    import av
+
+    from service.decode import Convert, decode_plan, demux, sparse_decode
+    from service.sampling import sample_indices
+
+    packets = demux(str(path))
+    order = sample_indices(len(packets.pts), SPEC["num_segments"])[0]
+    with av.open(str(path)) as container:
+        kinds = {f.pts: int(f.pict_type) for f in container.decode(container.streams.video[0])}  # I 1, P 2, B 3
+    display = sorted(packets.pts)  # type: ignore[type-var]
+    wanted = {display[i] for i in order}
+    runs = decode_plan(packets, order)
+    in_runs = [packets.pts[n] for start, end in runs for n in range(start, end + 1)]
+    _, decoded = sparse_decode(str(path), packets, order, Convert(32, 32, 0), 1)
+    return {
+        "sampled": len(order),
+        "minimum": sum(1 for pts in in_runs if kinds[pts] in (1, 2) or pts in wanted),
+        "ours": decoded,
+        "runs": len(in_runs),
+        "sequential": display.index(display[order[-1]]) + 1,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -177,80 +168,67 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(method: str, path: Path, repeat: int, threads: int) -> dict[str, float]:
+def measure(method: str, path: Path, repeat: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--one", method, str(path), "--repeat", str(repeat), "--threads", str(threads)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+        [sys.executable, __file__, "--one", method, str(path), "--repeat", str(repeat)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def idle_rss() -> float:
-    code = (
-        "import resource, numpy, av, decord, service.decode; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
-    return int(out.stdout.strip()) / 1024
-
-
-async def pool_throughput(path: Path, workers: int, threads: int, videos: int) -> float:
-    from service.decode import DecodeLimits
-    from service.decode_pool import DecodePool
-    from service.sampling import SamplingSpec
-
-    pool = DecodePool(DecodeLimits(4096 * 2304, 8192, 3600.0, 60.0, 4096, 1000), workers, decoder_threads=threads)
-    await pool.start()
-    spec = SamplingSpec(**SPEC)  # type: ignore[arg-type]
-    try:
-        await asyncio.gather(*(pool.decode(path, spec) for _ in range(workers)))  # warm-up
-        start = time.perf_counter()
-        await asyncio.gather(*(pool.decode(path, spec) for _ in range(videos)))
-        return videos / (time.perf_counter() - start)
-    finally:
-        await pool.close()
-
-
 def main() -> None:
+    from harness.load import load_average
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--results", type=Path, help="append the tables to this markdown file")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.repeat, args.threads)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.repeat)))
         return
-
-    import os
-
-    print(f"# {os.cpu_count()} CPU cores; 8 frames, scale 256, crop 224; best of {args.repeat}")
-    print(f"# idle worker RSS (numpy + av + decord imported): {idle_rss():.0f} MB\n")
+    load_before = load_average()
+    lines = [
+        f"## Decoding (`bench/decode.py --repeat {args.repeat}`), {dt.date.today().isoformat()}, "
+        "CPU, one decoder thread",
+        "",
+        "8 TSN-sampled frames, scale 256 / crop 224, x264 veryfast clips (B-frames, a keyframe every 2 s). "
+        "Best of the repeats, each method in its own process. CPU ms = user + system (core·ms).",
+        "",
+        "| clip | method | ms / video | CPU ms / video | peak RSS MB | CPU vs decord |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    frames: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        clips = {
-            "320x240": make_clip(Path(tmp) / "small.mp4", 320, 240, args.seconds),
-            "1280x720": make_clip(Path(tmp) / "hd.mp4", 1280, 720, args.seconds),
-        }
-        print("| clip | method | threads | ms / video | peak RSS MB | vs full-res |")
-        print("|---|---|---:|---:|---:|---:|")
-        for name, path in clips.items():
-            rows = {}
-            for threads in (1, 0):
-                for method in METHODS:
-                    if threads == 0 and method not in ("ours", "full-res"):
-                        continue
-                    rows[(method, threads)] = measure(method, path, args.repeat, threads)
-            for (method, threads), row in rows.items():
-                ratio = row["ms"] / rows[("full-res", threads)]["ms"]
-                label = "auto" if threads == 0 else str(threads)
-                print(f"| {name} | {method} | {label} | {row['ms']:.0f} | {row['rss_mb']:.0f} | {ratio:.2f}x |")
-        print("\nPool throughput (videos/s, 1280x720 clip, ours):")
-        print("| workers | decoder threads | videos/s |")
-        print("|---:|---:|---:|")
-        for workers, threads in ((1, 1), (1, 2), (2, 1), (2, 2)):
-            rate = asyncio.run(pool_throughput(clips["1280x720"], workers, threads, videos=12))
-            print(f"| {workers} | {threads} | {rate:.2f} |")
+        for w, h, seconds in CLIPS:
+            path = make_clip(Path(tmp) / f"{w}x{h}.mp4", w, h, seconds)
+            name = f"{w}×{h} {seconds} s"
+            rows = {method: measure(method, path, args.repeat) for method in METHODS}
+            for method, row in rows.items():
+                ratio = row["cpu_ms"] / rows["decord"]["cpu_ms"]
+                lines.append(f"| {name} | {method} | {row['ms']:.0f} | {row['cpu_ms']:.0f} | {row['rss_mb']:.0f} "
+                             f"| {ratio:.2f}× |")  # fmt: skip
+            c = frame_counts(path)
+            frames.append(
+                f"| {name} | {c['sampled']} | {c['minimum']} | {c['ours']} | {c['runs']} | {c['sequential']} |"
+            )
+            print(lines[-1], flush=True)
+    lines += [
+        "",
+        "Frames decoded for the 8 sampled frames: the lower bound of exact decoding (references in the "
+        "runs + sampled), ours, decord's (every frame of the runs), and a sequential decoder's.",
+        "",
+        "| clip | sampled | minimum (lower bound) | ours | decord | sequential |",
+        "|---|---:|---:|---:|---:|---:|",
+        *frames,
+        "",
+        f"Load average {load_before} before, {load_average()} after.",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.results:
+        with args.results.open("a") as f:
+            f.write("\n" + table + "\n")
 
 
 if __name__ == "__main__":

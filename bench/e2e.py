@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.decode import make_clip  # noqa: E402
+from bench.decode import CLIPS, make_clip  # noqa: E402
 from harness.load import HttpTarget, Record, Sampler, closed_loop, load_average, load_videos, metric, summarize  # noqa: E402
 from harness.process import ServerProcess  # noqa: E402
 from service.metrics import STAGES  # noqa: E402
@@ -59,7 +59,7 @@ CONFIGS: dict[str, dict[str, object]] = {
     "naive": {**SHIPPED, "max_batch_clips": 1},
     "plain": {"module": "bench.plain_server"},
 }
-SIZES = ((320, 240, 10), (640, 360, 10), (1280, 720, 5))  # width, height, seconds: the issue #19 mix
+SIZES = CLIPS
 
 
 def make_videos(directory: Path) -> list[Path]:
@@ -269,7 +269,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "load_before": load_average(),
-        "flags": " --quick" if args.quick else "",
+        "flags": (" --quick" if args.quick else "") + getattr(args, "flags_note", ""),
     }
     paths = make_videos(args.video_dir)
     videos = load_videos(paths)
@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-seconds", type=float, default=150.0, help="no new request in a cell after this long")
     p.add_argument("--baseline", choices=["plain", "naive"], default="plain", help="what default is compared with")
     p.add_argument("--models", default="mbv2_224,resnet50_224", help="comma-separated: default, mbv2_224, resnet50_224")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of the default server (e.g. torch_threads=1); repeatable")  # fmt: skip
     p.add_argument("--video-dir", type=Path, default=Path(tempfile.gettempdir()) / "tsm-bench-videos")
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--results", type=Path, help="append the tables to this markdown file (bench/RESULTS.md)")
@@ -330,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.min_requests, args.per_client, args.cell_seconds = 8, 1, 30.0
     args.concurrency = args.concurrency or ("1,4,16" if args.quick else "1,4,16,64")
+    overrides = dict(item.split("=", 1) for item in args.set)
+    CONFIGS["default"] = {**CONFIGS["default"], **overrides}
+    if overrides:
+        args.flags_note = " " + " ".join(f"--set {k}={v}" for k, v in overrides.items())
     out = asyncio.run(main_async(args))
     print(out["table"])
     if args.json:

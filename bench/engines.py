@@ -83,6 +83,45 @@ def onnxruntime_forward(model: torch.nn.Module, a: argparse.Namespace, work: Pat
     return lambda clips: session.run(None, {"frames": clips})[0]
 
 
+def agreement(a: argparse.Namespace) -> list[str]:
+    """Each engine on the bundled model's fresh evaluation clips (decoded by the server's decoder):
+    top-1 accuracy, and how often its top-1 is the float32 reference's."""
+    from service.sampling import SamplingSpec
+    from service.store import load_entry
+    from training.common import DEFAULT_CACHE, decoded_clips
+    from training.synthetic import FULL, LABELS, SPLIT_EVAL
+
+    entry = load_entry(ROOT / "model_store" / "tsm_mobilenetv2_synthetic_motion" / "1")
+    c = entry.config
+    spec = SamplingSpec(c.num_segments, c.scale_size, c.input_size, resize=c.resize)
+    frames, labels = decoded_clips(SPLIT_EVAL, 0, a.agreement * len(LABELS), FULL, DEFAULT_CACHE, spec, 2)
+    rows, reference = [], None
+    for engine, dtype in (("torch", "float32"), ("openvino", "float32"), ("openvino", "bfloat16")):
+        runner = Runner(
+            entry.model, mean=c.mean, std=c.std, num_segments=c.num_segments, input_size=c.input_size,
+            identity=ModelIdentity(c.arch, c.weights_sha256, (c.num_segments, c.input_size, c.input_size, 3)),
+            config=RunnerConfig(device="cpu", engine=engine, dtype=dtype, engine_cache_dir=a.cache),  # type: ignore[arg-type]
+        )  # fmt: skip
+        runner.warmup(buckets=[1])
+        logits = np.concatenate([runner.forward(frames[i : i + 8]) for i in range(0, len(frames), 8)])
+        runner.close()
+        reference = logits if reference is None else reference
+        top1 = logits.argmax(1)
+        rows.append(
+            f"| {runner.engine.label} | {len(labels)} | {(top1 == labels).mean():.1%} "
+            f"| {(top1 == reference.argmax(1)).mean():.1%} | {np.abs(logits - reference).max():.1e} |"
+        )
+        print(rows[-1], flush=True)
+    return [
+        "",
+        f"Agreement on the bundled model ({c.name}), fresh evaluation clips through the server's decoder:",
+        "",
+        "| engine | clips | top-1 accuracy | same top-1 as torch float32 | max abs Δ logits |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def measure(forward: Forward, clips: np.ndarray, seconds: float) -> float:
     """Clips/s at this batch: the best of repeated runs within ``seconds`` (at least two)."""
     forward(clips)  # first run allocates
@@ -105,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="per cell and repeat")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also torch.compile (minutes per batch size on CPU)")
+    p.add_argument("--agreement", type=int, default=0, metavar="N",
+                   help="also compare engines on N evaluation clips per class of the bundled model")  # fmt: skip
     p.add_argument("--results", type=Path, help="append the table to this markdown file")
     a = p.parse_args(argv)
     a.batches = [int(b) for b in a.batches.split(",")]
@@ -161,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| model | engine | max abs Δ | {head} |",
         "|---|---|---:|" + "---:|" * len(a.batches),
         *rows,
+        *(agreement(a) if a.agreement else []),
     ])  # fmt: skip
     print(table)
     if a.results:

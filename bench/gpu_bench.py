@@ -169,15 +169,17 @@ def main() -> None:
     dtypes = a.dtypes.split(",") if cuda else ["float32"]
     budget = Budget(a.budget_s)
 
-    eager = [dict(arch=x, dtype=d, channels_last=cl) for x in archs for d in dtypes for cl in (False, True)]
+    eager = [
+        dict(arch=x, dtype=d, channels_last=cl, engine="torch") for x in archs for d in dtypes for cl in (False, True)
+    ]
     graphs = [
-        dict(arch=x, mode="graphs", dtype=d, channels_last=True, cuda_graphs=True)
+        dict(arch=x, mode="graphs", dtype=d, channels_last=True, cuda_graphs=True, engine="torch")
         for x in archs
         for d in dtypes
         if cuda and d != "float32"
     ]
     compiled = [
-        dict(arch=x, mode="compile", dtype="float16" if cuda else "float32", channels_last=True, compile=True)
+        dict(arch=x, mode="compile", dtype="float16" if cuda else "float32", channels_last=True, engine="compile")
         for x in archs[:1]
     ]
 

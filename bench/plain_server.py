@@ -1,9 +1,10 @@
 """The baseline of ``bench/e2e.py --baseline plain``: the FastAPI handler a team writes in an afternoon.
 
 decord reads the sampled frames at full resolution in the request thread, torch resizes and crops
-them, one eager forward pass per request on 2 torch threads; FastAPI runs the sync handler in its
-thread pool. Same model store, same weights, same sampling (TSN segment centres, short side to
-``scale_size``, centre crop) as tsm-serve, so the two answer the same question.
+them, one eager forward pass per request on 2 torch threads (on the GPU where there is one);
+FastAPI runs the sync handler in its thread pool. Same model store, same weights, same sampling
+(TSN segment centres, short side to ``scale_size``, centre crop) as tsm-serve, so the two answer
+the same question.
 
     TSM_MODEL_STORE=... TSM_HTTP_PORT=8001 python -m bench.plain_server
 """
@@ -30,9 +31,12 @@ from service.sampling import sample_indices  # noqa: E402
 from service.store import StoreEntry, find_entries, load_entry  # noqa: E402
 
 torch.set_num_threads(2)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as a plain handler would
 ENTRIES: dict[str, StoreEntry] = {
     name: load_entry(path) for name, path in find_entries(Path(os.environ["TSM_MODEL_STORE"])).items()
 }
+for _entry in ENTRIES.values():
+    _entry.model.to(DEVICE)
 DEFAULT = os.environ.get("TSM_DEFAULT_MODEL") or next(iter(ENTRIES))
 app = FastAPI()
 
@@ -73,7 +77,7 @@ def classify(file: Annotated[UploadFile, File()], model: str = DEFAULT, top_k: i
         except Exception as e:
             raise HTTPException(422, f"cannot decode: {e}") from None
     with torch.inference_mode():
-        scores = entry.model(x).softmax(-1)[0]
+        scores = entry.model(x.to(DEVICE)).softmax(-1)[0].cpu()
     top = scores.topk(min(top_k, len(scores)))
     return {
         "model": model,

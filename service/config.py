@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     # --- inference
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="auto: float16 on CUDA, float32 on CPU"
+        "auto", description="auto: float16 on CUDA; bfloat16 (OpenVINO) on CPUs that run it natively, else float32"
     )
     torch_threads: int = Field(default=0, ge=0, description="inference threads; 0: its share of cpu_budget")
     channels_last: bool = True

@@ -250,7 +250,7 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
     try:
         # Count the frames that are really there by demuxing (no decoding): metadata of damaged
         # or streamed files is often missing or wrong. The same pass maps the GOP structure.
-        packets = _demux(path)
+        packets = demux(path)
         count = len(packets.pts)
         if count == 0:
             raise _undecodable("it contains no frames")
@@ -263,11 +263,11 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
         if only_keys:
             indices = nearest_keyframes(indices, keyframes)
         order = sorted({i for clip in indices for i in clip})
-        convert = _Convert(coded_w, coded_h, turns)
+        convert = Convert(coded_w, coded_h, turns)
         if only_keys:
             got = _keyframes(path, order, keyframes, convert, threads)
         elif info.codec in SPARSE_CODECS and packets.timestamps_usable():
-            got = _sparse(path, packets, order, convert, threads)
+            got, _ = sparse_decode(path, packets, order, convert, threads)
         else:
             got = _sequential(path, order, convert, threads)
     except av.FFmpegError as exc:
@@ -284,7 +284,7 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
 
 
 @dataclass
-class _Packets:
+class Packets:
     """The video stream's packets in decode order, from one demux pass (nothing decoded)."""
 
     pts: list[int | None]
@@ -302,8 +302,8 @@ class _Packets:
         return sorted(rank[pts] for pts, key in zip(self.pts, self.keyframe, strict=True) if key)
 
 
-def _demux(path: str) -> _Packets:
-    packets = _Packets([], [])
+def demux(path: str) -> Packets:
+    packets = Packets([], [])
     with av.open(path, metadata_errors="ignore") as container:
         stream = _video_stream(container)
         if stream is None:
@@ -316,7 +316,7 @@ def _demux(path: str) -> _Packets:
 
 
 @dataclass(frozen=True)
-class _Convert:
+class Convert:
     """Decoded frame → RGB at the model's scale (swscale resizes while converting), turned for display."""
 
     width: int
@@ -328,13 +328,13 @@ class _Convert:
         return np.rot90(rgb, self.turns) if self.turns else rgb
 
 
-def decode_plan(packets: _Packets, wanted: list[int]) -> list[tuple[int, int]]:
+def decode_plan(packets: Packets, wanted: list[int]) -> list[tuple[int, int]]:
     """Runs of packets (decode-order ``[start, end]``) that reach every wanted display index.
 
     A wanted frame needs the packets from the last keyframe before it (in both orders) up to its
     own; runs that touch merge into one sequential pass, and the packets between runs are never
     decoded (the decoder restarts at the next run's keyframe). Within a run, frames nothing refers
-    to are skipped unless wanted (``skip_frame``, decided per packet in :func:`_sparse`)."""
+    to are skipped unless wanted (``skip_frame``, decided per packet in :func:`sparse_decode`)."""
     display = sorted(packets.pts)  # type: ignore[type-var]
     position = {pts: n for n, pts in enumerate(packets.pts)}
     needs = []
@@ -355,15 +355,21 @@ def decode_plan(packets: _Packets, wanted: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _sparse(path: str, packets: _Packets, order: list[int], convert: _Convert, threads: int) -> dict[int, np.ndarray]:
+def sparse_decode(
+    path: str, packets: Packets, order: list[int], convert: Convert, threads: int
+) -> tuple[dict[int, np.ndarray], int]:
     """Decodes only what the sampled frames need (plan: :func:`decode_plan`); the same pixels as
-    decoding every frame, which the tests check on B-frames, open GOPs and other codecs."""
+    decoding every frame, which the tests check on B-frames, open GOPs and other codecs. Returns the
+    frames by display index and how many frames were decoded (bench/decode.py reports it)."""
     display = sorted(packets.pts)  # type: ignore[type-var]
     wanted = {display[i]: i for i in order}
     runs = decode_plan(packets, order)
     got: dict[int, np.ndarray] = {}
+    decoded = 0
 
     def take(frames: list[av.VideoFrame]) -> None:
+        nonlocal decoded
+        decoded += len(frames)  # a skipped frame yields nothing
         for frame in frames:
             i = wanted.get(frame.pts)
             if i is not None and i not in got:
@@ -392,10 +398,10 @@ def _sparse(path: str, packets: _Packets, order: list[int], convert: _Convert, t
                 run += 1
                 if run == len(runs):
                     break
-    return got
+    return got, decoded
 
 
-def _sequential(path: str, order: list[int], convert: _Convert, threads: int) -> dict[int, np.ndarray]:
+def _sequential(path: str, order: list[int], convert: Convert, threads: int) -> dict[int, np.ndarray]:
     """Every frame in turn up to the last sampled one; the n-th frame out is display index n. For
     streams whose timestamps cannot place frames (missing or repeated)."""
     wanted = set(order)
@@ -420,7 +426,7 @@ def _sequential(path: str, order: list[int], convert: _Convert, threads: int) ->
 
 
 def _keyframes(
-    path: str, order: list[int], keyframes: list[int], convert: _Convert, threads: int
+    path: str, order: list[int], keyframes: list[int], convert: Convert, threads: int
 ) -> dict[int, np.ndarray]:
     """``sampling=keyframes``: only keyframes are decoded; the n-th one is display index ``keyframes[n]``."""
     wanted = set(order)

@@ -27,6 +27,7 @@ rebuilt, never served.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -57,6 +58,16 @@ Compute = Callable[[Tensor], Tensor]
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tsm-serve" / "engines"
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """OpenVINO runs bfloat16 natively here (AVX512-BF16 or AMX); elsewhere it would emulate it, slowly."""
+    if not openvino_available():
+        return False
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def openvino_available() -> bool:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from service.engines import EngineCache, ModelIdentity, openvino_available, seeded_clips, verify
+from service.engines import EngineCache, ModelIdentity, cpu_has_native_bf16, openvino_available, seeded_clips, verify
 from service.model.tsm import load_state_strict
 from service.runner import Runner, RunnerConfig
 from service.store import ModelConfig, build_model
@@ -33,6 +33,8 @@ def golden_model(arch: str) -> nn.Module:
 
 def runner_for(model: nn.Module, cache: Path | None, *, identity: ModelIdentity | None = IDENTITY,
                size: int = SIZE, **config: object) -> Runner:  # fmt: skip
+    """float32 unless ``dtype`` says otherwise: most checks here compare with the float32 reference closely."""
+    config.setdefault("dtype", "float32")
     runner = Runner(model, mean=MEAN, std=STD, num_segments=SEGMENTS, input_size=size, identity=identity,
                     config=RunnerConfig(device="cpu", engine_cache_dir=cache, max_batch_clips=2, **config))  # type: ignore[arg-type]  # fmt: skip
     runner.warmup()
@@ -57,12 +59,28 @@ def test_openvino_reproduces_the_official_logits(tmp_path: Path, arch: str) -> N
 def test_auto_takes_a_verified_engine_and_says_which(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = small_tsm()
     with caplog.at_level(logging.INFO, logger="service.runner"):
-        runner = runner_for(model, tmp_path)
-    assert runner.engine.name in ("openvino", "torch")
+        runner = runner_for(model, tmp_path, dtype="float32")
+    assert runner.engine.name in ("openvino", "torch") and runner.engine.precision == "float32"
     assert "openvino verified" in caplog.text and f"engine {runner.engine.label} serves on cpu" in caplog.text
     clips = random_clips(3, seed=5)
     np.testing.assert_allclose(runner.forward(clips), reference_logits(model, clips), rtol=1e-4, atol=1e-5)
     runner.close()
+
+
+def test_auto_prefers_bfloat16_where_the_cpu_has_it_natively(tmp_path: Path) -> None:
+    """As float16 on a GPU: half precision by default where the hardware runs it, verified to its bound."""
+    model = small_tsm()
+    runner = runner_for(model, tmp_path, dtype="auto")
+    clips = random_clips(2, seed=9)
+    got, want = runner.forward(clips), reference_logits(model, clips)
+    runner.close()
+    if not cpu_has_native_bf16():
+        assert runner.engine.precision == "float32"
+        return
+    assert runner.engine.label in ("openvino-bfloat16", "torch")  # torch only if it ran faster here
+    if runner.engine.name == "openvino":
+        assert np.abs(got - want).max() <= 5e-2 * max(1.0, float(np.abs(want).max()))
+        assert (got.argmax(1) == want.argmax(1)).all()
 
 
 def _only_entry(cache: Path) -> Path:

@@ -156,7 +156,8 @@ def test_list_models_matches_http(server: InProcessServer, stub: Any) -> None:
         models = client.models()
         assert models == server.http.get("/v1/models").json()["models"]
     # The engine each model is served by, verified at load (auto: OpenVINO wins on CPU where it installs).
-    assert {(m["engine"], m["precision"]) for m in models} <= {("openvino", "float32"), ("torch", "float32")}
+    served = {("openvino", "float32"), ("openvino", "bfloat16"), ("torch", "float32")}
+    assert {(m["engine"], m["precision"]) for m in models} <= served
     assert [m.name for m in stub.ListModels(pb.ListModelsRequest()).models] == ["tiny", "tiny4"]
 
 

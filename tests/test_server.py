@@ -27,9 +27,10 @@ def test_models_info_describes_every_loaded_model(server: InProcessServer) -> No
     assert tiny == ModelInfo(
         name="tiny", version="1", default=True, arch="mobilenetv2", num_segments=8, num_classes=len(TINY_LABELS),
         input_size=64, scale_size=72, resize="short_side", shift=True, untrained=True, source=tiny.source,
-        engine=tiny.engine, precision="float32",
+        engine=tiny.engine, precision=tiny.precision,
     )  # fmt: skip
-    assert tiny.engine in ("openvino", "torch")  # auto: the faster of the verified engines here
+    # auto: the faster of the verified engines here (bfloat16 where the CPU has it natively)
+    assert (tiny.engine, tiny.precision) in {("openvino", "float32"), ("openvino", "bfloat16"), ("torch", "float32")}
     with pytest.raises(ServiceError) as info:
         server.server.model_info("nope")
     assert info.value.kind is ErrorKind.unknown_model and "tiny, tiny4" in info.value.message
