@@ -22,7 +22,7 @@ WORKDIR /opt/tsm
 RUN if [ -n "${TORCH_INDEX_URL}" ]; then pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.3"; fi
 
 # Dependencies first, from pyproject alone (an empty package stands in for the code), so a code
-# change does not reinstall grpcio, av and decord. torch is already there and is kept.
+# change does not reinstall grpcio, av and openvino. torch is already there and is kept.
 COPY pyproject.toml README.md /opt/tsm/src/
 RUN mkdir -p /opt/tsm/src/service \
     && touch /opt/tsm/src/service/__init__.py \
@@ -32,7 +32,7 @@ RUN mkdir -p /opt/tsm/src/service \
 COPY service /opt/tsm/src/service
 RUN pip install --no-deps /opt/tsm/src \
     && rm -rf /opt/tsm/src \
-    && python -c "import torch, decord, av, service.__main__"
+    && python -c "import torch, av, openvino, onnx, service.__main__"
 
 # Baked-in models; a volume mounted here replaces them.
 COPY model_store /opt/tsm/model_store
@@ -43,8 +43,8 @@ RUN groupadd --system --gid 10001 tsm \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tsm
 USER 10001:10001
 
-# HOME=/tmp: caches (torch, CUDA kernels) land on the one writable path when the root filesystem
-# is read-only. Uploads spool under /tmp too unless TSM_SPOOL_DIR says otherwise.
+# HOME=/tmp: caches (torch, CUDA kernels, converted engines: TSM_ENGINE_CACHE_DIR to keep them on a
+# volume) land on the one writable path when the root filesystem is read-only. Uploads spool under /tmp too unless TSM_SPOOL_DIR says otherwise.
 ENV HOME=/tmp \
     TSM_HOST=0.0.0.0 \
     TSM_HTTP_PORT=8000 \

@@ -38,7 +38,6 @@ def worker_main() -> None:
     fd, parent_pid, memory_mb = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
-    os.nice(int(os.environ.get("TSM_DECODE_NICE", "0")))
     import resource
 
     import av

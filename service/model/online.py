@@ -1,0 +1,91 @@
+"""Online (uni-directional) TSM: frames arrive one at a time; each shifted block takes the first
+``C // shift_div`` channels of its residual-branch input from the *previous* frame (zeros before the
+first), so a frame is computed once, from frames up to it, at the cost of a 2D CNN.
+
+One code path runs a stream of ``T`` frames from a given state (``T = 1``: one step of ``B`` live
+streams; ``T`` = a whole clip from zero state: the causal clip run). The state of a stream is one
+tensor per shifted block, ``[fold, H, W]`` at that block's resolution (27,048 floats for MobileNetV2 at
+224²). Per-frame logits: pooled features → ``new_fc``, no consensus over frames.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from service.model.backbones import Arch, build_backbone
+
+State = list[Tensor]  # one [B, fold, H, W] tensor per shifted block
+
+
+class OnlineShift(nn.Module):
+    """Wraps the first layer of a residual branch, like ``TemporalShift``, with the one-sided shift.
+    ``OnlineTSM`` sets ``frames`` and ``state_in`` before a forward and reads ``state_out`` after."""
+
+    def __init__(self, net: nn.Module, shift_div: int = 8) -> None:
+        super().__init__()
+        self.net = net
+        self.shift_div = shift_div
+        self.frames = 1
+        self.state_in: Tensor | None = None
+        self.state_out: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        nt, c, h, w = x.shape
+        t = self.frames
+        x5 = x.view(nt // t, t, c, h, w)
+        fold = c // self.shift_div
+        past = self.state_in if self.state_in is not None else x.new_zeros(nt // t, fold, h, w)
+        shifted = torch.cat((past.unsqueeze(1), x5[:, :-1, :fold]), dim=1)  # frame t gets t-1's channels
+        self.state_out = x5[:, -1, :fold].clone()
+        return self.net(torch.cat((shifted, x5[:, :, fold:]), dim=2).view(nt, c, h, w))
+
+    def extra_repr(self) -> str:
+        return f"shift_div={self.shift_div}, online (past only)"
+
+
+class OnlineTSM(nn.Module):
+    """Input ``[B, T, 3, H, W]`` float (normalised), output per-frame logits ``[B, T, classes]``:
+    frame t from frames ≤ t, exactly as if streamed one frame at a time from a zero state."""
+
+    online = True
+
+    def __init__(self, arch: Arch, num_classes: int, shift_div: int = 8, width_mult: float = 1.0, dropout: float = 0.5):
+        super().__init__()
+        self.base_model = build_backbone(arch, width_mult)
+        self.base_model.insert_temporal_shift(1, shift_div, "blockres", online=True)
+        self.dropout = nn.Dropout(dropout)
+        self.new_fc = nn.Linear(self.base_model.feature_dim, num_classes)
+        nn.init.normal_(self.new_fc.weight, 0.0, 0.001)
+        nn.init.zeros_(self.new_fc.bias)
+        self.shifts = [m for m in self.modules() if isinstance(m, OnlineShift)]
+
+    def run(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``T`` frames of ``B`` streams from ``state`` (None: zeros): per-frame logits and the state after."""
+        b, t = x.shape[:2]
+        if state is not None and len(state) != len(self.shifts):
+            raise ValueError(f"a state has {len(self.shifts)} tensors, got {len(state)}")
+        for i, shift in enumerate(self.shifts):
+            shift.frames = t
+            shift.state_in = state[i] if state is not None else None
+        features = self.base_model(x.reshape(b * t, *x.shape[2:]))
+        logits = self.new_fc(self.dropout(features)).view(b, t, -1)
+        out = [shift.state_out for shift in self.shifts]
+        for shift in self.shifts:
+            shift.state_in = shift.state_out = None  # no tensor outlives the call on the module
+        return logits, [s for s in out if s is not None]
+
+    def step(self, frames: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """One frame ``[B, 3, H, W]`` of each of ``B`` streams: logits ``[B, classes]`` and the new state."""
+        logits, state = self.run(frames.unsqueeze(1), state)
+        return logits[:, 0], state
+
+    def initial_state(self, batch: int, input_size: int) -> State:
+        """A fresh stream's state: zeros, one tensor per shifted block."""
+        probe = next(self.parameters())
+        with torch.no_grad():
+            _, state = self.run(probe.new_zeros(1, 1, 3, input_size, input_size))
+        return [s.new_zeros(batch, *s.shape[1:]) for s in state]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run(x)[0]
