@@ -18,7 +18,9 @@ STD = torch.tensor([0.229, 0.224, 0.225])
 
 
 def key_spec(arch: str) -> dict:
-    return json.loads((FIXTURES / f"keys_{arch}_k400_seg8.json").read_text())
+    """``arch``: resnet50, mobilenetv2 (offline, Kinetics-400, 8 segments) or online (the online demo)."""
+    name = "online/keys_mobilenetv2_online_jester.json" if arch == "online" else f"keys_{arch}_k400_seg8.json"
+    return json.loads((FIXTURES / name).read_text())
 
 
 def golden(arch: str) -> dict:

@@ -38,20 +38,22 @@ def test_inplace_shift_equals_offline_shift() -> None:
 def test_online_shift_streams_the_past() -> None:
     table = GOLD["online_index_table"]
     buffer = torch.zeros(1, C // 8, 1, 1)
+    frames = (1 + torch.arange(T * C, dtype=torch.float32)).view(1, T, C, 1, 1)
     for t in range(T):
-        frame = (1 + t * C + torch.arange(C, dtype=torch.float32)).view(1, C, 1, 1)
-        shifted, buffer = shift_online(frame, buffer)
+        shifted, buffer = shift_online(frames[:, t : t + 1], buffer)
         assert shifted.view(C).tolist() == table["shifted_input_TxC"][t]
         assert buffer.view(-1).tolist() == table["buffer_out_per_frame"][t]
+    whole, last = shift_online(frames, torch.zeros(1, C // 8, 1, 1))  # the clip at once: the same
+    assert whole.view(T, C).tolist() == table["shifted_input_TxC"] and torch.equal(last, buffer)
 
 
 def test_online_shift_random_case() -> None:
-    clip = torch.tensor(GOLD["offline_random"]["input"]).view(N, T, C, 2, 2)[0]
+    clip = torch.tensor(GOLD["offline_random"]["input"]).view(N, T, C, 2, 2)[:1]
     buffer = torch.zeros(1, C // 8, 2, 2)
     outputs = []
     for t in range(T):
-        shifted, buffer = shift_online(clip[t : t + 1], buffer)
-        outputs.append(shifted)
+        shifted, buffer = shift_online(clip[:, t : t + 1], buffer)
+        outputs.append(shifted[0])
     assert torch.equal(torch.cat(outputs), torch.tensor(GOLD["online_random_n0"]["shifted_input"]))
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from service.model.shift import ShiftPlace, TemporalShift
+from service.model.shift import OnlineShift, ShiftPlace, TemporalShift
 
 Arch = Literal["resnet50", "resnet101", "mobilenetv2"]
 
@@ -26,6 +26,10 @@ def _init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def _shift(net: nn.Module, num_segments: int, shift_div: int, online: bool) -> nn.Module:
+    return OnlineShift(net, shift_div) if online else TemporalShift(net, num_segments, shift_div)
 
 
 # ------------------------------------------------------------------------------------- ResNet
@@ -81,7 +85,8 @@ class ResNet(nn.Module):
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def insert_temporal_shift(self, num_segments: int, shift_div: int, place: ShiftPlace) -> None:
+    def insert_temporal_shift(self, num_segments: int, shift_div: int, place: ShiftPlace, online: bool = False) -> None:
+        """``online``: the one-sided shift of live streams (``blockres`` only), in the same blocks."""
         if place == "blockres":
             # Deep nets (layer3 of 23 blocks: ResNet-101) shift every other block, as the official code.
             every = 2 if len(self.layer3) >= 23 else 1
@@ -89,7 +94,9 @@ class ResNet(nn.Module):
                 for i, block in enumerate(stage):
                     if i % every == 0:
                         assert isinstance(block, Bottleneck)
-                        block.conv1 = TemporalShift(block.conv1, num_segments, shift_div)
+                        block.conv1 = _shift(block.conv1, num_segments, shift_div, online)
+        elif online:
+            raise ValueError("the online shift goes on residual branches: use the 'blockres' placement")
         elif place == "block":
             for stage in self.stages():
                 for i, block in enumerate(list(stage)):
@@ -153,13 +160,14 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         _init_weights(self)
 
-    def insert_temporal_shift(self, num_segments: int, shift_div: int, place: ShiftPlace) -> None:
+    def insert_temporal_shift(self, num_segments: int, shift_div: int, place: ShiftPlace, online: bool = False) -> None:
         if place != "blockres":
             raise ValueError("MobileNetV2 supports only the 'blockres' shift placement")
-        # Shift the expansion conv of every residual block that has one (10 blocks at width 1).
+        # Shift the expansion conv of every residual block that has one (10 blocks at width 1): the
+        # blocks the official offline model and its online demo both shift.
         for m in self.features:
             if isinstance(m, InvertedResidual) and m.use_res_connect and len(m.conv) == 8:
-                m.conv[0] = TemporalShift(m.conv[0], num_segments, shift_div)
+                m.conv[0] = _shift(m.conv[0], num_segments, shift_div, online)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x).mean(3).mean(2)  # mean, not a pool module: bit-equal to official

@@ -14,34 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from service.model.backbones import Arch, build_backbone
+from service.model.shift import OnlineShift
 
 State = list[Tensor]  # one [B, fold, H, W] tensor per shifted block
-
-
-class OnlineShift(nn.Module):
-    """Wraps the first layer of a residual branch, like ``TemporalShift``, with the one-sided shift.
-    ``OnlineTSM`` sets ``frames`` and ``state_in`` before a forward and reads ``state_out`` after."""
-
-    def __init__(self, net: nn.Module, shift_div: int = 8) -> None:
-        super().__init__()
-        self.net = net
-        self.shift_div = shift_div
-        self.frames = 1
-        self.state_in: Tensor | None = None
-        self.state_out: Tensor | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        nt, c, h, w = x.shape
-        t = self.frames
-        x5 = x.view(nt // t, t, c, h, w)
-        fold = c // self.shift_div
-        past = self.state_in if self.state_in is not None else x.new_zeros(nt // t, fold, h, w)
-        shifted = torch.cat((past.unsqueeze(1), x5[:, :-1, :fold]), dim=1)  # frame t gets t-1's channels
-        self.state_out = x5[:, -1, :fold].clone()
-        return self.net(torch.cat((shifted, x5[:, :, fold:]), dim=2).view(nt, c, h, w))
-
-    def extra_repr(self) -> str:
-        return f"shift_div={self.shift_div}, online (past only)"
 
 
 class OnlineTSM(nn.Module):

@@ -5,6 +5,9 @@ Checkpoints come in two layouts, detected from their keys:
 * official (mit-han-lab): ``{'state_dict': {'module.base_model.*', 'module.new_fc.*'}}``; our
   parameter names are the same, less ``module.``.
 * mmaction2: ``{'state_dict': {'backbone.*', 'cls_head.fc_cls.*'}}``, renamed here by rule.
+* the official online demo (uni-directional MobileNetV2, ``online_demo/mobilenet_v2_tsm.py``): a plain
+  state dict ``{'features.N.conv.M.*', 'classifier.*'}``; ``features.*`` gains ``base_model.``, the
+  shifted blocks' first conv gains ``net.`` (our shift wraps it) and ``classifier.*`` becomes ``new_fc.*``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import Tensor, nn
 from service.model.backbones import MOBILENETV2_SETTING, Arch, build_backbone
 from service.model.shift import ShiftPlace
 
-CheckpointFormat = Literal["official", "mmaction2"]
+CheckpointFormat = Literal["official", "mmaction2", "online_demo"]
 
 
 _UNREADABLE = "not a readable PyTorch checkpoint (truncated, corrupted or another kind of file)"
@@ -120,10 +123,38 @@ def to_official_names(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], C
                 raise CheckpointError(f"unexpected key in mmaction2 checkpoint: {k}")
             out[new] = v
         return out, "mmaction2"
+    if any(k.startswith("features.") for k in state) and "classifier.weight" in state:
+        return _online_demo_names(state), "online_demo"
     raise CheckpointError(
-        "unrecognised checkpoint layout: expected official TSM keys (base_model.*, new_fc.*) "
-        "or mmaction2 keys (backbone.*, cls_head.fc_cls.*)"
+        "unrecognised checkpoint layout: expected official TSM keys (base_model.*, new_fc.*), "
+        "mmaction2 keys (backbone.*, cls_head.fc_cls.*) or the official online demo's (features.*, classifier.*)"
     )
+
+
+# The online demo's shifted blocks: inverted residuals with a residual connection and an expansion
+# conv, i.e. features.N whose conv has 8 modules (conv.7.* exists) and whose input and output widths
+# match; the same blocks the offline MobileNetV2 shifts.
+_DEMO_CONV0 = re.compile(r"^features\.(\d+)\.conv\.0\.(\w+)$")
+
+
+def _online_demo_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    shifted = set()
+    for key, value in state.items():
+        m = _DEMO_CONV0.match(key)
+        last = state.get(f"features.{m[1]}.conv.6.weight") if m else None
+        expansion = m is not None and m[2] == "weight" and f"features.{m[1]}.conv.7.weight" in state
+        if m and expansion and last is not None and value.shape[1] == last.shape[0]:  # in = out: residual
+            shifted.add(m[1])
+    out = {}
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            out["new_fc." + key.removeprefix("classifier.")] = value
+            continue
+        m = _DEMO_CONV0.match(key)
+        if m and m[1] in shifted and m[2] == "weight":
+            key = f"features.{m[1]}.conv.0.net.weight"
+        out["base_model." + key] = value
+    return out
 
 
 _MM_RESNET_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
