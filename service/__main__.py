@@ -151,7 +151,7 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
             args.checkpoint, arch=args.arch, num_segments=args.num_segments, labels=args.labels, name=args.name,
             version=args.version, store=args.store, shift=not args.no_shift, shift_div=args.shift_div,
             shift_place=args.shift_place, width_mult=args.width_mult, input_size=args.input_size,
-            scale_size=args.scale_size, overwrite=args.overwrite,
+            scale_size=args.scale_size, overwrite=args.overwrite, online=args.online,
         )  # fmt: skip
     except (StoreError, CheckpointError) as e:
         print(f"tsm-serve: error: {e}", file=sys.stderr)
@@ -171,12 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser(
         "import-checkpoint",
-        help="convert an official (mit-han-lab) or mmaction2 TSM checkpoint into a model store entry",
+        help="convert an official (mit-han-lab), mmaction2 or official online-demo TSM checkpoint into a model "
+        "store entry",
     )
     imp.add_argument("checkpoint", type=Path, help=".pth/.pt file (loaded with weights_only=True)")
     imp.add_argument("--arch", required=True, choices=["resnet50", "resnet101", "mobilenetv2"])
-    imp.add_argument("--num-segments", type=int, required=True, help="frames per clip the model was trained on")
-    imp.add_argument("--labels", required=True, help="labels file, or kinetics400 / something_something_v2")
+    imp.add_argument("--num-segments", type=int, help="frames per clip the model was trained on (offline models)")
+    imp.add_argument("--labels", required=True, help="labels file, or kinetics400 / something_something_v2 / jester")
     imp.add_argument("--name", required=True, help="model name in the store and in requests")
     imp.add_argument("--version", default="1")
     imp.add_argument("--store", type=Path, default=Path("model_store"))
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--input-size", type=int, default=224, help="crop side fed to the network")
     imp.add_argument("--scale-size", type=int, default=256, help="short side frames are resized to first")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing entry of that version")
+    imp.add_argument("--online", action="store_true",
+                     help="a checkpoint trained with the one-sided (online) shift, for live streams; the online "
+                     "demo's format is recognised without it")  # fmt: skip
     imp.set_defaults(run=_import_checkpoint)
     return parser
 

@@ -29,7 +29,7 @@ from service.errors import ErrorKind, ServiceError, shutting_down
 from service.metrics import Metrics
 from service.request import RequestLimits
 from service.runner import Runner, RunnerConfig, resolve_device
-from service.store import StoreError, find_entries, load_entry
+from service.store import StoreError, find_entries, load_entry, read_config
 from service.uploads import default_spool_dir
 
 log = logging.getLogger("tsm.server")
@@ -56,6 +56,13 @@ class ModelInfo:
     source: str
     engine: Annotated[str, Field(description="inference engine serving it: torch, compile or openvino")]
     precision: Annotated[str, Field(description="float32, or float16/bfloat16 (verified to looser bounds)")]
+
+
+def _is_online(entry_dir: Path) -> bool:
+    try:
+        return read_config(entry_dir).online
+    except StoreError:  # an invalid entry fails when it is loaded, if it is wanted
+        return False
 
 
 class Server:
@@ -103,6 +110,18 @@ class Server:
     async def _start(self) -> None:
         s = self.settings
         found = find_entries(s.model_store)
+        # Online (live-stream) entries are not served by /classify yet: named ones fail the start,
+        # found ones are skipped with a warning.
+        online = {name for name, path in found.items() if _is_online(path)}
+        asked_online = sorted(online & {*s.models, s.default_model})
+        if asked_online:
+            raise StoreError(
+                f"model(s) {', '.join(asked_online)} are online (live-stream) models, which this server does not "
+                "serve yet; name offline models in TSM_MODELS and TSM_DEFAULT_MODEL"
+            )
+        for name in sorted(online):
+            log.warning("model %s is an online (live-stream) model, not served yet: skipped", name)
+        found = {name: path for name, path in found.items() if name not in online}
         wanted = s.models or sorted(found)
         missing = [name for name in [*wanted, s.default_model] if name not in found]
         if missing:

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from service.model.backbones import Arch
+from service.model.online import OnlineTSM
 from service.model.shift import ShiftPlace
 from service.model.tsm import TSM, CheckpointError, load_state_strict, read_checkpoint
 from service.sampling import Resize
@@ -61,6 +62,12 @@ class ModelConfig(BaseModel):
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     untrained: bool = Field(default=False, description="random weights: answers are meaningless")
     source: str = Field(default="", description="where the weights came from")
+    online: bool = Field(
+        default=False,
+        description="uni-directional shift (live streams, per-frame logits); num_segments is then 1: a frame at a time",
+    )
+    frame_stride: int = Field(default=1, ge=1, le=30, description="online: the frame stride it was trained on")
+    smoothing: int = Field(default=12, ge=1, le=300, description="online: answer = sum of the last N frames' logits")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -70,6 +77,8 @@ class ModelConfig(BaseModel):
             raise ValueError("std values must be positive")
         if self.arch != "mobilenetv2" and self.width_mult != 1.0:
             raise ValueError("width_mult applies to mobilenetv2 only")
+        if self.online and (self.num_segments != 1 or not self.shift or self.shift_place != "blockres"):
+            raise ValueError("an online entry has num_segments 1 (a frame at a time) and the blockres shift")
         for f in (self.labels_file, self.weights_file):
             if "/" in f or "\\" in f or f.startswith("."):
                 raise ValueError(f"{f!r} must be a plain file name inside the entry folder")
@@ -81,10 +90,12 @@ class StoreEntry:
     path: Path
     config: ModelConfig
     labels: list[str]
-    model: TSM  # eval mode, CPU, float32
+    model: TSM | OnlineTSM  # eval mode, CPU, float32; online: per-frame logits [B, T, classes]
 
 
-def build_model(config: ModelConfig) -> TSM:
+def build_model(config: ModelConfig) -> TSM | OnlineTSM:
+    if config.online:
+        return OnlineTSM(config.arch, config.num_classes, shift_div=config.shift_div, width_mult=config.width_mult)
     return TSM(
         config.arch,
         config.num_classes,
@@ -165,7 +176,7 @@ def find_entries(store: Path) -> dict[str, Path]:
 
 
 def resolve_labels(labels: str | Path) -> Path:
-    """A labels file path, or the name of a bundled list (``kinetics400``, ``something_something_v2``)."""
+    """A labels file path, or the name of a bundled list (``kinetics400``, ``something_something_v2``, ``jester``)."""
     p = Path(labels)
     if p.is_file():
         return p
@@ -180,7 +191,7 @@ def import_checkpoint(
     checkpoint: str | Path,
     *,
     arch: Arch,
-    num_segments: int,
+    num_segments: int | None,
     labels: str | Path,
     name: str,
     version: str = "1",
@@ -192,15 +203,34 @@ def import_checkpoint(
     input_size: int = 224,
     scale_size: int = 256,
     overwrite: bool = False,
+    online: bool = False,
 ) -> Path:
-    """Convert an official or mmaction2 checkpoint into a store entry; returns its folder."""
+    """Convert an official, mmaction2 or online-demo checkpoint into a store entry; returns its folder.
+
+    The online demo's format is online by itself (no ``num_segments``: a frame at a time). ``online``
+    imports an official or mmaction2 checkpoint for live streams, only if it declares a one-sided
+    shift (:data:`service.model.tsm.ONLINE_MARK`): run online, a bi-directional TSM's first 1/8 of
+    channels, trained to carry the next frame, get the previous one, and accuracy drops silently."""
     label_list = read_labels(resolve_labels(labels))
-    state, fmt = read_checkpoint(checkpoint)
+    state, fmt, declared_online = read_checkpoint(checkpoint)
+    online = online or fmt == "online_demo"
+    if online and not declared_online:
+        raise StoreError(
+            f"{Path(checkpoint).name} is an offline TSM checkpoint ({fmt} format) and does not say it was trained "
+            "with the one-sided (online) shift. Offline TSM shifts channels both ways: its first 1/8 of channels "
+            "carry the next frame, which a live stream does not have, so run online it would lose accuracy "
+            "without any error. Import it without --online, or train online weights (training/train.py --online)"
+        )
+    if online and num_segments not in (None, 1):
+        raise StoreError("an online model takes one frame at a time: leave out --num-segments")
+    if not online and num_segments is None:
+        raise StoreError(f"--num-segments is required for an offline ({fmt} format) checkpoint")
     classes = state["new_fc.weight"].shape[0] if "new_fc.weight" in state else len(label_list)
     if classes != len(label_list):
         raise StoreError(f"the checkpoint has {classes} classes but the labels file has {len(label_list)} labels")
     config_fields = dict(
-        name=name, version=version, arch=arch, num_segments=num_segments, shift=shift, shift_div=shift_div,
+        name=name, version=version, arch=arch, num_segments=1 if online else num_segments, shift=shift,
+        shift_div=shift_div, online=online,
         shift_place=shift_place, width_mult=width_mult, num_classes=classes, input_size=input_size,
         scale_size=scale_size, weights_sha256="0" * 64, source=f"{Path(checkpoint).name} ({fmt} format)",
     )  # fmt: skip
@@ -217,7 +247,7 @@ def import_checkpoint(
     return write_entry(entry_dir, config, model, label_list)
 
 
-def write_entry(entry_dir: Path, config: ModelConfig, model: TSM, labels: list[str]) -> Path:
+def write_entry(entry_dir: Path, config: ModelConfig, model: TSM | OnlineTSM, labels: list[str]) -> Path:
     """Write weights, labels and model.json (with the weights' sha256); the folder appears whole."""
     entry_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry_dir.name}-", dir=entry_dir.parent))
@@ -239,7 +269,7 @@ def write_entry(entry_dir: Path, config: ModelConfig, model: TSM, labels: list[s
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: TSM, input_size: int, steps: int = 2, seed: int = 0) -> None:
+def calibrate_batchnorm(model: TSM | OnlineTSM, input_size: int, steps: int = 2, seed: int = 0) -> None:
     """Set BatchNorm statistics from random input, so a random-weight net stays in a sane range
     (uncalibrated, activations drift into denormal floats that run 3-4x slower on CPU)."""
     gen = torch.Generator().manual_seed(seed)
@@ -249,7 +279,8 @@ def calibrate_batchnorm(model: TSM, input_size: int, steps: int = 2, seed: int =
         bn.momentum = None  # cumulative average over the calibration steps
     model.train()
     for _ in range(steps):
-        model(torch.randn(2, model.num_segments, 3, input_size, input_size, generator=gen))
+        frames = 4 if isinstance(model, OnlineTSM) else model.num_segments
+        model(torch.randn(2, frames, 3, input_size, input_size, generator=gen))
     for bn in bns:
         bn.momentum = 0.1
     model.eval()

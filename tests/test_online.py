@@ -3,17 +3,25 @@ stepping and for whole clips, streams that never share state. Real models, deter
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from harness.inproc import InProcessServer
+from service.__main__ import main
+from service.config import Settings
 from service.model.online import OnlineTSM
 from service.model.shift import OnlineShift
-from service.model.tsm import load_state_strict, to_official_names
-from tests.checkpoints import FIXTURES, MEAN, STD, synthetic_state_dict
+from service.model.tsm import ONLINE_MARK, load_state_strict, to_official_names
+from service.server import Server
+from service.store import StoreError, import_checkpoint, load_entry
+from tests.checkpoints import FIXTURES, MEAN, STD, synthetic_state_dict, write_checkpoint
 
 GOLDEN = json.loads((FIXTURES / "online" / "golden_mobilenetv2_online_jester.json").read_text())
 
@@ -142,3 +150,77 @@ def test_stepping_equals_the_causal_clip_and_an_independent_one_sided_shift(arch
     torch.testing.assert_close(torch.stack(stepped, dim=1), whole, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(independent, whole, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(alone, whole, rtol=1e-4, atol=1e-5)  # batch-mates do not leak into a stream
+
+
+# ------------------------------------------------------------------------------ store and import
+def write_demo_checkpoint(path: Path) -> Path:
+    torch.save(synthetic_state_dict("online"), path)  # the demo's format: a plain state dict, no wrapper
+    return path
+
+
+def test_the_official_online_demo_checkpoint_imports_and_round_trips(tmp_path: Path) -> None:
+    ckpt = write_demo_checkpoint(tmp_path / "mobilenetv2_jester_online.pth.tar")
+    code = main(["import-checkpoint", str(ckpt), "--arch", "mobilenetv2", "--labels", "jester", "--name", "gestures",
+                 "--store", str(tmp_path / "store")])  # fmt: skip
+    assert code == 0
+    entry = load_entry(tmp_path / "store" / "gestures" / "1")
+    c = entry.config
+    assert (c.online, c.num_segments, c.num_classes, c.frame_stride, c.smoothing) == (True, 1, 27, 1, 12)
+    assert entry.labels[0] == "Doing other things" and len(entry.labels) == 27
+    assert isinstance(entry.model, OnlineTSM) and not entry.model.training
+    (stream,) = GOLDEN["cases"]["stream1_12frames"]["streams"]
+    with torch.no_grad():
+        logits = entry.model(stream_frames(stream["stream_seed"], stream["frames"])[None])[0]
+    assert_golden(logits, stream)  # the contract: [B, T, 3, H, W] in, per-frame logits [B, T, classes] out
+    # The weights saved in the entry are exactly the checkpoint's.
+    state, _ = to_official_names(synthetic_state_dict("online"))
+    assert all(torch.equal(entry.model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_an_offline_checkpoint_is_refused_as_online_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = write_checkpoint("mobilenetv2", tmp_path / "offline.pth", "official")
+    code = main(["import-checkpoint", str(ckpt), "--arch", "mobilenetv2", "--labels", "kinetics400", "--name", "x",
+                 "--online", "--store", str(tmp_path / "store")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "does not say it was trained with the one-sided (online) shift" in err
+    assert "carry the next frame" in err and not (tmp_path / "store" / "x").exists()
+    # Offline it imports as before; online it needs no --num-segments, offline it does.
+    with pytest.raises(StoreError, match="--num-segments is required"):
+        import_checkpoint(ckpt, arch="mobilenetv2", num_segments=None, labels="kinetics400", name="x",
+                          store=tmp_path / "store")  # fmt: skip
+    demo = write_demo_checkpoint(tmp_path / "demo.pth")
+    with pytest.raises(StoreError, match="one frame at a time"):
+        import_checkpoint(demo, arch="mobilenetv2", num_segments=8, labels="jester", name="g", store=tmp_path / "store")
+
+
+def test_an_official_format_checkpoint_marked_online_imports_as_online(tmp_path: Path) -> None:
+    """Weights trained with the one-sided shift in the official layout (training/train.py --online)."""
+    torch.manual_seed(0)
+    trained = OnlineTSM("resnet50", 5)
+    ckpt = tmp_path / "r50_online.pth"
+    state = {"module." + k: v for k, v in trained.state_dict().items()}
+    torch.save({ONLINE_MARK[0]: ONLINE_MARK[1], "state_dict": state}, ckpt)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"c{i}" for i in range(5)))
+    entry_dir = import_checkpoint(ckpt, arch="resnet50", num_segments=None, labels=labels, name="r", online=True,
+                                  store=tmp_path / "store")  # fmt: skip
+    entry = load_entry(entry_dir)
+    assert entry.config.online and isinstance(entry.model, OnlineTSM)
+    clip = torch.randn(1, 3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(entry.model(clip), trained.eval()(clip))
+
+
+def test_a_server_skips_online_entries_it_finds_and_refuses_named_ones(tiny_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    main(["import-checkpoint", str(write_demo_checkpoint(tmp_path / "demo.pth")), "--arch", "mobilenetv2",
+          "--labels", "jester", "--name", "gestures", "--store", str(store)])  # fmt: skip
+    with InProcessServer(store, max_batch_clips=2) as srv:
+        assert "gestures" not in [m["name"] for m in srv.http.get("/v1/models").json()["models"]]
+    server = Server(Settings(model_store=store, default_model="tiny", models=["tiny", "gestures"]))
+    with pytest.raises(StoreError, match="gestures are online"):
+        asyncio.run(server.start())
+    asyncio.run(server.stop())

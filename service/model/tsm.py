@@ -68,8 +68,14 @@ class TSM(nn.Module):
 
 
 # ---------------------------------------------------------------------------- checkpoint files
-def read_checkpoint(source: str | Path) -> tuple[dict[str, Tensor], CheckpointFormat]:
-    """Read a ``.pth``/``.pt`` checkpoint safely and return ``(state_dict in our names, format)``."""
+# A checkpoint trained with the one-sided (online) shift says so with this top-level entry (our
+# training/train.py --online writes it): ``{"tsm_shift": "online", "state_dict": ...}``.
+ONLINE_MARK = ("tsm_shift", "online")
+
+
+def read_checkpoint(source: str | Path) -> tuple[dict[str, Tensor], CheckpointFormat, bool]:
+    """Read a ``.pth``/``.pt`` checkpoint safely: ``(state_dict in our names, format, declared online)``.
+    "Declared online": the online demo's format, or a checkpoint carrying :data:`ONLINE_MARK`."""
     try:
         obj = torch.load(
             source,
@@ -87,8 +93,9 @@ def read_checkpoint(source: str | Path) -> tuple[dict[str, Tensor], CheckpointFo
         raise CheckpointError(f"checkpoint file {source} not found") from e
     except Exception as e:  # arbitrary bytes break torch's readers in arbitrary ways (IndexError, ...)
         raise CheckpointError(_UNREADABLE) from e
-    state = _unwrap_state_dict(obj)
-    return to_official_names(state)
+    marked = isinstance(obj, Mapping) and obj.get(ONLINE_MARK[0]) == ONLINE_MARK[1]
+    state, fmt = to_official_names(_unwrap_state_dict(obj))
+    return state, fmt, marked or fmt == "online_demo"
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
@@ -98,7 +105,7 @@ def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
                 obj = obj[key]
                 break
         tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-        if tensors and len(tensors) == len(obj):
+        if tensors and len(tensors) == len(obj) - (ONLINE_MARK[0] in obj):
             return {str(k): v for k, v in tensors.items()}
     raise CheckpointError("the file holds no state_dict of tensors; is it a TSM checkpoint?")
 
