@@ -163,7 +163,14 @@ class Classifier:
             self.metrics.rejected.labels("draining").inc()
             raise shutting_down()
         model = self.resolve(options.model)
-        options.check(model.entry.config.num_classes, self.limits.max_clips)
+        config = model.entry.config
+        options.check(config.num_classes, self.limits.max_clips)
+        if config.online and (options.views > 1 or options.sampling != "uniform"):
+            raise ServiceError(
+                ErrorKind.bad_request,
+                f"{config.name} is an online model: it answers from the video's last frames, so clips, crops and "
+                "sampling do not apply; leave them at their defaults",
+            )
         deadline = time.monotonic() + self.limits.timeout(timeout_s)
         try:
             reservation = model.batcher.reserve(options.views)
@@ -196,10 +203,16 @@ class Classifier:
         """Decode, score and answer. Deletes ``video`` when done, whatever happens."""
         model, options = admission.model, admission.options
         config = model.entry.config
-        spec = SamplingSpec(
-            num_segments=config.num_segments, scale_size=config.scale_size, input_size=config.input_size,
-            clips=options.clips, crops=options.crops, sampling=options.sampling, resize=config.resize,
-        )  # fmt: skip
+        if config.online:  # the stream's last `window` frames, `frame_stride` apart (OnlineAnswer smooths)
+            spec = SamplingSpec(
+                num_segments=config.window, scale_size=config.scale_size, input_size=config.input_size,
+                sampling="stride", stride=config.frame_stride, resize=config.resize,
+            )  # fmt: skip
+        else:
+            spec = SamplingSpec(
+                num_segments=config.num_segments, scale_size=config.scale_size, input_size=config.input_size,
+                clips=options.clips, crops=options.crops, sampling=options.sampling, resize=config.resize,
+            )  # fmt: skip
         try:
             with self._stage(admission, "decode"):
                 decoded = await self.pool.decode(video, spec, time_left_s=self._remaining(admission))

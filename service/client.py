@@ -272,7 +272,7 @@ def _model_dict(m: pb.ModelInfo) -> dict[str, Any]:
         "name": m.name, "version": m.version, "default": m.is_default, "arch": m.arch,
         "num_segments": m.num_segments, "num_classes": m.num_classes, "input_size": m.input_size,
         "scale_size": m.scale_size, "resize": m.resize, "shift": m.shift, "untrained": m.untrained, "source": m.source,
-        "engine": m.engine, "precision": m.precision,
+        "online": m.online, "engine": m.engine, "precision": m.precision,
     }  # fmt: skip
 
 

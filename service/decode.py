@@ -27,7 +27,7 @@ import av
 import numpy as np
 
 from service.errors import ErrorKind, ServiceError
-from service.sampling import SamplingSpec, assemble, nearest_keyframes, sample_indices, scaled_size
+from service.sampling import SamplingSpec, assemble, nearest_keyframes, sample_indices, scaled_size, stride_indices
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -257,7 +257,10 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
         fps = info.fps or 25.0
         if not info.duration_s and count / fps > limits.max_duration_s:
             raise _too_long(count / fps, limits)
-        indices = sample_indices(count, spec.num_segments, spec.clips)
+        if spec.sampling == "stride":
+            indices = [stride_indices(count, spec.num_segments, spec.stride)]
+        else:
+            indices = sample_indices(count, spec.num_segments, spec.clips)
         keyframes = packets.keyframe_indices()
         only_keys = spec.sampling == "keyframes" and bool(keyframes)
         if only_keys:
@@ -265,11 +268,11 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
         order = sorted({i for clip in indices for i in clip})
         convert = Convert(coded_w, coded_h, turns)
         if only_keys:
-            got = _keyframes(path, order, keyframes, convert, threads)
+            got = _in_order(path, order, convert, threads, keyframes)
         elif info.codec in SPARSE_CODECS and packets.timestamps_usable():
             got, _ = sparse_decode(path, packets, order, convert, threads)
         else:
-            got = _sequential(path, order, convert, threads)
+            got = _in_order(path, order, convert, threads)
     except av.FFmpegError as exc:
         raise _undecodable() from exc
     if not got:
@@ -401,50 +404,30 @@ def sparse_decode(
     return got, decoded
 
 
-def _sequential(path: str, order: list[int], convert: Convert, threads: int) -> dict[int, np.ndarray]:
-    """Every frame in turn up to the last sampled one; the n-th frame out is display index n. For
-    streams whose timestamps cannot place frames (missing or repeated)."""
-    wanted = set(order)
-    got: dict[int, np.ndarray] = {}
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = _video_stream(container)
-        assert stream is not None
-        stream.thread_count = threads
-        n = 0
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.FFmpegError:
-                continue
-            for frame in frames:
-                if n in wanted:
-                    got[n] = convert(frame)
-                n += 1
-            if len(got) == len(wanted):
-                break
-    return got
-
-
-def _keyframes(
-    path: str, order: list[int], keyframes: list[int], convert: Convert, threads: int
+def _in_order(
+    path: str, order: list[int], convert: Convert, threads: int, keyframes: list[int] | None = None
 ) -> dict[int, np.ndarray]:
-    """``sampling=keyframes``: only keyframes are decoded; the n-th one is display index ``keyframes[n]``."""
+    """Every frame in turn up to the last sampled one, the n-th out being display index n: for streams
+    whose timestamps cannot place frames (missing or repeated). With ``keyframes``
+    (``sampling=keyframes``) only keyframes are decoded and the n-th one is ``keyframes[n]``."""
     wanted = set(order)
     got: dict[int, np.ndarray] = {}
     with av.open(path, metadata_errors="ignore") as container:
         stream = _video_stream(container)
         assert stream is not None
         stream.thread_count = threads
-        stream.codec_context.skip_frame = "NONKEY"
+        if keyframes is not None:
+            stream.codec_context.skip_frame = "NONKEY"
         n = 0
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
-            except av.FFmpegError:
+            except av.FFmpegError:  # a damaged packet: conceal it, as players do
                 continue
             for frame in frames:
-                if n < len(keyframes) and keyframes[n] in wanted:
-                    got[keyframes[n]] = convert(frame)
+                index = n if keyframes is None else keyframes[n] if n < len(keyframes) else -1
+                if index in wanted:
+                    got[index] = convert(frame)
                 n += 1
             if len(got) == len(wanted):
                 break

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from service.store import sha256_file
+
 log = logging.getLogger("tsm.engines")
 
 # Bumped when what we write into a cache entry changes: older entries then never match.
@@ -158,14 +160,6 @@ class _Serving(nn.Module):
         return self.model(self.normalise(x).contiguous())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class EngineCache:
     """Folders of converted engines with a manifest of file hashes (rules: module docstring)."""
 
@@ -191,7 +185,8 @@ class EngineCache:
             return None
         try:
             meta = json.loads(manifest.read_text())
-            intact = meta["key"] == key and all(_sha256(folder / name) == sha for name, sha in meta["files"].items())
+            files = meta["files"].items()
+            intact = meta["key"] == key and all(sha256_file(folder / name) == sha for name, sha in files)
         except (OSError, ValueError, KeyError, TypeError):
             intact = False
         if not intact:
@@ -207,7 +202,7 @@ class EngineCache:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
             write(tmp)
-            files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
             (tmp / "manifest.json").write_text(json.dumps({"key": key, "files": files}, indent=1))
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)

@@ -21,15 +21,17 @@ class SamplingSpec:
     ``input_size`` squares. ``clips`` temporal views are evenly offset inside each
     segment (clip 0 is the segment centre); ``crops`` is 1 (centre) or 3 (start, centre and end
     of the long side). ``sampling="keyframes"`` takes the keyframe nearest each sampled frame:
-    much faster on long clips, approximate by up to half a GOP."""
+    much faster on long clips, approximate by up to half a GOP. ``sampling="stride"`` (online
+    models) takes the last T frames ``stride`` apart, ending at the video's last frame."""
 
     num_segments: int
     scale_size: int
     input_size: int
     clips: int = 1
     crops: int = 1
-    sampling: Literal["uniform", "keyframes"] = "uniform"
+    sampling: Literal["uniform", "keyframes", "stride"] = "uniform"
     resize: Resize = "short_side"
+    stride: int = 1
 
     def __post_init__(self) -> None:
         if self.num_segments < 1 or self.clips < 1:
@@ -38,8 +40,10 @@ class SamplingSpec:
             raise ValueError("crops must be 1 or 3")
         if not 1 <= self.input_size <= self.scale_size:
             raise ValueError("input_size must be between 1 and scale_size")
-        if self.sampling not in ("uniform", "keyframes"):
-            raise ValueError("sampling must be 'uniform' or 'keyframes'")
+        if self.sampling not in ("uniform", "keyframes", "stride"):
+            raise ValueError("sampling must be 'uniform', 'keyframes' or 'stride'")
+        if self.sampling == "stride" and (self.clips != 1 or self.stride < 1):
+            raise ValueError("stride sampling takes one clip and a stride of at least 1")
         if self.resize not in ("short_side", "stretch"):
             raise ValueError("resize must be 'short_side' or 'stretch'")
 
@@ -61,6 +65,13 @@ def sample_indices(num_frames: int, num_segments: int, clips: int = 1) -> list[l
         offset = (0.5 + c / clips) % 1.0
         out.append([min(int(tick * (x + offset)), num_frames - 1) for x in range(num_segments)])
     return out
+
+
+def stride_indices(num_frames: int, frames: int, stride: int) -> list[int]:
+    """The last ``frames`` frames ``stride`` apart, ending at the last one (online models see a
+    stream's latest frames). A shorter video repeats its first frame at the start."""
+    last = num_frames - 1
+    return [max(0, last - stride * (frames - 1 - i)) for i in range(frames)]
 
 
 def nearest_keyframes(indices: list[list[int]], keyframes: Sequence[int]) -> list[list[int]]:

@@ -27,9 +27,10 @@ from service.decode_pool import DecodePool
 from service.engines import ModelIdentity
 from service.errors import ErrorKind, ServiceError, shutting_down
 from service.metrics import Metrics
+from service.model.online import OnlineAnswer, OnlineTSM
 from service.request import RequestLimits
 from service.runner import Runner, RunnerConfig, resolve_device
-from service.store import StoreError, find_entries, load_entry, read_config
+from service.store import StoreError, find_entries, load_entry
 from service.uploads import default_spool_dir
 
 log = logging.getLogger("tsm.server")
@@ -54,15 +55,9 @@ class ModelInfo:
     shift: Annotated[bool, Field(description="false for a TSN (no temporal shift)")]
     untrained: Annotated[bool, Field(description="random weights: its answers mean nothing")]
     source: str
+    online: Annotated[bool, Field(description="uni-directional (live-stream) model: answers from the last frames")]
     engine: Annotated[str, Field(description="inference engine serving it: torch, compile or openvino")]
     precision: Annotated[str, Field(description="float32, or float16/bfloat16 (verified to looser bounds)")]
-
-
-def _is_online(entry_dir: Path) -> bool:
-    try:
-        return read_config(entry_dir).online
-    except StoreError:  # an invalid entry fails when it is loaded, if it is wanted
-        return False
 
 
 class Server:
@@ -110,18 +105,6 @@ class Server:
     async def _start(self) -> None:
         s = self.settings
         found = find_entries(s.model_store)
-        # Online (live-stream) entries are not served by /classify yet: named ones fail the start,
-        # found ones are skipped with a warning.
-        online = {name for name, path in found.items() if _is_online(path)}
-        asked_online = sorted(online & {*s.models, s.default_model})
-        if asked_online:
-            raise StoreError(
-                f"model(s) {', '.join(asked_online)} are online (live-stream) models, which this server does not "
-                "serve yet; name offline models in TSM_MODELS and TSM_DEFAULT_MODEL"
-            )
-        for name in sorted(online):
-            log.warning("model %s is an online (live-stream) model, not served yet: skipped", name)
-        found = {name: path for name, path in found.items() if name not in online}
         wanted = s.models or sorted(found)
         missing = [name for name in [*wanted, s.default_model] if name not in found]
         if missing:
@@ -143,9 +126,12 @@ class Server:
             t0 = time.monotonic()
             entry = await asyncio.to_thread(load_entry, found[name])
             c = entry.config
-            identity = ModelIdentity(c.arch, c.weights_sha256, (c.num_segments, c.input_size, c.input_size, 3))
-            runner = Runner(entry.model, mean=c.mean, std=c.std, num_segments=c.num_segments,
-                            input_size=c.input_size, config=runner_config, identity=identity)  # fmt: skip
+            # An online model classifies a clip by its last `window` frames, smoothed (OnlineAnswer).
+            model = OnlineAnswer(entry.model, c.smoothing) if isinstance(entry.model, OnlineTSM) else entry.model
+            frames = c.window if c.online else c.num_segments
+            identity = ModelIdentity(c.arch, c.weights_sha256, (frames, c.input_size, c.input_size, 3))
+            runner = Runner(model, mean=c.mean, std=c.std, num_segments=frames, input_size=c.input_size,
+                            config=runner_config, identity=identity)  # fmt: skip
             self._runners.append(runner)
             await asyncio.to_thread(runner.warmup)
             batcher = Batcher(runner, batcher_config, name=name, on_batch=self._batch_observer(name))
@@ -249,7 +235,7 @@ class Server:
                 name=name, version=c.version, default=name == self.classifier.default_model,
                 arch=c.arch, num_segments=c.num_segments, num_classes=c.num_classes,
                 input_size=c.input_size, scale_size=c.scale_size, resize=c.resize, shift=c.shift,
-                untrained=c.untrained, source=c.source, engine=model.batcher.runner.engine.name,
+                untrained=c.untrained, source=c.source, online=c.online, engine=model.batcher.runner.engine.name,
                 precision=model.batcher.runner.engine.precision,
             ))  # fmt: skip
         return out

@@ -68,6 +68,7 @@ class ModelConfig(BaseModel):
     )
     frame_stride: int = Field(default=1, ge=1, le=30, description="online: the frame stride it was trained on")
     smoothing: int = Field(default=12, ge=1, le=300, description="online: answer = sum of the last N frames' logits")
+    window: int = Field(default=48, ge=1, le=512, description="online: /classify runs the last N frames (stride apart)")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -79,6 +80,8 @@ class ModelConfig(BaseModel):
             raise ValueError("width_mult applies to mobilenetv2 only")
         if self.online and (self.num_segments != 1 or not self.shift or self.shift_place != "blockres"):
             raise ValueError("an online entry has num_segments 1 (a frame at a time) and the blockres shift")
+        if self.online and self.smoothing > self.window:
+            raise ValueError("smoothing cannot exceed window: the answer sums frames /classify ran")
         for f in (self.labels_file, self.weights_file):
             if "/" in f or "\\" in f or f.startswith("."):
                 raise ValueError(f"{f!r} must be a plain file name inside the entry folder")
@@ -289,14 +292,16 @@ def calibrate_batchnorm(model: TSM | OnlineTSM, input_size: int, steps: int = 2,
 def write_random_entry(
     store: str | Path, *, name: str, labels: list[str], arch: Arch = "mobilenetv2", num_segments: int = 8,
     width_mult: float = 1.0, input_size: int = 224, scale_size: int = 256, seed: int = 0,
-    resize: Resize = "short_side",
+    resize: Resize = "short_side", online: bool = False, window: int = 48, smoothing: int = 12,
 ) -> Path:  # fmt: skip
-    """An untrained entry (He-initialised, BN calibrated): for tests, benches, a server with no model yet."""
+    """An untrained entry (He-initialised, BN calibrated): for tests, benches, a server with no model yet.
+    ``online``: a uni-directional model (``num_segments`` is then 1)."""
     torch.manual_seed(seed)
     config = ModelConfig(
-        name=name, version="1", arch=arch, num_segments=num_segments, width_mult=width_mult,
+        name=name, version="1", arch=arch, num_segments=1 if online else num_segments, width_mult=width_mult,
         num_classes=len(labels), input_size=input_size, scale_size=scale_size, resize=resize, weights_sha256="0" * 64,
-        untrained=True, source=f"random initialisation, seed {seed}",
+        untrained=True, source=f"random initialisation, seed {seed}", online=online, window=window,
+        smoothing=smoothing,
     )  # fmt: skip
     model = build_model(config)
     calibrate_batchnorm(model, input_size, seed=seed)

@@ -3,10 +3,10 @@ stepping and for whole clips, streams that never share state. Real models, deter
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +15,17 @@ from torch import nn
 
 from harness.inproc import InProcessServer
 from service.__main__ import main
-from service.config import Settings
-from service.model.online import OnlineTSM
+from service.client import GrpcClient
+from service.decode import DecodeLimits, decode_file
+from service.model.online import OnlineAnswer, OnlineTSM
 from service.model.shift import OnlineShift
 from service.model.tsm import ONLINE_MARK, load_state_strict, to_official_names
-from service.server import Server
-from service.store import StoreError, import_checkpoint, load_entry
+from service.runner import Normalise
+from service.sampling import SamplingSpec, stride_indices
+from service.store import StoreError, import_checkpoint, load_entry, write_random_entry
 from tests.checkpoints import FIXTURES, MEAN, STD, synthetic_state_dict, write_checkpoint
 
+LIMITS = DecodeLimits(4096 * 2304, 8192, 3600.0, 20.0, 2048, 200)
 GOLDEN = json.loads((FIXTURES / "online" / "golden_mobilenetv2_online_jester.json").read_text())
 
 
@@ -213,14 +216,46 @@ def test_an_official_format_checkpoint_marked_online_imports_as_online(tmp_path:
         torch.testing.assert_close(entry.model(clip), trained.eval()(clip))
 
 
-def test_a_server_skips_online_entries_it_finds_and_refuses_named_ones(tiny_store: Path, tmp_path: Path) -> None:
-    store = tmp_path / "store"
+@pytest.fixture(scope="module")
+def online_server(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
+    store = tmp_path_factory.mktemp("online") / "store"
     shutil.copytree(tiny_store, store)
-    main(["import-checkpoint", str(write_demo_checkpoint(tmp_path / "demo.pth")), "--arch", "mobilenetv2",
-          "--labels", "jester", "--name", "gestures", "--store", str(store)])  # fmt: skip
-    with InProcessServer(store, max_batch_clips=2) as srv:
-        assert "gestures" not in [m["name"] for m in srv.http.get("/v1/models").json()["models"]]
-    server = Server(Settings(model_store=store, default_model="tiny", models=["tiny", "gestures"]))
-    with pytest.raises(StoreError, match="gestures are online"):
-        asyncio.run(server.start())
-    asyncio.run(server.stop())
+    write_random_entry(store, name="live", labels=["a", "b", "c", "d"], width_mult=0.5, input_size=64,
+                       scale_size=72, online=True, window=16, smoothing=4)  # fmt: skip
+    with InProcessServer(store, models=["tiny", "live"], max_batch_clips=2) as srv:
+        yield srv
+
+
+def test_classify_answers_with_an_online_model_from_the_last_frames(online_server: InProcessServer, clip: Path) -> None:
+    info = online_server.http.get("/v1/models/live").json()
+    assert info["online"] is True and online_server.http.get("/v1/models/tiny").json()["online"] is False
+    r = online_server.http.post("/classify", params={"model": "live", "top_k": 4},
+                                files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")})  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = {p["index"]: p["score"] for p in r.json()["predictions"]}
+    # The same answer computed here: the last 16 frames at stride 1, the causal model, the last 4
+    # frames' logits summed, softmax.
+    entry = load_entry(online_server.settings.model_store / "live" / "1")
+    spec = SamplingSpec(16, 72, 64, sampling="stride", stride=1)
+    frames = torch.from_numpy(decode_file(clip, spec, LIMITS).frames)
+    with torch.no_grad():
+        logits = OnlineAnswer(entry.model, 4)(Normalise(entry.config.mean, entry.config.std)(frames).contiguous())
+    want = logits[0].double().softmax(0)
+    assert got == pytest.approx({i: float(want[i]) for i in range(4)}, rel=1e-4, abs=1e-6)
+    with GrpcClient(online_server.grpc_target) as client:
+        answer = client.classify(clip, model="live", top_k=4)
+    assert {p["index"]: p["score"] for p in answer["predictions"]} == pytest.approx(got, rel=1e-5, abs=1e-7)
+
+
+def test_options_that_do_not_apply_to_an_online_model_are_a_clear_error(
+    online_server: InProcessServer, clip: Path
+) -> None:
+    r = online_server.http.post("/classify", params={"model": "live", "clips": 2, "top_k": 3},
+                                files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    assert "online model" in r.json()["error"]["message"]
+
+
+def test_stride_sampling_takes_the_last_frames() -> None:
+    assert stride_indices(100, 4, 2) == [93, 95, 97, 99]
+    assert stride_indices(3, 5, 1) == [0, 0, 0, 1, 2]  # short: the first frame repeats at the start

@@ -26,7 +26,7 @@ def test_models_info_describes_every_loaded_model(server: InProcessServer) -> No
     tiny = server.server.model_info("tiny")
     assert tiny == ModelInfo(
         name="tiny", version="1", default=True, arch="mobilenetv2", num_segments=8, num_classes=len(TINY_LABELS),
-        input_size=64, scale_size=72, resize="short_side", shift=True, untrained=True, source=tiny.source,
+        input_size=64, scale_size=72, resize="short_side", shift=True, untrained=True, source=tiny.source, online=False,
         engine=tiny.engine, precision=tiny.precision,
     )  # fmt: skip
     # auto: the faster of the verified engines here (bfloat16 where the CPU has it natively)

@@ -186,7 +186,7 @@ def _model_info(info: ModelInfo) -> pb.ModelInfo:
         name=info.name, version=info.version, is_default=info.default, arch=info.arch,
         num_segments=info.num_segments, num_classes=info.num_classes, input_size=info.input_size,
         scale_size=info.scale_size, resize=info.resize, shift=info.shift, untrained=info.untrained,
-        source=info.source, engine=info.engine, precision=info.precision,
+        source=info.source, online=info.online, engine=info.engine, precision=info.precision,
     )  # fmt: skip
 
 

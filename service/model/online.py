@@ -64,3 +64,16 @@ class OnlineTSM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.run(x)[0]
+
+
+class OnlineAnswer(nn.Module):
+    """An online model as a clip classifier (``/classify``): ``[B, T, 3, H, W]`` → the sum of the last
+    ``smoothing`` frames' logits ``[B, classes]``, as the official demo smooths a live answer."""
+
+    def __init__(self, model: OnlineTSM, smoothing: int) -> None:
+        super().__init__()
+        self.model = model
+        self.smoothing = smoothing
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)[:, -self.smoothing :].sum(dim=1)

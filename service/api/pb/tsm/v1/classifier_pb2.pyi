@@ -147,7 +147,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "is_default", "arch", "num_segments", "num_classes", "input_size", "scale_size", "shift", "untrained", "source", "resize", "engine", "precision")
+    __slots__ = ("name", "version", "is_default", "arch", "num_segments", "num_classes", "input_size", "scale_size", "shift", "untrained", "source", "resize", "engine", "precision", "online")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class ModelInfo(_message.Message):
     RESIZE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     is_default: bool
@@ -176,4 +177,5 @@ class ModelInfo(_message.Message):
     resize: str
     engine: str
     precision: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., arch: _Optional[str] = ..., num_segments: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_size: _Optional[int] = ..., scale_size: _Optional[int] = ..., shift: _Optional[bool] = ..., untrained: _Optional[bool] = ..., source: _Optional[str] = ..., resize: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
+    online: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., arch: _Optional[str] = ..., num_segments: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_size: _Optional[int] = ..., scale_size: _Optional[int] = ..., shift: _Optional[bool] = ..., untrained: _Optional[bool] = ..., source: _Optional[str] = ..., resize: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., online: _Optional[bool] = ...) -> None: ...
