@@ -272,8 +272,18 @@ def test_evaluate_reports_and_writes_the_card_on_the_issue_ranges(tmp_path: Path
     result = json.loads(out.read_text())
     assert (result["ranges"], result["clips"], result["seed"]) == ("issue", len(LABELS), 9)
     assert sum(map(sum, result["confusion"])) == len(LABELS)
+    # A weakness shows as a row: every condition splits the same clips, and rows agree with top-1.
+    table = result["per_condition"]
+    assert set(table) == {"background", "aspect", "duration", "object size", "codec", "distractors"}
+    for values in table.values():
+        assert sum(v["clips"] for v in values.values()) == len(LABELS)
+        right = sum(v["top1"] * v["clips"] for v in values.values())
+        assert right == pytest.approx(result["top1"] * len(LABELS))
+    assert set(table["background"]) <= {"flat", "gradient", "noise", "textured"}
+    assert 0 <= result["calibration"]["ece"] <= 1
     card = (entry / "README.md").read_text()
     assert f"| **overall** | **{result['top1']:.1%}** |" in card and "TSM, issue #7 ranges" in card
+    assert "| condition | value | top-1 | clips |" in card and "Calibration: expected calibration error" in card
 
 
 def test_examples_readme_lists_every_clip_with_its_answer() -> None:
@@ -302,3 +312,13 @@ def test_server_classifies_every_example_correctly(tmp_path: Path) -> None:
             answer = r.json()
             assert answer["model"]["name"] == ENTRY_NAME and not answer["model"]["untrained"]
             assert answer["predictions"][0]["label"] == _expected(clip), (clip.name, answer["predictions"])
+
+
+def test_calibration_figures_on_known_cases() -> None:
+    labels = np.array([0, 1, 2, 0])
+    sure_and_right = np.eye(3)[labels] * 0.98 + 0.01
+    assert evaluate.calibration(sure_and_right, labels)["ece"] == pytest.approx(0.01)  # 99% sure, all right
+    assert evaluate.calibration(sure_and_right, labels)["wrong"] == 0
+    sure_and_wrong = np.eye(3)[(labels + 1) % 3] * 0.98 + 0.01
+    cal = evaluate.calibration(sure_and_wrong, labels)
+    assert cal["ece"] == pytest.approx(0.99) and cal["wrong"] == 4 and cal["wrong_above_0.9"] == 1.0

@@ -109,6 +109,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
             "| ---: |" + " ---: |" * len(LABELS),
             *[f"| {i} | " + " | ".join(str(n) for n in row) + " |" for i, row in enumerate(results[0]["confusion"])],
             "",
+            *_condition_lines(results[0]),
             "The TSN baseline is trained by the same script without the shift (`--no-shift`; how each "
             "entry was trained is listed below). It scores each frame on its own "
             "and averages the scores, so it sees no motion at all: only what single frames show (a "
@@ -149,6 +150,26 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
                      + " (see the confusion matrix above).")  # fmt: skip
     lines.append("")
     return "\n".join(lines)
+
+
+def _condition_lines(result: dict[str, Any]) -> list[str]:
+    """Top-1 by condition and the calibration figures, where the evaluation recorded them."""
+    table, cal = result.get("per_condition"), result.get("calibration")
+    if not table or not cal:
+        return []
+    rows = [f"| {name} | {value} | {_pct(r['top1'])} | {r['clips']} |"
+            for name, values in table.items() for value, r in values.items()]  # fmt: skip
+    return [
+        f"By condition ({_kind(result)}): a weakness shows as a row, not in the average.",
+        "",
+        "| condition | value | top-1 | clips |",
+        "| --- | --- | ---: | ---: |",
+        *rows,
+        "",
+        f"Calibration: expected calibration error {cal['ece']:.3f} (top-1 confidence, 10 bins); "
+        f"{cal['wrong']} wrong answers, {cal['wrong_above_0.9']:.0%} of them scored above 0.9.",
+        "",
+    ]
 
 
 def _generator_note(trained_on: object) -> str:

@@ -12,6 +12,7 @@ crop, then the entry's network.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -24,8 +25,8 @@ from service.sampling import SamplingSpec
 from service.store import ModelConfig, load_entry
 from training.card import write_card
 from training.common import DEFAULT_CACHE, decoded_clips
-from training.synthetic import FULL, GENERATOR_VERSION, ISSUE, LABELS, SPLIT_EVAL
-from training.train import predict
+from training.synthetic import FULL, GENERATOR_VERSION, ISSUE, LABELS, SPLIT_EVAL, Ranges, build_scene, sample_clip
+from training.train import to_input
 
 RANGES = {"full": FULL, "issue": ISSUE}
 
@@ -43,7 +44,8 @@ def evaluate(
     spec = SamplingSpec(c.num_segments, c.scale_size, c.input_size, resize=c.resize)
     count = clips_per_class * len(LABELS)
     frames, labels = decoded_clips(SPLIT_EVAL, seed, count, RANGES[ranges], cache, spec, workers)
-    predicted = predict(entry.model, frames, c)
+    probs = probabilities(entry.model, frames, c)
+    predicted = probs.argmax(1)
     per_class = {name: float((predicted[labels == k] == k).mean()) for k, name in enumerate(entry.labels)}
     confusion = np.zeros((len(LABELS), len(LABELS)), np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -55,7 +57,65 @@ def evaluate(
         "clips": len(labels),
         "generator_version": GENERATOR_VERSION, "top1": float((predicted == labels).mean()),
         "per_class": per_class, "confusion": confusion.tolist(),
+        "per_condition": per_condition(conditions(SPLIT_EVAL, seed, count, RANGES[ranges]), predicted == labels),
+        "calibration": calibration(probs, labels),
     }  # fmt: skip
+
+
+@torch.no_grad()
+def probabilities(model: torch.nn.Module, frames: np.ndarray, config: ModelConfig, batch: int = 32) -> np.ndarray:
+    model.eval()
+    out = [model(to_input(frames[i : i + batch], config.mean, config.std)).softmax(1).numpy()
+           for i in range(0, len(frames), batch)]  # fmt: skip
+    return np.concatenate(out) if out else np.zeros((0, config.num_classes), np.float32)
+
+
+def conditions(split: int, seed: int, count: int, ranges: Ranges) -> list[dict[str, str]]:
+    """Each evaluation clip's conditions, from the generator's own draws (nothing is rendered)."""
+    out = []
+    for i in range(count):
+        spec = sample_clip(split, seed, i, ranges)
+        scene = build_scene(spec)
+        seconds = spec.frames / spec.fps
+        aspect = "square" if spec.width == spec.height else "portrait" if spec.height > spec.width else "landscape"
+        size = scene.object_size
+        out.append({
+            "background": scene.background_kind,
+            "aspect": aspect,
+            "duration": "under 3 s" if seconds < 3 else "3-6 s" if seconds < 6 else "6 s and over",
+            "object size": "under 20%" if size < 0.2 else "20-30%" if size < 0.3 else "30% and over",
+            "codec": spec.encoder,
+            "distractors": "none" if scene.distractors == 0 else "1-3",
+        })  # fmt: skip
+    return out
+
+
+def per_condition(conds: list[dict[str, str]], right: np.ndarray) -> dict[str, dict[str, dict[str, float]]]:
+    """Accuracy and clip count for every value of every condition."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name in conds[0] if conds else []:
+        for value in sorted({c[name] for c in conds}):
+            mask = np.array([c[name] == value for c in conds])
+            table.setdefault(name, {})[value] = {"top1": float(right[mask].mean()), "clips": int(mask.sum())}
+    return table
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """Expected calibration error (top-1 confidence, equal-width bins) and how sure the wrong answers were."""
+    confidence, predicted = probs.max(1), probs.argmax(1)
+    right = predicted == labels
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        mask = (confidence > lo) & (confidence <= hi)
+        if mask.any():
+            ece += mask.mean() * abs(float(right[mask].mean()) - float(confidence[mask].mean()))
+    wrong = ~right
+    return {
+        "ece": float(ece),
+        "wrong": int(wrong.sum()),
+        "wrong_above_0.9": float((confidence[wrong] > 0.9).mean()) if wrong.any() else 0.0,
+    }
 
 
 def report(result: dict[str, object]) -> str:
@@ -66,6 +126,16 @@ def report(result: dict[str, object]) -> str:
              f"{result.get('ranges', 'full')} ranges"]  # fmt: skip
     lines += [f"  {name:<28} {acc:6.1%}" for name, acc in per_class.items()]
     lines.append(f"  {'overall':<28} {result['top1']:6.1%}")
+    table = result.get("per_condition")
+    if isinstance(table, dict):
+        lines.append("by condition:")
+        for name, values in table.items():
+            cells = ", ".join(f"{v} {r['top1']:.1%} ({r['clips']})" for v, r in values.items())
+            lines.append(f"  {name:<12} {cells}")
+    cal = result.get("calibration")
+    if isinstance(cal, dict):
+        lines.append(f"calibration: ECE {cal['ece']:.3f}; {cal['wrong']} wrong, "
+                     f"{cal['wrong_above_0.9']:.0%} of them scored above 0.9")  # fmt: skip
     return "\n".join(lines)
 
 

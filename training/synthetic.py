@@ -299,7 +299,8 @@ def draw_sprite(
 # --- the scene -------------------------------------------------------------------------------------
 
 
-def _background(rng: np.random.Generator, width: int, height: int, plain: bool) -> np.ndarray:
+def _background(rng: np.random.Generator, width: int, height: int, plain: bool) -> tuple[np.ndarray, str]:
+    """The background image and its family (flat, gradient, noise, textured)."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     u = xs / max(width, height) * 2 - 1
     v = ys / max(width, height) * 2 - 1
@@ -316,7 +317,7 @@ def _background(rng: np.random.Generator, width: int, height: int, plain: bool) 
         mix = _pattern(rng, str(rng.choice(["stripes", "checker", "noise"])), u, v)
         b = a + rng.uniform(-60, 60, 3)  # textures stay low-contrast next to the main object
     img = a * (1 - mix[..., None]) + np.clip(b, 0, 255) * mix[..., None]
-    return img.astype(np.float32)
+    return img.astype(np.float32), kind
 
 
 def _ease(rng: np.random.Generator) -> str:
@@ -348,6 +349,10 @@ class Scene:
     opacity: tuple[float, float]
     noise: float
     blur: int
+    # What evaluation reports accuracy by (training.evaluate.conditions)
+    background_kind: str = "flat"
+    distractors: int = 0
+    object_size: float = 0.0  # the object's diameter, share of the short side
 
 
 def build_scene(spec: ClipSpec) -> Scene:
@@ -356,8 +361,9 @@ def build_scene(spec: ClipSpec) -> Scene:
     easy = ranges.easy
     short = min(w, h)
     jitter = 0 if easy else int(rng.integers(0, 3))
-    background = _background(rng, w + 2 * jitter, h + 2 * jitter, plain=easy)
-    for _ in range(0 if easy else int(rng.integers(0, 4))):  # static distractors
+    background, background_kind = _background(rng, w + 2 * jitter, h + 2 * jitter, plain=easy)
+    distractors = 0 if easy else int(rng.integers(0, 4))
+    for _ in range(distractors):  # static distractors
         sprite = make_sprite(rng, str(rng.choice(SHAPES)), _colour(rng), False, 128)
         drawn = draw_sprite(sprite, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.12) * short,
                             rng.uniform(0, 2 * math.pi), w + 2 * jitter, h + 2 * jitter)  # fmt: skip
@@ -408,7 +414,8 @@ def build_scene(spec: ClipSpec) -> Scene:
         opacity = (1.0, 1.0)
     noise = rng.uniform(0, 8) if rng.uniform() < 0.7 and not easy else 0.0
     blur = 0 if easy else int(rng.choice([0, 0, 1, 2]))
-    return Scene(levels, background, jitter, start, span, _ease(rng), xy, radius, angles, opacity, noise, blur)
+    return Scene(levels, background, jitter, start, span, _ease(rng), xy, radius, angles, opacity, noise, blur,
+                 background_kind, distractors, 2 * r / short)  # fmt: skip
 
 
 def _blur(img: np.ndarray, passes: int) -> np.ndarray:
