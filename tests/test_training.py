@@ -38,8 +38,10 @@ from training.synthetic import (
     SHRINK,
     SPLIT_TRAIN,
     STILL,
+    STRESS,
     UP,
     Ranges,
+    build_scene,
     render,
     sample_clip,
     write_clip,
@@ -109,7 +111,10 @@ def measure(label: int, index: int, ranges: Ranges = QUICK) -> dict[str, float]:
 
 @pytest.mark.parametrize("label", range(len(LABELS)), ids=[s.replace(" ", "_") for s in LABELS])
 def test_generator_labels_match_what_is_drawn(label: int) -> None:
-    for index, ranges in ((0, QUICK), (1, QUICK), (2, replace(QUICK, easy=True))):
+    # The stress split's families (busy backgrounds, distractors, portrait, small objects and motions),
+    # at QUICK's frame rate: two end frames of a 10-frame clip would average across the motion.
+    stress = replace(STRESS, duration_s=QUICK.duration_s, fps=QUICK.fps)
+    for index, ranges in ((0, QUICK), (1, QUICK), (2, replace(QUICK, easy=True)), (3, stress)):
         m = measure(label, index, ranges)
         what = f"{LABELS[label]} clip {index}: {m}"
         moves = {LEFT_TO_RIGHT: m["dx"] > 0.1, RIGHT_TO_LEFT: m["dx"] < -0.1, DOWN: m["dy"] > 0.1, UP: m["dy"] < -0.1}
@@ -157,6 +162,15 @@ def test_issue_ranges_draw_motions_within_the_issue_numbers(label: int) -> None:
             assert 0.2 - 0.02 <= abs(m["dx"] if label == LEFT_TO_RIGHT else m["dy"]) <= 0.8 + 0.02, what
         if label in (CW, CCW):
             assert 90 - 12 <= abs(m["turn"]) <= 360 + 12, what
+
+
+def test_stress_clips_take_the_hardest_value_of_every_range() -> None:
+    for index in range(8):
+        spec = sample_clip(SPLIT_TRAIN, 3, index, STRESS)
+        scene = build_scene(spec)
+        assert spec.height > spec.width and max(spec.width, spec.height) <= 160
+        assert scene.background_kind in ("noise", "textured") and scene.distractors == 3
+        assert 0.10 <= scene.object_size <= 0.12 and 8 <= spec.fps <= 10 and spec.frames / spec.fps <= 1.6
 
 
 def test_label_maps_are_involutions_that_keep_still_still() -> None:

@@ -59,8 +59,9 @@ def _make_one(job: tuple[int, int, int, Ranges, str, SamplingSpec]) -> tuple[np.
     split, seed, index, ranges, cache, sampling = job
     cache_dir = Path(cache)
     spec = sample_clip(split, seed, index, ranges)
-    # The generator's version and ranges decide the pixels: a change never reuses stale clips.
-    key = hashlib.sha1(repr((GENERATOR_VERSION, ranges)).encode()).hexdigest()[:10]
+    # The generator's version, the ranges and the decoder decide the pixels: a change never reuses
+    # stale clips ("pyav": frames since the server's decoder moved from decord to PyAV).
+    key = hashlib.sha1(repr((GENERATOR_VERSION, ranges, "pyav")).encode()).hexdigest()[:10]
     name = f"{split}-{seed}-{index}-{key}"
     s = sampling
     arrays = cache_dir / "frames" / f"{name}-{s.num_segments}x{s.scale_size}x{s.input_size}-{s.resize}.npy"

@@ -25,10 +25,20 @@ from service.sampling import SamplingSpec
 from service.store import ModelConfig, load_entry
 from training.card import write_card
 from training.common import DEFAULT_CACHE, decoded_clips
-from training.synthetic import FULL, GENERATOR_VERSION, ISSUE, LABELS, SPLIT_EVAL, Ranges, build_scene, sample_clip
+from training.synthetic import (
+    FULL,
+    GENERATOR_VERSION,
+    ISSUE,
+    LABELS,
+    SPLIT_EVAL,
+    STRESS,
+    Ranges,
+    build_scene,
+    sample_clip,
+)  # fmt: skip
 from training.train import to_input
 
-RANGES = {"full": FULL, "issue": ISSUE}
+RANGES = {"full": FULL, "issue": ISSUE, "stress": STRESS}
 
 
 def evaluate(
@@ -145,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips-per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ranges", choices=sorted(RANGES), default="full",
-                   help="full: the generator's, wider than the issue's; issue: exactly the issue's")  # fmt: skip
+                   help="full: the generator's, wider than the issue's; issue: exactly the issue's; "
+                   "stress: the hardest value of every range at once")  # fmt: skip
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the result here")

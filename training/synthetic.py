@@ -44,6 +44,7 @@ SPLIT_TRAIN, SPLIT_VAL, SPLIT_EVAL, SPLIT_EXAMPLE, SPLIT_EASY = 1, 2, 3, 4, 5
 GENERATOR_VERSION = 3
 
 ASPECTS = [(4, 3), (16, 9), (1, 1), (3, 4), (9, 16)]
+BACKGROUNDS = ["flat", "gradient", "noise", "textured"]
 SHAPES = ["circle", "ellipse", "square", "rectangle", "triangle", "star", "polygon", "glyph", "patch", "arrow"]
 # Shapes whose turn is visible without help; the others get an off-centre marker when they rotate.
 ASYMMETRIC = {"triangle", "glyph", "patch", "arrow"}
@@ -57,7 +58,9 @@ class Ranges:
     """What clips vary over. ``FULL`` covers the issue's ranges generously (the motions a little wider);
     ``ISSUE`` is exactly the issue's numbers; training may use shorter, smaller clips. ``easy`` clips (a
     curriculum's first stage) show one big, sharp object on a plain background that moves, turns,
-    scales or fades a lot over the whole clip, whatever the motion ranges say."""
+    scales or fades a lot over the whole clip, whatever the motion ranges say. ``hard`` clips (the
+    ``STRESS`` split) take the hardest of what is not a range: noise or textured backgrounds, three
+    distractors, portrait frames."""
 
     duration_s: tuple[float, float] = (1.0, 10.0)
     fps: tuple[int, int] = (8, 30)
@@ -67,11 +70,16 @@ class Ranges:
     travel: tuple[float, float] = (0.18, 0.85)  # share of the frame along the motion's axis
     turn_deg: tuple[float, float] = (80.0, 380.0)
     scale: tuple[float, float] = (1.4, 4.2)
+    hard: bool = False
 
 
 FULL = Ranges()
 ISSUE = Ranges(object_size=(0.10, 0.40), travel=(0.20, 0.80), turn_deg=(90.0, 360.0), scale=(1.5, 4.0))
 TRAIN = Ranges(duration_s=(1.0, 3.0), long_side=(128, 360))
+# The hardest value of every range at once (evaluation only): short, low-rate, small clips of small
+# objects that barely move, turn or scale, on busy backgrounds with distractors, in portrait frames.
+STRESS = Ranges(duration_s=(1.0, 1.5), fps=(8, 10), long_side=(128, 160), object_size=(0.10, 0.12),
+                travel=(0.20, 0.25), turn_deg=(90.0, 110.0), scale=(1.5, 1.7), hard=True)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,8 @@ def sample_clip(split: int, seed: int, index: int, ranges: Ranges = FULL, label:
     """The settings of clip ``index``; classes cycle with the index unless ``label`` is given."""
     rng = clip_rng(split, seed, index)
     label = index % len(LABELS) if label is None else label
-    aw, ah = ASPECTS[rng.integers(len(ASPECTS))]
+    aspects = [a for a in ASPECTS if a[1] > a[0]] if ranges.hard else ASPECTS
+    aw, ah = aspects[rng.integers(len(aspects))]
     long_side = rng.uniform(*ranges.long_side)
     scale = long_side / max(aw, ah)
     width, height = (max(2 * round(aw * scale / 2), 16), max(2 * round(ah * scale / 2), 16))
@@ -299,12 +308,12 @@ def draw_sprite(
 # --- the scene -------------------------------------------------------------------------------------
 
 
-def _background(rng: np.random.Generator, width: int, height: int, plain: bool) -> tuple[np.ndarray, str]:
-    """The background image and its family (flat, gradient, noise, textured)."""
+def _background(rng: np.random.Generator, width: int, height: int, families: list[str]) -> tuple[np.ndarray, str]:
+    """The background image and its family (flat, gradient, noise, textured), drawn from ``families``."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     u = xs / max(width, height) * 2 - 1
     v = ys / max(width, height) * 2 - 1
-    kind = str(rng.choice(["flat", "gradient"] if plain else ["flat", "gradient", "noise", "textured"]))
+    kind = str(rng.choice(families))
     a, b = _colour(rng), _colour(rng)
     if kind == "flat":
         mix = np.zeros_like(u)
@@ -361,8 +370,9 @@ def build_scene(spec: ClipSpec) -> Scene:
     easy = ranges.easy
     short = min(w, h)
     jitter = 0 if easy else int(rng.integers(0, 3))
-    background, background_kind = _background(rng, w + 2 * jitter, h + 2 * jitter, plain=easy)
-    distractors = 0 if easy else int(rng.integers(0, 4))
+    families = ["flat", "gradient"] if easy else ["noise", "textured"] if ranges.hard else BACKGROUNDS
+    background, background_kind = _background(rng, w + 2 * jitter, h + 2 * jitter, families)
+    distractors = 0 if easy else 3 if ranges.hard else int(rng.integers(0, 4))
     for _ in range(distractors):  # static distractors
         sprite = make_sprite(rng, str(rng.choice(SHAPES)), _colour(rng), False, 128)
         drawn = draw_sprite(sprite, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.12) * short,
