@@ -39,7 +39,8 @@ MAX_ASPECT = 16
 # Codecs whose sparse decoding (restarts at keyframes, frames nothing refers to skipped) returns the
 # pixels of full decoding, checked by tests/test_decode.py; others (AV1: hidden frames) decode every frame.
 SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg1video", "mpeg2video", "mjpeg", "gif", "ffv1"})
-# One decoder thread per worker: the pool already runs one worker per core (see bench/decode.py).
+# One decoder thread per worker: the pool runs a worker per core of its budget (bench/RESULTS.md, 2026-11-28:
+# two single-threaded workers decoded faster than one with two threads).
 DECODER_THREADS = 1
 
 

@@ -23,6 +23,9 @@ round activations to 8-11 bits). A refused engine costs one log line and the run
 the engine, its version, the shapes and the precision. ``manifest.json`` holds the sha256 of every
 file; an entry whose files do not match it (truncated, edited) or whose engine fails verification is
 rebuilt, never served.
+
+Why one module of this length: choosing an engine is building, verifying and caching it; the three
+share the model's identity and the verification rules.
 """
 
 from __future__ import annotations
@@ -269,3 +272,102 @@ def build_openvino(
         return torch.from_numpy(np.array(out))  # the request reuses its output buffer on the next call
 
     return Engine("openvino", precision, compute, time.perf_counter() - start, cached)
+
+
+@dataclass
+class EngineChooser:
+    """Builds, verifies and picks the engine of one runner (``Runner.warmup`` calls :meth:`choose`).
+    ``eager`` is the runner's torch forward at its precision, ``reference`` the float32 one."""
+
+    wanted: str  # Settings.engine
+    dtype: str  # Settings.dtype
+    device: torch.device
+    torch_precision: str  # what the torch engine runs in on this device
+    model: nn.Module
+    normalise: Callable[[Tensor], Tensor]
+    eager: Compute
+    reference: Compute
+    identity: ModelIdentity | None
+    clip_shape: tuple[int, int, int, int]
+    threads: int
+    cache_dir: Path | None
+    cuda_graphs: bool
+
+    def candidates(self) -> list[tuple[str, str]]:
+        """(engine, precision) in order of preference. Half precision leads where the hardware has
+        it natively (float16 autocast on CUDA; bfloat16 through OpenVINO on CPUs with bf16 units),
+        then float32; torch float32, the reference, is always last."""
+        torch_precision, wanted, dtype = self.torch_precision, self.wanted, self.dtype
+        if wanted in ("torch", "compile"):
+            return [(wanted, torch_precision)]
+        if self.device.type == "cuda":
+            return [("torch", torch_precision)] if wanted == "auto" else [(wanted, torch_precision)]
+        if wanted == "openvino" or (wanted == "auto" and openvino_available()):
+            bf16 = dtype == "bfloat16" or (dtype == "auto" and cpu_has_native_bf16())
+            ov = [("openvino", "bfloat16")] if bf16 else []
+            ov += [] if dtype == "bfloat16" else [("openvino", "float32")]
+            return ov + ([("torch", "float32")] if wanted == "auto" else [])
+        return [("torch", "float32")]
+
+    def build(self, name: str, precision: str, reuse_cached: bool = True) -> Engine:
+        if name == "torch":
+            return Engine("torch", precision, self.eager)
+        if name == "compile":
+            mode = "reduce-overhead" if self.device.type == "cuda" and self.cuda_graphs else "default"
+            return Engine("compile", precision, torch.compile(self.eager, mode=mode, dynamic=False))
+        if name == "openvino":
+            if self.device.type == "cuda":
+                raise ValueError("OpenVINO runs on the CPU; this runner is on " + str(self.device))
+            identity = self.identity or ModelIdentity("", "", self.clip_shape)
+            cache = EngineCache(self.cache_dir) if self.identity else None
+            return build_openvino(self.model, self.normalise, identity, precision, self.threads, cache, reuse_cached)
+        raise ValueError(f"unknown engine {name!r}")
+
+    def verified(self, name: str, precision: str, clips: Tensor) -> Engine | None:
+        """Build an engine and verify it; a cached engine that fails is rebuilt once. None: refused."""
+        arch = self.identity.arch if self.identity else ""
+        label = name if precision == "float32" else f"{name}-{precision}"
+        for reuse_cached in (True, False):
+            try:
+                engine = self.build(name, precision, reuse_cached)
+            except Exception as e:  # a missing package, an unsupported op, a compiler error
+                log.warning("engine %s refused: it could not be built (%s); falling back", label, e)
+                return None
+            if name == "torch" and precision == "float32":
+                return engine  # the reference itself
+            verdict = verify(engine.compute, self.reference, clips, arch, precision)
+            if verdict.ok:
+                log.info(
+                    "engine %s verified: max |logits - reference| %.2g <= %.2g (%s in %.1f s)",
+                    label,
+                    verdict.max_abs,
+                    verdict.bound,
+                    "cached" if engine.cached else "built",
+                    engine.build_s,
+                )
+                return engine
+            if not engine.cached:
+                break
+            log.warning("cached engine %s failed verification (%s): rebuilding it", label, verdict.reason)
+        log.warning("engine %s refused: %s against the float32 reference; falling back", label, verdict.reason)
+        return None
+
+    def choose(self) -> Engine:
+        """The first verified candidate of each engine (precision order), then the fastest engine at
+        batch 1 when there is a choice; torch float32 when nothing else passes."""
+        clips = seeded_clips(self.clip_shape, self.device)
+        chosen: dict[str, Engine] = {}
+        for name, precision in self.candidates():
+            if name not in chosen and (engine := self.verified(name, precision, clips)) is not None:
+                chosen[name] = engine
+        if not chosen:
+            fallback = self.verified("torch", self.torch_precision, clips)
+            # torch at a half precision failed too: float32 is the reference and cannot
+            chosen = {"torch": fallback or Engine("torch", "float32", self.reference)}
+        timed = []
+        for engine in chosen.values():
+            seconds = time_batch1(engine.compute, clips) if len(chosen) > 1 else 0.0
+            timed.append((seconds, engine))
+            if len(chosen) > 1:
+                log.info("engine %s: %.1f clips/s at batch 1", engine.label, 1 / max(seconds, 1e-9))
+        return min(timed, key=lambda pair: pair[0])[1]

@@ -16,6 +16,9 @@ OpenVINO, chosen and verified against the float32 eager reference during :meth:`
 Precision: autocast float16 (default) or bfloat16 on CUDA; on CPU bfloat16 through OpenVINO where the
 CPU runs it natively (the default there) or float32; torch itself runs float32 on CPU (its CPU
 half-precision convolutions are slower than float32 on the machines we serve from).
+
+Why one module of this length: staging, launching, CUDA graphs, warm-up and the CPU chunking all
+share the runner's buffers, buckets and thread; split apart they would reach into each other.
 """
 
 from __future__ import annotations
@@ -34,18 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from service.config import default
-from service.engines import (
-    Compute,
-    Engine,
-    EngineCache,
-    ModelIdentity,
-    build_openvino,
-    cpu_has_native_bf16,
-    openvino_available,
-    seeded_clips,
-    time_batch1,
-    verify,
-)
+from service.engines import Compute, Engine, EngineChooser, ModelIdentity
 from service.errors import ErrorKind, ServiceError
 
 if TYPE_CHECKING:
@@ -310,88 +302,15 @@ class Runner:
             return self.model(x.to(self.dtype))
 
     # ------------------------------------------------------------------------------- engines
-    def _candidates(self) -> list[tuple[str, str]]:
-        """(engine, precision) in order of preference. Half precision leads where the hardware has
-        it natively (float16 autocast on CUDA; bfloat16 through OpenVINO on CPUs with bf16 units),
-        then float32; torch float32, the reference, is always last."""
-        torch_precision = str(self.dtype).removeprefix("torch.")
-        wanted, dtype = self.config.engine, self.config.dtype
-        if wanted in ("torch", "compile"):
-            return [(wanted, torch_precision)]
-        if self._cuda:
-            return [("torch", torch_precision)] if wanted == "auto" else [(wanted, torch_precision)]
-        if wanted == "openvino" or (wanted == "auto" and openvino_available()):
-            bf16 = dtype == "bfloat16" or (dtype == "auto" and cpu_has_native_bf16())
-            ov = [("openvino", "bfloat16")] if bf16 else []
-            ov += [] if dtype == "bfloat16" else [("openvino", "float32")]
-            return ov + ([("torch", "float32")] if wanted == "auto" else [])
-        return [("torch", "float32")]
-
-    def _build(self, name: str, precision: str, reuse_cached: bool = True) -> Engine:
-        if name == "torch":
-            return Engine("torch", precision, self._compute_eager)
-        if name == "compile":
-            mode = "reduce-overhead" if self._cuda and self.config.cuda_graphs else "default"
-            return Engine("compile", precision, torch.compile(self._compute_eager, mode=mode, dynamic=False))
-        if name == "openvino":
-            if self._cuda:
-                raise ValueError("OpenVINO runs on the CPU; this runner is on " + str(self.device))
-            identity = self.identity or ModelIdentity("", "", self.clip_shape)
-            cache = EngineCache(self.config.engine_cache_dir) if self.identity else None
-            return build_openvino(
-                self.model, self._normalise, identity, precision, self.config.torch_threads, cache, reuse_cached
-            )
-        raise ValueError(f"unknown engine {name!r}")
-
-    def _verified(self, name: str, precision: str, clips: Tensor) -> Engine | None:
-        """Build an engine and verify it; a cached engine that fails is rebuilt once. None: refused."""
-        arch = self.identity.arch if self.identity else ""
-        label = name if precision == "float32" else f"{name}-{precision}"
-        for reuse_cached in (True, False):
-            try:
-                engine = self._build(name, precision, reuse_cached)
-            except Exception as e:  # a missing package, an unsupported op, a compiler error
-                log.warning("engine %s refused: it could not be built (%s); falling back", label, e)
-                return None
-            if name == "torch" and precision == "float32":
-                return engine  # the reference itself
-            verdict = verify(engine.compute, self._compute_reference, clips, arch, precision)
-            if verdict.ok:
-                log.info(
-                    "engine %s verified: max |logits - reference| %.2g <= %.2g (%s in %.1f s)",
-                    label,
-                    verdict.max_abs,
-                    verdict.bound,
-                    "cached" if engine.cached else "built",
-                    engine.build_s,
-                )
-                return engine
-            if not engine.cached:
-                break
-            log.warning("cached engine %s failed verification (%s): rebuilding it", label, verdict.reason)
-        log.warning("engine %s refused: %s against the float32 reference; falling back", label, verdict.reason)
-        return None
-
     def _select_engine(self) -> None:
-        """The first verified candidate of each engine (precision order), then the fastest engine at
-        batch 1 when there is a choice; torch float32 when nothing else passes."""
-        clips = seeded_clips(self.clip_shape, self.device)
-        candidates = self._candidates()
-        chosen: dict[str, Engine] = {}
-        for name, precision in candidates:
-            if name not in chosen and (engine := self._verified(name, precision, clips)) is not None:
-                chosen[name] = engine
-        if not chosen:
-            fallback = self._verified("torch", str(self.dtype).removeprefix("torch."), clips)
-            # torch at a half precision failed too: float32 is the reference and cannot
-            chosen = {"torch": fallback or Engine("torch", "float32", self._compute_reference)}
-        timed = []
-        for engine in chosen.values():
-            seconds = time_batch1(engine.compute, clips) if len(chosen) > 1 else 0.0
-            timed.append((seconds, engine))
-            if len(chosen) > 1:
-                log.info("engine %s: %.1f clips/s at batch 1", engine.label, 1 / max(seconds, 1e-9))
-        self.engine = min(timed, key=lambda pair: pair[0])[1]
+        chooser = EngineChooser(
+            wanted=self.config.engine, dtype=self.config.dtype, device=self.device,
+            torch_precision=str(self.dtype).removeprefix("torch."), model=self.model, normalise=self._normalise,
+            eager=self._compute_eager, reference=self._compute_reference, identity=self.identity,
+            clip_shape=self.clip_shape, threads=self.config.torch_threads, cache_dir=self.config.engine_cache_dir,
+            cuda_graphs=self.config.cuda_graphs,
+        )  # fmt: skip
+        self.engine = chooser.choose()
         self._compute = self.engine.compute
         self._use_graphs = self._cuda and self.config.cuda_graphs and self.engine.name == "torch"
         self._pad = self._cuda or self.engine.name == "compile"

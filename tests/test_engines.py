@@ -58,7 +58,7 @@ def test_openvino_reproduces_the_official_logits(tmp_path: Path, arch: str) -> N
 
 def test_auto_takes_a_verified_engine_and_says_which(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = small_tsm()
-    with caplog.at_level(logging.INFO, logger="service.runner"):
+    with caplog.at_level(logging.INFO):
         runner = runner_for(model, tmp_path, dtype="float32")
     assert runner.engine.name in ("openvino", "torch") and runner.engine.precision == "float32"
     assert "openvino verified" in caplog.text and f"engine {runner.engine.label} serves on cpu" in caplog.text
