@@ -146,7 +146,7 @@ def frame_counts(path: Path) -> dict[str, int]:
     order = sample_indices(len(packets.pts), SPEC["num_segments"])[0]
     with av.open(str(path)) as container:
         kinds = {f.pts: int(f.pict_type) for f in container.decode(container.streams.video[0])}  # I 1, P 2, B 3
-    display = sorted(packets.pts)  # type: ignore[type-var]
+    display = packets.display
     wanted = {display[i] for i in order}
     runs = decode_plan(packets, order)
     in_runs = [packets.pts[n] for start, end in runs for n in range(start, end + 1)]

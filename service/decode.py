@@ -17,11 +17,12 @@ probe's facts and the error messages; split apart, each piece would import the o
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -294,6 +295,11 @@ class Packets:
     pts: list[int | None]
     keyframe: list[bool]
 
+    @functools.cached_property
+    def display(self) -> list[Any]:
+        """Timestamps in display order (read once the demux pass is done), where they are usable."""
+        return sorted(self.pts)
+
     def timestamps_usable(self) -> bool:
         """Every packet has its own timestamp: display order and decode order can be told apart."""
         return None not in self.pts and len(set(self.pts)) == len(self.pts)
@@ -302,7 +308,7 @@ class Packets:
         """Display indices of the keyframes (decode order, where timestamps cannot say more)."""
         if not self.timestamps_usable():
             return [n for n, key in enumerate(self.keyframe) if key]
-        rank = {pts: i for i, pts in enumerate(sorted(self.pts))}  # type: ignore[type-var]
+        rank = {pts: i for i, pts in enumerate(self.display)}
         return sorted(rank[pts] for pts, key in zip(self.pts, self.keyframe, strict=True) if key)
 
 
@@ -339,7 +345,7 @@ def decode_plan(packets: Packets, wanted: list[int]) -> list[tuple[int, int]]:
     own; runs that touch merge into one sequential pass, and the packets between runs are never
     decoded (the decoder restarts at the next run's keyframe). Within a run, frames nothing refers
     to are skipped unless wanted (``skip_frame``, decided per packet in :func:`sparse_decode`)."""
-    display = sorted(packets.pts)  # type: ignore[type-var]
+    display = packets.display
     position = {pts: n for n, pts in enumerate(packets.pts)}
     needs = []
     for end in (position[display[i]] for i in wanted):
@@ -365,7 +371,7 @@ def sparse_decode(
     """Decodes only what the sampled frames need (plan: :func:`decode_plan`); the same pixels as
     decoding every frame, which the tests check on B-frames, open GOPs and other codecs. Returns the
     frames by display index and how many frames were decoded (bench/decode.py reports it)."""
-    display = sorted(packets.pts)  # type: ignore[type-var]
+    display = packets.display
     wanted = {display[i]: i for i in order}
     runs = decode_plan(packets, order)
     got: dict[int, np.ndarray] = {}

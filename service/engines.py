@@ -102,7 +102,12 @@ class Engine:
 
     @property
     def label(self) -> str:
-        return self.name if self.precision == "float32" else f"{self.name}-{self.precision}"
+        return engine_label(self.name, self.precision)
+
+
+def engine_label(name: str, precision: str) -> str:
+    """How logs, /v1/models users and benches name an engine: ``openvino``, ``openvino-bfloat16``."""
+    return name if precision == "float32" else f"{name}-{precision}"
 
 
 @dataclass(frozen=True)
@@ -326,7 +331,7 @@ class EngineChooser:
     def verified(self, name: str, precision: str, clips: Tensor) -> Engine | None:
         """Build an engine and verify it; a cached engine that fails is rebuilt once. None: refused."""
         arch = self.identity.arch if self.identity else ""
-        label = name if precision == "float32" else f"{name}-{precision}"
+        label = engine_label(name, precision)
         for reuse_cached in (True, False):
             try:
                 engine = self.build(name, precision, reuse_cached)

@@ -287,19 +287,19 @@ class Runner:
         return launched.out[: launched.rows].float().cpu().numpy()
 
     # ------------------------------------------------------------------------------- compute
+    def _model_input(self, x: Tensor) -> Tensor:
+        x = self._normalise(x)
+        return x if self._channels_last else x.contiguous()
+
     def _compute_reference(self, x: Tensor) -> Tensor:
         """Eager float32: what every engine is verified against."""
-        x = self._normalise(x)
-        return self.model(x if self._channels_last else x.contiguous())
+        return self.model(self._model_input(x))
 
     def _compute_eager(self, x: Tensor) -> Tensor:
         if not self._autocast:
             return self._compute_reference(x)
-        x = self._normalise(x)
-        if not self._channels_last:
-            x = x.contiguous()
         with torch.autocast(self.device.type, self.dtype, cache_enabled=not self._use_graphs):
-            return self.model(x.to(self.dtype))
+            return self.model(self._model_input(x).to(self.dtype))
 
     # ------------------------------------------------------------------------------- engines
     def _select_engine(self) -> None:

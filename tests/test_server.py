@@ -36,17 +36,18 @@ def test_models_info_describes_every_loaded_model(server: InProcessServer) -> No
     assert info.value.kind is ErrorKind.unknown_model and "tiny, tiny4" in info.value.message
 
 
+async def start_then_stop(server: Server) -> None:
+    try:
+        await server.start()
+    finally:
+        await server.stop()
+
+
 def test_a_missing_model_fails_the_start_with_its_name(tiny_store: Path) -> None:
     server = Server(Settings(model_store=tiny_store, default_model="absent", models=["tiny", "ghost"]))
 
-    async def start() -> None:
-        try:
-            await server.start()
-        finally:
-            await server.stop()
-
     with pytest.raises(StoreError, match=r"model\(s\) absent, ghost not found"):
-        asyncio.run(start())
+        asyncio.run(start_then_stop(server))
     assert server.startup_error is not None and "absent" in server.startup_error
     assert not server.ready
     with pytest.raises(ServiceError) as info:
@@ -57,14 +58,8 @@ def test_a_missing_model_fails_the_start_with_its_name(tiny_store: Path) -> None
 def test_settings_that_oversubscribe_the_cpu_fail_the_start_with_what_to_change(tiny_store: Path) -> None:
     server = Server(Settings(model_store=tiny_store, default_model="tiny", cpu_budget=2, torch_threads=3))
 
-    async def start() -> None:
-        try:
-            await server.start()
-        finally:
-            await server.stop()
-
     with pytest.raises(ServiceError, match=r"CPU budget exceeded: TSM_TORCH_THREADS = 3 threads on 2 core"):
-        asyncio.run(start())
+        asyncio.run(start_then_stop(server))
     assert server.startup_error is not None and "TSM_TORCH_THREADS" in server.startup_error
 
 
