@@ -189,3 +189,18 @@ def test_bfloat16_is_served_by_openvino_within_its_documented_bound(tmp_path: Pa
     got, want = runner.forward(clips), reference_logits(model, clips)
     assert np.abs(got - want).max() <= 5e-2 * max(1.0, float(np.abs(want).max()))
     runner.close()
+
+
+def test_an_unwritable_cache_costs_a_warning_not_the_engine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A read-only or misconfigured cache directory: convert at every start, say so, serve anyway."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the cache directory should be")
+    model = small_tsm()
+    with caplog.at_level(logging.WARNING):
+        runner = runner_for(model, blocked, engine="openvino")
+    assert "is not writable" in caplog.text and "converted at every start" in caplog.text
+    assert runner.engine.name == "openvino" and not runner.engine.cached
+    clips = random_clips(2, seed=10)
+    np.testing.assert_allclose(runner.forward(clips), reference_logits(model, clips), rtol=1e-4, atol=1e-5)
+    runner.close()
+    assert blocked.is_file()  # left as it was
