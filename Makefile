@@ -12,10 +12,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# promtool and prometheus (Debian package) check metrics, rules and config in the tests.
+# promtool and prometheus (Debian package) check metrics, rules and config in the tests; chromium runs
+# the live page with a fake camera.
 system-deps:
 	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } \
 	  || echo "warning: install the Debian package 'prometheus' (promtool) for the observability tests"
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
+	  || echo "warning: install the Debian package 'chromium' for the live page's browser test"
 
 serve: install
 	$(VENV)/bin/tsm-serve serve

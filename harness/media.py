@@ -181,3 +181,30 @@ def set_mp4_size(src: Path, dst: Path, width: int, height: int) -> Path:
     data[size_at : size_at + 8] = struct.pack(">II", width << 16, height << 16)
     dst.write_bytes(bytes(data))
     return dst
+
+
+def encode_image(rgb: np.ndarray, fmt: Literal["jpeg", "png"] = "png") -> bytes:
+    """One RGB frame ``[H, W, 3]`` as a JPEG or PNG file's bytes (PNG is lossless)."""
+    codec = av.CodecContext.create("png" if fmt == "png" else "mjpeg", "w")
+    codec.width, codec.height = rgb.shape[1], rgb.shape[0]
+    codec.pix_fmt = "rgb24" if fmt == "png" else "yuvj420p"
+    codec.time_base = Fraction(1, 25)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    if fmt == "jpeg":
+        frame = frame.reformat(format="yuvj420p")
+    packets = [*codec.encode(frame), *codec.encode(None)]
+    return b"".join(bytes(p) for p in packets)
+
+
+def moving_frames(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` RGB frames ``[size, size, 3]`` of a bright square moving over noise: frames whose
+    order matters to a temporal model."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    frames = []
+    for t in range(count):
+        frame = background.copy()
+        x = (t * 3) % (size - size // 4)
+        frame[size // 3 : size // 3 + size // 4, x : x + size // 4] = (255, 220, 40)
+        frames.append(frame)
+    return frames

@@ -96,3 +96,13 @@ class ServerProcess:
         self.final_output = self.output()
         self.log.close()
         return code
+
+
+def tool(name: str, install: str) -> str:
+    """A command from the venv (pip tools) or PATH; a clear test failure naming the install step."""
+    found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if found is None:
+        import pytest
+
+        pytest.fail(f"`{name}` not found: {install}")
+    return found

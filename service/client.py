@@ -1,9 +1,11 @@
-"""Python clients (HTTP sync and async, gRPC sync) and the ``tsm-classify`` command.
+"""Python clients (HTTP sync and async, gRPC sync, gRPC live streams) and the ``tsm-classify`` command.
 
-from service.client import Client, GrpcClient
+from service.client import Client, GrpcClient, LiveClient, video_frames
 result = Client("http://127.0.0.1:8000").classify("video.mp4", top_k=3)
 result = GrpcClient("127.0.0.1:50051").classify("video.mp4", top_k=3)  # the same answer, as a dict
 result["predictions"][0]["label"]
+for answer in LiveClient("127.0.0.1:50051").stream(video_frames("video.mp4")):  # one per processed frame
+    print(answer["frame_index"], answer["predictions"][0]["label"])
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import json
 import os
 import ssl
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import av
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -247,6 +252,66 @@ class GrpcClient(_Closable):
         return bool(status == health_pb2.HealthCheckResponse.SERVING)
 
 
+@dataclass(frozen=True)
+class LiveFrame:
+    """One frame of a live stream: ``data`` encoded (``"jpeg"``, ``"png"``) or raw ``"rgb24"``."""
+
+    data: bytes
+    format: str = "jpeg"
+    width: int = 0
+    height: int = 0
+    pts_us: int = 0
+
+
+def video_frames(path: str | Path, *, realtime: bool = True, short_side: int = 256) -> Iterator[LiveFrame]:
+    """A video file's frames as a camera would send them: rgb24 at most ``short_side`` on the short
+    side (the server resizes anyway), paced at the file's frame rate unless ``realtime`` is False."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        start = time.monotonic()
+        for frame in container.decode(stream):
+            scale = min(1.0, short_side / min(frame.width, frame.height))
+            w, h = max(2, round(frame.width * scale)), max(2, round(frame.height * scale))
+            seconds = float(frame.time or 0.0)
+            if realtime and (wait := seconds - (time.monotonic() - start)) > 0:
+                time.sleep(wait)
+            rgb = frame.to_ndarray(width=w, height=h, format="rgb24")
+            yield LiveFrame(rgb.tobytes(), "rgb24", w, h, round(seconds * 1e6))
+
+
+class LiveClient(GrpcClient):
+    """``ClassifyLive`` over gRPC: frames go up as they come, answers come back as each processed frame
+    is scored (dicts in the shape of the WebSocket's JSON answers)."""
+
+    def stream(
+        self, frames: Iterable[LiveFrame], *, model: str | None = None, top_k: int = 5,
+        smoothing_frames: int | None = None, frame_stride: int | None = None,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        options = pb.LiveOptions(model=model or "", top_k=top_k, smoothing_frames=smoothing_frames,
+                                 frame_stride=frame_stride)  # fmt: skip
+
+        def messages() -> Iterator[pb.LiveRequest]:
+            yield pb.LiveRequest(options=options)
+            for f in frames:
+                yield pb.LiveRequest(frame=pb.Frame(data=f.data, format=f.format, width=f.width, height=f.height,
+                                                    pts_us=f.pts_us))  # fmt: skip
+
+        try:
+            for answer in self._stub.ClassifyLive(messages(), metadata=self._metadata):
+                yield live_dict(answer)
+        except grpc.RpcError as e:
+            raise _grpc_error(e) from None
+
+
+def live_dict(a: pb.LiveResponse) -> dict[str, Any]:
+    return {
+        "frame_index": a.frame_index, "pts_us": a.pts_us, "latency_ms": a.latency_ms,
+        "dropped_frames": a.dropped_frames,
+        "predictions": [{"label": p.label, "index": p.index, "score": p.score} for p in a.predictions],
+        "instant": [{"label": p.label, "index": p.index, "score": p.score} for p in a.instant],
+    }  # fmt: skip
+
+
 def classification_dict(c: pb.Classification) -> dict[str, Any]:
     """A gRPC answer in the shape of the HTTP JSON answer."""
     v, t = c.video, c.timings
@@ -297,9 +362,35 @@ def _print_result(path: str, result: dict[str, Any]) -> None:
         print(f"  {p['score']:7.2%}  {p['label']}")
 
 
+def _live(args: argparse.Namespace) -> int:
+    """``--live FILE``: the file's frames streamed through ``ClassifyLive``, one line per answer."""
+    if len(args.files) != 1:
+        print("tsm-classify: error: --live streams one file", file=sys.stderr)
+        return 2
+    root = args.ca_cert.read_bytes() if args.ca_cert else None
+    with LiveClient(args.grpc or DEFAULT_GRPC_TARGET, root_certificates=root, api_key=args.api_key) as client:
+        try:
+            frames = video_frames(args.files[0], realtime=not args.fast)
+            for a in client.stream(frames, model=args.model, top_k=args.top_k):
+                if args.json:
+                    print(json.dumps(a), flush=True)
+                    continue
+                best, now = a["predictions"][0], a["instant"][0]
+                print(f"frame {a['frame_index']:5d} {a['latency_ms']:6.1f} ms {a['dropped_frames']:3d} dropped  "
+                      f"{best['score']:7.2%} {best['label']}  (this frame: {now['label']})", flush=True)  # fmt: skip
+        except (ClassifyError, OSError, av.FFmpegError) as e:
+            print(f"{args.files[0]}: error: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tsm-classify", description="Classify videos with a tsm-serve server.")
     parser.add_argument("files", nargs="+", type=Path, help="video files")
+    parser.add_argument("--live", action="store_true",
+                        help="stream the file's frames to an online model (gRPC ClassifyLive; --grpc, default "
+                        f"{DEFAULT_GRPC_TARGET}) and print an answer per frame")  # fmt: skip
+    parser.add_argument("--fast", action="store_true", help="with --live: send frames as fast as they decode")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", default=DEFAULT_URL, help=f"HTTP server address (default {DEFAULT_URL})")
     where.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC instead: files are streamed in chunks")
@@ -312,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, help="deadline per video, seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON answer per line")
     args = parser.parse_args(argv)
+    if args.live:
+        return _live(args)
     failures = 0
     if args.grpc:
         root = args.ca_cert.read_bytes() if args.ca_cert else None

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     model_store: Path = Field(default=Path("model_store"), description="folder of <name>/<version>/model.json")
     default_model: str = Field(default="tsm_mobilenetv2_synthetic_motion", description="model used when none is named")
     models: list[str] = Field(default_factory=list, description="models to load; empty: every store entry")
+    default_online_model: str = Field(
+        default="", description="online model of live streams that name none; empty: the first online model loaded"
+    )
 
     # --- inference
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
@@ -82,6 +85,13 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(default=3600.0, gt=0)
     max_clips: int = Field(default=10, ge=1, description="temporal views a request may ask for")
     spool_dir: Path | None = Field(default=None, description="where uploads are spooled; default /dev/shm or tmp")
+
+    # --- live streams (online models)
+    max_live_streams: int = Field(default=64, ge=1, description="open live streams, all models; beyond: 429")
+    live_max_batch_streams: int = Field(default=32, ge=1, description="streams stepped in one forward pass")
+    live_idle_timeout_s: float = Field(default=10.0, gt=0, description="a stream with no frame this long is closed")
+    live_max_duration_s: float = Field(default=3600.0, gt=0, description="the longest a live stream may last")
+    live_max_frame_bytes: int = Field(default=4 * MiB, ge=1024, description="largest frame (encoded or rgb24)")
 
     # --- lifecycle and logging
     drain_timeout_s: float = Field(default=30.0, ge=0, description="in-flight work may finish this long on SIGTERM")

@@ -26,6 +26,9 @@ class ErrorKind(Enum):
     video_too_large = "video_too_large"
     video_too_long = "video_too_long"
     decode_timeout = "decode_timeout"
+    bad_frame = "bad_frame"
+    frame_too_large = "frame_too_large"
+    stream_timeout = "stream_timeout"
     overloaded = "overloaded"
     internal = "internal"
     not_ready = "not_ready"
@@ -49,6 +52,9 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.video_too_large: 422,
     ErrorKind.video_too_long: 422,
     ErrorKind.decode_timeout: 422,
+    ErrorKind.bad_frame: 422,
+    ErrorKind.frame_too_large: 413,
+    ErrorKind.stream_timeout: 408,
     ErrorKind.overloaded: 429,
     ErrorKind.internal: 500,
     ErrorKind.not_ready: 503,

@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # Latency buckets from 5 ms (a cached small batch) to 2 min (a long decode under load).
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _CLIPS = (1, 2, 4, 8, 16, 32, 64, 128)
+# A live frame's answer: from 2 ms (one small frame) to 2 s (far behind a frame interval).
+_FRAME_SECONDS = (0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.067, 0.1, 0.133, 0.2, 0.5, 1.0, 2.0)
 # The stages of a request, in order: the keys of an answer's timings and of the duration histogram.
 STAGES = ("upload", "decode", "queue", "inference", "total")
 
@@ -55,4 +57,16 @@ class Metrics:
             ["name", "version", "arch", "segments", "device", "dtype", "engine"], registry=r,
         )  # fmt: skip
         self.ready = Gauge("tsm_ready", "1 when models are warm and the server is not draining.", registry=r)
+        self.live_streams = Gauge("tsm_live_streams", "Open live streams.", ["model"], registry=r)
+        self.live_frames = Counter(
+            "tsm_live_frames", "Live frames scored (processed) or replaced by a newer one before their turn (dropped).",
+            ["model", "outcome"], registry=r,
+        )  # fmt: skip
+        self.live_frame_latency = Histogram(
+            "tsm_live_frame_latency_seconds", "From a live frame's arrival to its answer.", ["model"],
+            buckets=_FRAME_SECONDS, registry=r,
+        )  # fmt: skip
+        self.live_batch_streams = Histogram(
+            "tsm_live_batch_streams", "Live streams stepped in one forward pass.", ["model"], buckets=_CLIPS, registry=r
+        )
         self.device_memory = Gauge("tsm_device_memory_bytes", "CUDA memory of this process.", ["kind"], registry=r)

@@ -26,6 +26,7 @@ from service.decode import DecodeLimits
 from service.decode_pool import DecodePool
 from service.engines import ModelIdentity
 from service.errors import ErrorKind, ServiceError, shutting_down
+from service.live import LiveLimits, LiveService, ModelHub
 from service.metrics import Metrics
 from service.model.online import OnlineAnswer, OnlineTSM
 from service.request import RequestLimits
@@ -68,6 +69,7 @@ class Server:
         self.api_keys = ApiKeys(settings.api_keys)  # both front doors check the same keys
         self.metrics = Metrics()
         self.classifier: Classifier | None = None
+        self.live: LiveService | None = None
         self.startup_error: str | None = None
         self.draining = False
         self._pool: DecodePool | None = None
@@ -79,6 +81,11 @@ class Server:
     @property
     def ready(self) -> bool:
         return self.classifier is not None and not self.draining
+
+    def require_live(self) -> LiveService:
+        self.require_classifier()  # not ready, or draining: the same answer as for videos
+        assert self.live is not None
+        return self.live
 
     def require_classifier(self) -> Classifier:
         if self.draining:
@@ -115,6 +122,8 @@ class Server:
         if s.default_model not in wanted:
             wanted.append(s.default_model)
         models: dict[str, LoadedModel] = {}
+        hubs: dict[str, ModelHub] = {}
+        live_limits = LiveLimits.from_settings(s)
         accelerator = resolve_device(s.device).type == "cuda"
         try:
             split = s.cpu_split(accelerator)
@@ -137,6 +146,8 @@ class Server:
             batcher = Batcher(runner, batcher_config, name=name, on_batch=self._batch_observer(name))
             await batcher.start()
             models[name] = LoadedModel(entry, batcher)
+            if c.online:  # live streams step the same weights frame by frame (service.live)
+                hubs[name] = ModelHub(name, entry, live_limits, self.metrics)
             self.metrics.model_info.labels(
                 name,
                 c.version,
@@ -157,6 +168,14 @@ class Server:
         self._spool_dir = default_spool_dir(s.spool_dir)
         limits = RequestLimits.from_settings(s)
         self.classifier = Classifier(models, s.default_model, self._pool, self._spool_dir, limits, self.metrics)
+        online_default = s.default_online_model or next(iter(sorted(hubs)), None)
+        if online_default is not None and online_default not in hubs:
+            raise StoreError(
+                f"default_online_model {online_default!r} is not an online model loaded here "
+                f"(online models: {', '.join(sorted(hubs)) or 'none'})"
+            )
+        self.live = LiveService(hubs, online_default, live_limits, self.metrics)
+        self.live.start()
         self.metrics.ready.set(1)
 
     def _batch_observer(self, name: str) -> Callable[[BatchInfo], None]:
@@ -197,11 +216,16 @@ class Server:
         if self.classifier is None:
             return
         self.classifier.accepting = False
+        if self.live is not None:
+            self.live.drain()
         budget_end = time.monotonic() + self.settings.drain_timeout_s
-        while self.classifier.in_flight and time.monotonic() < budget_end:
+        while (self.classifier.in_flight or self._live_streams()) and time.monotonic() < budget_end:
             await asyncio.sleep(0.05)
         if self.classifier.in_flight:
             log.warning("drain budget spent with %d request(s) in flight", self.classifier.in_flight)
+
+    def _live_streams(self) -> int:
+        return self.live.active if self.live is not None else 0
 
     async def abort_in_flight(self, grace_s: float = 2.0) -> None:
         """After the drain budget: answer every request still in flight with ``draining`` (HTTP
@@ -215,6 +239,8 @@ class Server:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
+        if self.live is not None:
+            await self.live.stop()
         if self.classifier is not None:
             for model in self.classifier.models.values():
                 await model.batcher.stop()

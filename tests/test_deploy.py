@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.inproc import InProcessServer
-from harness.process import ServerProcess, free_port
+from harness.process import ServerProcess, free_port, tool
 from service.client import GrpcClient
 from service.config import Settings
 from tests.conftest import ROOT
@@ -59,14 +58,6 @@ GRAFANA_VARS = {"$__rate_interval": "1m", "$instance": ".*"}  # what Grafana put
 
 
 # --------------------------------------------------------------------------------------- tools
-def tool(name: str, install: str) -> str:
-    """A command from the venv (pip tools) or PATH; a clear failure naming the install step."""
-    found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    if found is None:
-        pytest.fail(f"`{name}` not found: {install}")
-    return found
-
-
 def module(name: str, install: str) -> Any:
     try:
         return importlib.import_module(name)

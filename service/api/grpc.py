@@ -9,6 +9,7 @@ port is left to ``serve()`` in ``service.__main__``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from service.auth import ApiKeys
 from service.classifier import Classification
 from service.config import MiB, Settings
 from service.errors import HTTP_STATUS, ErrorKind, ServiceError
+from service.live import Frame, LiveOptions, LiveResult
 from service.request import (
     MAX_TIMEOUT_S,
     ClassifyOptions,
@@ -45,6 +47,7 @@ GRPC_STATUS: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
@@ -92,6 +95,23 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
             result = await classifier.run("grpc", options, _chunks(messages), request_id, _timeout(context))
         context.set_trailing_metadata((("x-request-id", request_id),))
         return pb.ClassifyStreamResponse(classification=_classification(result))
+
+    async def ClassifyLive(
+        self, request_iterator: AsyncIterable[pb.LiveRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.LiveResponse]:
+        request_id = _request_id(context)
+        async with _status_from_errors(context, request_id):
+            live = self._server.require_live()
+            live.admit()  # before waiting for the options
+            messages = aiter(request_iterator)
+            first = await _first_message(messages, live.limits.idle_timeout_s)
+            if first is None or first.WhichOneof("payload") != "options":
+                raise ServiceError(
+                    ErrorKind.bad_request, "the first ClassifyLive message must carry the options; the frames follow"
+                )
+            stream = live.open(_live_options(first.options))
+            async for result in live.answers(stream, _frames(messages)):
+                yield _live_response(result)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -179,6 +199,43 @@ async def _chunks(messages: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIte
             )
         if message.chunk:
             yield message.chunk
+
+
+async def _first_message(messages: AsyncIterator[pb.LiveRequest], timeout_s: float) -> pb.LiveRequest | None:
+    try:
+        return await asyncio.wait_for(anext(messages, None), timeout_s)
+    except TimeoutError:
+        raise ServiceError(
+            ErrorKind.stream_timeout, f"no options for {timeout_s:g} s: the idle stream was closed"
+        ) from None
+
+
+def _live_options(message: pb.LiveOptions) -> LiveOptions:
+    return LiveOptions(
+        model=message.model or None,
+        top_k=message.top_k if message.HasField("top_k") else _DEFAULTS.top_k,
+        smoothing_frames=message.smoothing_frames if message.HasField("smoothing_frames") else None,
+        frame_stride=message.frame_stride if message.HasField("frame_stride") else None,
+    )
+
+
+async def _frames(messages: AsyncIterator[pb.LiveRequest]) -> AsyncIterator[Frame]:
+    async for message in messages:
+        if message.WhichOneof("payload") != "frame":
+            raise ServiceError(
+                ErrorKind.bad_request, "only the first ClassifyLive message may carry options; then frames"
+            )
+        f = message.frame
+        yield Frame(f.data, f.format, f.width, f.height, f.pts_us)
+
+
+def _live_response(result: LiveResult) -> pb.LiveResponse:
+    return pb.LiveResponse(
+        frame_index=result.frame_index, pts_us=result.pts_us, latency_ms=result.latency_ms,
+        dropped_frames=result.dropped_frames,
+        predictions=[pb.Prediction(label=p.label, index=p.index, score=p.score) for p in result.predictions],
+        instant=[pb.Prediction(label=p.label, index=p.index, score=p.score) for p in result.instant],
+    )  # fmt: skip
 
 
 def _model_info(info: ModelInfo) -> pb.ModelInfo:

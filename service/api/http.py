@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service.api.live import add_live_routes
 from service.classifier import Classification
 from service.decode import VideoFacts
 from service.errors import ErrorKind, ServiceError
@@ -277,6 +278,7 @@ def create_app(server: Server) -> FastAPI:
                       dependencies=probe_guard)  # fmt: skip
     app.add_api_route("/metrics", metrics, summary="Prometheus metrics", response_class=Response,
                       dependencies=probe_guard)  # fmt: skip
+    add_live_routes(app, server, error_response)
     return app
 
 

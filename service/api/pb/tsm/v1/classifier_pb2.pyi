@@ -179,3 +179,53 @@ class ModelInfo(_message.Message):
     precision: str
     online: bool
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., arch: _Optional[str] = ..., num_segments: _Optional[int] = ..., num_classes: _Optional[int] = ..., input_size: _Optional[int] = ..., scale_size: _Optional[int] = ..., shift: _Optional[bool] = ..., untrained: _Optional[bool] = ..., source: _Optional[str] = ..., resize: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., online: _Optional[bool] = ...) -> None: ...
+
+class LiveRequest(_message.Message):
+    __slots__ = ("options", "frame")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    options: LiveOptions
+    frame: Frame
+    def __init__(self, options: _Optional[_Union[LiveOptions, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+
+class LiveOptions(_message.Message):
+    __slots__ = ("model", "top_k", "smoothing_frames", "frame_stride")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FRAME_STRIDE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    top_k: int
+    smoothing_frames: int
+    frame_stride: int
+    def __init__(self, model: _Optional[str] = ..., top_k: _Optional[int] = ..., smoothing_frames: _Optional[int] = ..., frame_stride: _Optional[int] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("data", "format", "width", "height", "pts_us")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PTS_US_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    format: str
+    width: int
+    height: int
+    pts_us: int
+    def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pts_us: _Optional[int] = ...) -> None: ...
+
+class LiveResponse(_message.Message):
+    __slots__ = ("frame_index", "pts_us", "predictions", "instant", "latency_ms", "dropped_frames")
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PTS_US_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    INSTANT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frame_index: int
+    pts_us: int
+    predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    instant: _containers.RepeatedCompositeFieldContainer[Prediction]
+    latency_ms: float
+    dropped_frames: int
+    def __init__(self, frame_index: _Optional[int] = ..., pts_us: _Optional[int] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., instant: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., latency_ms: _Optional[float] = ..., dropped_frames: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,11 @@ class VideoClassifierStub:
                 request_serializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ClassifyLive = channel.stream_stream(
+                '/tsm.v1.VideoClassifier/ClassifyLive',
+                request_serializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveResponse.FromString,
+                _registered_method=True)
 
 
 class VideoClassifierServicer:
@@ -78,6 +83,19 @@ class VideoClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyLive(self, request_iterator, context):
+        """A live stream through an online model: the first message carries the options, every later one a
+        frame. Each processed frame is answered as soon as it is scored; frames of many streams share one
+        forward pass. When frames come faster than they are scored the newest waits and older ones are
+        dropped (counted in dropped_frames), so a slow stream never builds a queue.
+        The message names are the published contract, hence not ClassifyLiveRequest/Response:
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +113,11 @@ def add_VideoClassifierServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ListModelsRequest.FromString,
                     response_serializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ClassifyLive': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyLive,
+                    request_deserializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveRequest.FromString,
+                    response_serializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +202,33 @@ class VideoClassifier:
             '/tsm.v1.VideoClassifier/ListModels',
             service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ListModelsRequest.SerializeToString,
             service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyLive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tsm.v1.VideoClassifier/ClassifyLive',
+            service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveRequest.SerializeToString,
+            service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

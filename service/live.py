@@ -1,0 +1,474 @@
+"""Live streams through online models: a state per stream, one frame of a stream in flight, and the
+frames of every stream of a model stepped together in one forward pass.
+
+A stream (``LiveService.open``) belongs to one online model's ``ModelHub``. Its frames are checked
+(size from the header, before any pixel is decoded), decoded and resized as they arrive, then wait in
+the stream's single *pending* slot: a newer frame replaces a waiting one, which is counted as dropped,
+so a stream that sends faster than it is served never builds a queue. The hub's loop takes the pending
+frame of every stream that has one (and has read its answers), stacks their frames and their states
+(one tensor per shifted block), runs one step of the online model, and scatters logits and new states
+back; streams join and leave between steps. The answer of a frame: its own top-k (``instant``) and the
+top-k of the sum of the last ``smoothing`` frames' logits (as ``OnlineAnswer`` does for ``/classify``).
+
+Frames are decoded in this process (a thread), unlike uploaded videos: a JPEG or PNG decode is a few
+milliseconds and a frame's size is checked against the limits from its header first, while a round
+trip through a decode worker would cost more than the decode itself at 15-30 frames a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import logging
+import struct
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+import torch
+
+from service.classifier import Prediction, top_k
+from service.config import Settings, default
+from service.errors import ErrorKind, ServiceError, shutting_down
+from service.metrics import Metrics
+from service.model.online import OnlineTSM, State
+from service.runner import Normalise
+from service.sampling import crop_offsets, scaled_size
+from service.store import StoreEntry
+
+log = logging.getLogger("tsm.live")
+
+FORMATS = ("jpeg", "png", "rgb24")
+# Answers a stream may leave unread before its next frame waits (and newer frames replace it): a
+# client that stops reading stops being served instead of piling answers up in the server.
+_UNREAD_ANSWERS = 2
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they carry the size); C4, C8 and CC are other segments.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+@dataclass(frozen=True)
+class LiveLimits:
+    """What live streams need of Settings."""
+
+    max_streams: int = default("max_live_streams")
+    idle_timeout_s: float = default("live_idle_timeout_s")
+    max_duration_s: float = default("live_max_duration_s")
+    max_frame_bytes: int = default("live_max_frame_bytes")
+    max_frame_pixels: int = default("max_frame_pixels")
+    max_batch_streams: int = default("live_max_batch_streams")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> LiveLimits:
+        return cls(s.max_live_streams, s.live_idle_timeout_s, s.live_max_duration_s, s.live_max_frame_bytes,
+                   s.max_frame_pixels, s.live_max_batch_streams)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """A stream's options; None: the model's own value."""
+
+    model: str | None = None
+    top_k: int = 5
+    smoothing_frames: int | None = None
+    frame_stride: int | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    data: bytes
+    format: str  # one of FORMATS
+    width: int = 0  # rgb24 only
+    height: int = 0
+    pts_us: int = 0
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    frame_index: int
+    pts_us: int
+    predictions: list[Prediction]  # smoothed, best first
+    instant: list[Prediction]  # this frame's own
+    latency_ms: float
+    dropped_frames: int
+
+
+def bad_frame(message: str) -> ServiceError:
+    return ServiceError(ErrorKind.bad_frame, message)
+
+
+def frame_size(frame: Frame) -> tuple[int, int]:
+    """(width, height) from the frame's header, before any pixel is decoded."""
+    data = frame.data
+    if frame.format == "rgb24":
+        w, h = frame.width, frame.height
+        if w <= 0 or h <= 0:
+            raise bad_frame("an rgb24 frame needs its width and height")
+        if len(data) != w * h * 3:
+            raise bad_frame(f"an rgb24 frame of {w}x{h} has {w * h * 3} bytes, this one has {len(data)}")
+        return w, h
+    if frame.format == "png":
+        if data[:8] != _PNG_MAGIC or data[12:16] != b"IHDR" or len(data) < 24:
+            raise bad_frame("the frame is not a PNG image (format 'png')")
+        w, h = struct.unpack(">II", data[16:24])
+        return int(w), int(h)
+    if frame.format == "jpeg":
+        if data[:2] != b"\xff\xd8":
+            raise bad_frame("the frame is not a JPEG image (format 'jpeg')")
+        i = 2
+        while i + 9 <= len(data):
+            if data[i] != 0xFF:
+                break
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in _JPEG_SOF:
+                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+                return int(w), int(h)
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        raise bad_frame("the JPEG frame has no readable frame header (SOF)")
+    raise bad_frame(f"frame format must be one of {', '.join(FORMATS)}, got {frame.format!r}")
+
+
+class Preprocess:
+    """A frame → uint8 ``[S, S, 3]`` RGB as ``/classify`` sees its frames: resized to the entry's
+    scale (``resize``), then centre-cropped to ``input_size``."""
+
+    def __init__(self, scale_size: int, input_size: int, resize: str, limits: LiveLimits) -> None:
+        self.scale_size, self.input_size, self.resize, self.limits = scale_size, input_size, resize, limits
+
+    def check(self, frame: Frame) -> tuple[int, int]:
+        """The limits, from the header: cheap, so a bad frame is refused before anything is decoded."""
+        if len(frame.data) > self.limits.max_frame_bytes:
+            raise ServiceError(
+                ErrorKind.frame_too_large,
+                f"a frame of {len(frame.data)} bytes is over the limit of {self.limits.max_frame_bytes} bytes; "
+                "send smaller frames (JPEG, or fewer pixels)",
+            )
+        w, h = frame_size(frame)
+        if w <= 0 or h <= 0 or w * h > self.limits.max_frame_pixels:
+            raise ServiceError(
+                ErrorKind.frame_too_large,
+                f"a frame of {w}x{h} pixels is over the limit of {self.limits.max_frame_pixels} pixels",
+            )
+        return w, h
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        w, h = self.check(frame)
+        if frame.format == "rgb24":
+            image = av.VideoFrame.from_ndarray(np.frombuffer(frame.data, np.uint8).reshape(h, w, 3), format="rgb24")
+        else:
+            image = _decode_image(frame)
+        sw, sh = scaled_size(image.width, image.height, self.scale_size, self.resize)  # type: ignore[arg-type]
+        if (sw, sh) == (image.width, image.height) and image.format.name == "rgb24":
+            rgb = image.to_ndarray()
+        else:
+            rgb = image.to_ndarray(width=sw, height=sh, format="rgb24", interpolation="BILINEAR")
+        [(x, y)] = crop_offsets(sw, sh, self.input_size, crops=1)
+        return np.ascontiguousarray(rgb[y : y + self.input_size, x : x + self.input_size])
+
+
+def _decode_image(frame: Frame) -> av.VideoFrame:
+    codec = av.CodecContext.create("mjpeg" if frame.format == "jpeg" else "png", "r")
+    try:
+        images = codec.decode(av.Packet(frame.data))
+        images += codec.decode(None)
+    except (av.FFmpegError, ValueError) as e:
+        raise bad_frame(f"the {frame.format} frame could not be decoded ({type(e).__name__})") from None
+    if not images:
+        raise bad_frame(f"the {frame.format} frame could not be decoded (no picture in it)")
+    return images[0]
+
+
+@dataclass
+class _Pending:
+    pixels: np.ndarray
+    index: int
+    pts_us: int
+    arrived: float
+
+
+@dataclass(eq=False)
+class LiveStream:
+    """One client's stream. Everything here is touched on the event loop only."""
+
+    id: int
+    hub: ModelHub
+    top_k: int
+    smoothing: int
+    stride: int
+    started: float = field(default_factory=time.monotonic)
+    state: State | None = None  # None: a fresh stream (zeros)
+    history: deque[np.ndarray] = field(default_factory=deque)
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    pending: _Pending | None = None
+    in_flight: bool = False
+    input_done: bool = False
+    # answers, then None (the stream ended) or the error that ends it
+    outbox: asyncio.Queue[LiveResult | ServiceError | None] = field(default_factory=asyncio.Queue)
+    end_reason: str = "client closed"
+
+    @property
+    def unread(self) -> int:
+        return self.outbox.qsize()
+
+    def end(self, error: ServiceError | None = None) -> None:
+        if error is not None:
+            self.end_reason = error.code
+        self.outbox.put_nowait(error)
+
+
+class ModelHub:
+    """The streams of one online model and the loop that steps them together."""
+
+    def __init__(self, name: str, entry: StoreEntry, limits: LiveLimits, metrics: Metrics) -> None:
+        assert isinstance(entry.model, OnlineTSM)
+        c = entry.config
+        self.name, self.config, self.labels, self.limits = name, c, entry.labels, limits
+        # Its own copy of the weights: OnlineTSM.run keeps per-call tensors on its shift modules, and
+        # /classify may run the entry's model on the runner's thread at the same time.
+        self.model: OnlineTSM = copy.deepcopy(entry.model).eval()
+        self.preprocess = Preprocess(c.scale_size, c.input_size, c.resize, limits)
+        self._normalise = Normalise(c.mean, c.std)
+        self._zero = [s[0] for s in self.model.initial_state(1, c.input_size)]
+        self.streams: dict[int, LiveStream] = {}
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"live-{name}")
+        self._task: asyncio.Task[None] | None = None
+        self._frames = metrics.live_frames
+        self._latency = metrics.live_frame_latency.labels(name)
+        self._batch = metrics.live_batch_streams.labels(name)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"live-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    def submit(self, stream: LiveStream, pixels: np.ndarray, index: int, pts_us: int, arrived: float) -> None:
+        if stream.pending is not None:  # a newer frame replaces the one still waiting
+            stream.dropped += 1
+            self._frames.labels(self.name, "dropped").inc()
+        stream.pending = _Pending(pixels, index, pts_us, arrived)
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _ready(self) -> list[LiveStream]:
+        ready = [s for s in self.streams.values() if s.pending is not None and s.unread < _UNREAD_ANSWERS]
+        ready.sort(key=lambda s: s.pending.arrived if s.pending else 0.0)  # the longest waiting first
+        return ready[: self.limits.max_batch_streams]
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._ready()
+            if not batch:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            taken = [(s, s.pending) for s in batch]
+            for s in batch:
+                s.pending, s.in_flight = None, True
+            pixels = [p.pixels for _, p in taken if p is not None]
+            try:
+                logits, states = await loop.run_in_executor(self._executor, self.step, pixels, [s.state for s in batch])
+            except Exception:
+                log.exception("live step of %s failed", self.name)
+                for s in batch:
+                    s.in_flight = False
+                    s.end(ServiceError(ErrorKind.internal, "internal error while scoring a frame; the stream ended"))
+                continue
+            self._batch.observe(len(batch))
+            now = time.monotonic()
+            for i, (s, p) in enumerate(taken):
+                s.in_flight = False
+                if s.id not in self.streams or p is None:  # it left during the step
+                    continue
+                s.state = [t[i].clone() for t in states]
+                self._deliver(s, logits[i], p, now)
+
+    def step(self, pixels: list[np.ndarray], states: list[State | None]) -> tuple[np.ndarray, State]:
+        """One forward pass for the streams' frames (uint8 ``[S, S, 3]`` each) from their states:
+        logits ``[B, classes]`` and the new states ``[B, ...]`` per shifted block."""
+        with torch.no_grad():
+            x = self._normalise(torch.from_numpy(np.stack(pixels))[:, None]).contiguous()
+            stacked = [torch.stack([st[i] if st is not None else zero for st in states]) for i, zero in
+                       enumerate(self._zero)]  # fmt: skip
+            logits, new = self.model.step(x[:, 0], stacked)
+        return logits.float().numpy(), new
+
+    def _deliver(self, s: LiveStream, logits: np.ndarray, p: _Pending, now: float) -> None:
+        s.history.append(logits)
+        while len(s.history) > s.smoothing:
+            s.history.popleft()
+        s.processed += 1
+        latency_s = now - p.arrived
+        self._frames.labels(self.name, "processed").inc()
+        self._latency.observe(latency_s)
+        smoothed = np.sum(s.history, axis=0)
+        s.outbox.put_nowait(LiveResult(
+            frame_index=p.index, pts_us=p.pts_us, predictions=top_k(smoothed, self.labels, s.top_k),
+            instant=top_k(logits, self.labels, s.top_k), latency_ms=round(latency_s * 1000, 3),
+            dropped_frames=s.dropped,
+        ))  # fmt: skip
+        if s.input_done and s.pending is None:
+            s.end()
+
+
+class LiveService:
+    """Every live stream of the server: admission, limits, the read loop both front doors share."""
+
+    def __init__(self, hubs: dict[str, ModelHub], default_model: str | None, limits: LiveLimits, metrics: Metrics):
+        self.hubs, self.default_model, self.limits, self.metrics = hubs, default_model, limits, metrics
+        self.accepting = True
+        self._ids = itertools.count(1)
+
+    @property
+    def active(self) -> int:
+        return sum(len(h.streams) for h in self.hubs.values())
+
+    def start(self) -> None:
+        for hub in self.hubs.values():
+            hub.start()
+
+    async def stop(self) -> None:
+        for hub in self.hubs.values():
+            await hub.stop()
+
+    def admit(self) -> None:
+        """Refuses a new stream while draining or at the limit: before a WebSocket is upgraded."""
+        if not self.accepting:
+            raise shutting_down()
+        if self.active >= self.limits.max_streams:
+            raise ServiceError(
+                ErrorKind.overloaded,
+                f"this server carries its limit of {self.limits.max_streams} live streams; retry later or "
+                "on another replica",
+                retry_after_s=1.0,
+            )
+
+    def resolve(self, name: str | None) -> ModelHub:
+        if not name:
+            if self.default_model is None:
+                raise ServiceError(
+                    ErrorKind.unknown_model,
+                    "this server has no online model loaded: import one (tsm-serve import-checkpoint --online) or "
+                    "train one (python -m training.train --online)",
+                )
+            name = self.default_model
+        hub = self.hubs.get(name)
+        if hub is None:
+            online = ", ".join(sorted(self.hubs)) or "none"
+            raise ServiceError(
+                ErrorKind.unknown_model,
+                f"{name!r} is not an online model loaded here (live streams need one); online models: {online}",
+            )
+        return hub
+
+    def open(self, options: LiveOptions) -> LiveStream:
+        self.admit()
+        hub = self.resolve(options.model)
+        c = hub.config
+        checks = [
+            (options.top_k, 1, c.num_classes, "top_k"),
+            (options.smoothing_frames, 1, 300, "smoothing_frames"),
+            (options.frame_stride, 1, 300, "frame_stride"),
+        ]
+        for value, low, high, name in checks:
+            if value is not None and not low <= value <= high:
+                raise ServiceError(ErrorKind.bad_request, f"{name} must be between {low} and {high}, got {value}")
+        stream = LiveStream(
+            id=next(self._ids), hub=hub, top_k=options.top_k, smoothing=options.smoothing_frames or c.smoothing,
+            stride=options.frame_stride or c.frame_stride,
+        )  # fmt: skip
+        hub.streams[stream.id] = stream
+        self.metrics.live_streams.labels(hub.name).inc()
+        return stream
+
+    def close(self, stream: LiveStream) -> None:
+        """Frees the stream's state; its pending frame, if any, is dropped. Idempotent."""
+        hub = stream.hub
+        if hub.streams.pop(stream.id, None) is None:
+            return
+        self.metrics.live_streams.labels(hub.name).dec()
+        log.info(
+            "live stream %d on %s ended (%s): %d frames received, %d processed, %d dropped, %.1f s",
+            stream.id, hub.name, stream.end_reason, stream.received, stream.processed, stream.dropped,
+            time.monotonic() - stream.started,
+        )  # fmt: skip
+
+    def drain(self) -> None:
+        """Refuse new streams; every open one gets a final ``draining`` answer and ends."""
+        self.accepting = False
+        for hub in self.hubs.values():
+            for stream in list(hub.streams.values()):
+                stream.end(shutting_down())
+
+    async def answers(self, stream: LiveStream, frames: AsyncIterator[Frame]) -> AsyncIterator[LiveResult]:
+        """The stream's answers while ``frames`` are read, checked and decoded alongside; ends when
+        the client ends its frames (after the last pending one is answered), or raises the
+        ``ServiceError`` that ended it (a bad frame, a limit, draining)."""
+        reader = asyncio.create_task(self._read(stream, frames))
+        try:
+            while True:
+                item = await stream.outbox.get()
+                stream.hub.wake()  # an answer was read: the stream may be stepped again
+                if item is None:
+                    return
+                if isinstance(item, ServiceError):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self.close(stream)
+
+    async def _read(self, stream: LiveStream, frames: AsyncIterator[Frame]) -> None:
+        hub, limits = stream.hub, self.limits
+        try:
+            while True:
+                left = limits.max_duration_s - (time.monotonic() - stream.started)
+                if left <= 0:
+                    raise ServiceError(
+                        ErrorKind.stream_timeout,
+                        f"the stream reached the longest a live stream may last ({limits.max_duration_s:g} s); "
+                        "open a new one to go on",
+                    )
+                try:
+                    frame = await asyncio.wait_for(anext(frames, None), min(limits.idle_timeout_s, left))
+                except TimeoutError:
+                    if time.monotonic() - stream.started >= limits.max_duration_s:
+                        continue  # the loop says which limit
+                    raise ServiceError(
+                        ErrorKind.stream_timeout,
+                        f"no frame for {limits.idle_timeout_s:g} s: the idle stream was closed",
+                    ) from None
+                if frame is None:
+                    break
+                arrived = time.monotonic()
+                index = stream.received
+                stream.received += 1
+                if index % stream.stride:
+                    continue
+                hub.preprocess.check(frame)  # refuses a bad frame at once, before any decoding
+                pixels = await asyncio.to_thread(hub.preprocess, frame)
+                hub.submit(stream, pixels, index, frame.pts_us, arrived)
+        except ServiceError as e:
+            stream.end(e)
+            return
+        stream.input_done = True
+        if stream.pending is None and not stream.in_flight:
+            stream.end()
