@@ -3,6 +3,7 @@
     python -m training.train                      # -> model_store/tsm_mobilenetv2_synthetic_motion/1
     python -m training.train --no-shift --out /tmp/tsn_entry
     python -m training.train --device cuda --workers 16     # a GPU trains ~9x faster than 2 CPU cores
+    python -m training.train --online             # -> model_store/tsm_mobilenetv2_synthetic_motion_online/1
 
 Clips are rendered, encoded and decoded once through the server's own ``decode_file`` (the whole
 frame stretched to a ``scale_size`` square, the entry's ``resize="stretch"``), cached as uint8, then
@@ -11,6 +12,11 @@ easy clips (big, sharp objects on plain backgrounds with large motions) before t
 turning and still clips, learnt last, are seen ``--hard-repeats`` times per epoch.
 Flips, transposes and time reversal relabel the clip (see ``common.LABEL_MAPS``), so augmentation
 never teaches a wrong direction.
+
+``--online`` trains the uni-directional TSM (``service.model.online``): the same clips, each frame's
+shifted channels taken from the previous frame only (zeros before the first), the clip's answer the
+mean of its per-frame logits, as the official online model was trained; ``training.evaluate`` then
+measures it streamed, frame by frame, and picks the frame stride it is served at.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from service.runner import Normalise
 from service.sampling import SamplingSpec, crop_offsets
 from service.store import ModelConfig, build_model, load_entry, write_entry
 from training.card import write_card
-from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, decoded_clips, seed_everything
+from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, DEFAULT_ONLINE_ENTRY, ENTRY_NAME, LABEL_MAPS, decoded_clips, seed_everything
 from training.synthetic import (
     CCW,
     CW,
@@ -53,8 +59,9 @@ from training.synthetic import (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_ENTRY, help="entry folder to write (…/<name>/<version>)")
+    p.add_argument("--out", type=Path, help="entry folder to write (…/<name>/<version>); default: the bundled entry")
     p.add_argument("--no-shift", action="store_true", help="train the TSN baseline (no temporal shift)")
+    p.add_argument("--online", action="store_true", help="train the uni-directional (online, live-stream) TSM")
     p.add_argument("--clips-per-class", type=int, default=400)
     p.add_argument("--val-per-class", type=int, default=8)
     p.add_argument("--epochs", type=int, default=17)
@@ -82,7 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="autocast to bf16 (weights stay fp32); auto: on CUDA and CPUs with native bf16")  # fmt: skip
     p.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1 ...")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.online and args.no_shift:
+        p.error("--online is a temporal shift (one-sided): it cannot go with --no-shift")
+    args.out = args.out or (DEFAULT_ONLINE_ENTRY if args.online else DEFAULT_ENTRY)
+    return args
 
 
 def augment(
@@ -144,11 +155,18 @@ def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return frames[:, :, y : y + size, x : x + size]
 
 
+def clip_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[B, classes]``: an online model's per-frame logits ``[B, T, classes]`` averaged over the clip
+    (its training consensus), an offline model's own answer."""
+    out = model(x)
+    return out.mean(dim=1) if out.dim() == 3 else out
+
+
 @torch.no_grad()
 def predict(model: nn.Module, frames: np.ndarray, config: ModelConfig, batch: int = 32) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
-    out = [model(to_input(frames[i : i + batch], config.mean, config.std).to(device)).argmax(1).cpu().numpy()
+    out = [clip_logits(model, to_input(frames[i : i + batch], config.mean, config.std).to(device)).argmax(1).cpu().numpy()
            for i in range(0, len(frames), batch)]  # fmt: skip
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -185,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     name = args.out.parent.name if args.out.parent.name else ENTRY_NAME
     config = ModelConfig(
-        name=name, version=args.out.name, arch="mobilenetv2", num_segments=args.segments, shift=not args.no_shift,
+        name=name, version=args.out.name, arch="mobilenetv2", num_segments=1 if args.online else args.segments,
+        shift=not args.no_shift, online=args.online,
         width_mult=args.width_mult, num_classes=classes, input_size=args.input_size, scale_size=args.scale_size,
         resize="stretch", weights_sha256="0" * 64, untrained=False,
         source=f"trained on synthetic motion clips by training/train.py (seed {args.seed})",
@@ -227,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             gain = torch.empty(len(idx), 1, 1, 1, 1).uniform_(0.8, 1.2)
             x = x * gain + torch.empty(len(idx), 1, 1, 1, 1).uniform_(-0.2, 0.2)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x.to(device))
+                logits = clip_logits(model, x.to(device))
             loss = loss_fn(logits.float(), torch.from_numpy(labels).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -268,7 +287,7 @@ def save(
     write_entry(args.out, config, model, LABELS)  # type: ignore[arg-type]
     facts = {
         "command": "python -m training.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "shift": not args.no_shift, "seed": args.seed, "train_clips": train_clips, "val_clips": val_clips,
+        "shift": not args.no_shift, "online": args.online, "segments": args.segments, "seed": args.seed, "train_clips": train_clips, "val_clips": val_clips,
         "epochs": args.epochs, "easy_epochs": args.easy_epochs, "hard_repeats": args.hard_repeats,
         "easy_clips": args.easy_clips_per_class * len(LABELS), "steps": step, "batch_size": args.batch_size,
         "lr": args.lr, "label_smoothing": args.label_smoothing, "dropout": args.dropout,
@@ -279,7 +298,8 @@ def save(
         "generator_version": GENERATOR_VERSION,
     }  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
-    write_card(args.out, config, facts, [])
+    if not args.online:  # an online entry's card needs its streamed figures: training.evaluate writes it
+        write_card(args.out, config, facts, [])
 
 
 if __name__ == "__main__":
