@@ -35,6 +35,7 @@ import torch
 from service.classifier import Prediction, top_k
 from service.config import Settings, default
 from service.errors import ErrorKind, ServiceError, shutting_down
+from service.live_engine import LiveEngine, choose_live_engine, torch_step
 from service.metrics import Metrics
 from service.model.online import OnlineTSM, State
 from service.runner import Normalise
@@ -234,18 +235,26 @@ class ModelHub:
         c = entry.config
         self.name, self.config, self.labels, self.limits = name, c, entry.labels, limits
         # Its own copy of the weights: OnlineTSM.run keeps per-call tensors on its shift modules, and
-        # /classify may run the entry's model on the runner's thread at the same time.
-        self.model: OnlineTSM = copy.deepcopy(entry.model).eval()
+        # /classify may run the entry's model on the runner's thread at the same time. Channels-last:
+        # about 2x faster per frame for batches of streams on CPU (bench/RESULTS.md, live streams).
+        self.model: OnlineTSM = copy.deepcopy(entry.model).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.preprocess = Preprocess(c.scale_size, c.input_size, c.resize, limits)
         self._normalise = Normalise(c.mean, c.std)
+        self.engine: LiveEngine = torch_step(self.model, self._normalise)  # until choose_engine
         self._zero = [s[0] for s in self.model.initial_state(1, c.input_size)]
         self.streams: dict[int, LiveStream] = {}
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"live-{name}")
+        # denormals run 3-4x slower on CPU; the flag lives in each thread (as the Runner's does)
+        self._executor = ThreadPoolExecutor(1, f"live-{name}", torch.set_flush_denormal, (True,))
         self._task: asyncio.Task[None] | None = None
         self._frames = metrics.live_frames
         self._latency = metrics.live_frame_latency.labels(name)
         self._batch = metrics.live_batch_streams.labels(name)
+
+    def choose_engine(self, wanted: str, dtype: str, threads: int) -> None:
+        """Blocking (a conversion takes seconds): call it from a thread before ``start``."""
+        self.engine = choose_live_engine(self.model, self._normalise, self.config.input_size, self.config.arch,
+                                         wanted, dtype, threads)  # fmt: skip
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"live-{self.name}")
@@ -303,11 +312,9 @@ class ModelHub:
     def step(self, pixels: list[np.ndarray], states: list[State | None]) -> tuple[np.ndarray, State]:
         """One forward pass for the streams' frames (uint8 ``[S, S, 3]`` each) from their states:
         logits ``[B, classes]`` and the new states ``[B, ...]`` per shifted block."""
-        with torch.no_grad():
-            x = self._normalise(torch.from_numpy(np.stack(pixels))[:, None]).contiguous()
-            stacked = [torch.stack([st[i] if st is not None else zero for st in states]) for i, zero in
-                       enumerate(self._zero)]  # fmt: skip
-            logits, new = self.model.step(x[:, 0], stacked)
+        stacked = [torch.stack([st[i] if st is not None else zero for st in states]) for i, zero in
+                   enumerate(self._zero)]  # fmt: skip
+        logits, new = self.engine.step(torch.from_numpy(np.stack(pixels)), stacked)
         return logits.float().numpy(), new
 
     def _deliver(self, s: LiveStream, logits: np.ndarray, p: _Pending, now: float) -> None:

@@ -147,7 +147,9 @@ class Server:
             await batcher.start()
             models[name] = LoadedModel(entry, batcher)
             if c.online:  # live streams step the same weights frame by frame (service.live)
-                hubs[name] = ModelHub(name, entry, live_limits, self.metrics)
+                hubs[name] = hub = ModelHub(name, entry, live_limits, self.metrics)
+                await asyncio.to_thread(hub.choose_engine, s.engine, s.dtype, split.inference_threads)
+                log.info("model %s: live streams on engine %s", name, hub.engine.label)
             self.metrics.model_info.labels(
                 name,
                 c.version,

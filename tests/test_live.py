@@ -36,7 +36,10 @@ from harness.process import ROOT, ServerProcess, tool
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, LiveClient, LiveFrame, live_dict
+from service.engines import cpu_has_native_bf16
 from service.live import Frame, LiveLimits, Preprocess, frame_size
+from service.live_engine import choose_live_engine, torch_step
+from service.model.online import OnlineTSM
 from service.runner import Normalise
 from service.store import load_entry, write_random_entry
 from tests.conftest import TINY_LABELS
@@ -274,7 +277,7 @@ def test_wrong_first_message_and_models_that_cannot_stream(srv: InProcessServer)
     ]  # fmt: skip
     for messages, status, words in cases:
         error = live_error(srv, messages)
-        assert error.code() == status and words in (error.details() or ""), (words, error.details())
+        assert error.code() == status and words in (error.details() or ""), (words, error.code(), error.details())
 
 
 def live_error(srv: InProcessServer, messages: list[pb.LiveRequest]) -> grpc.aio.AioRpcError:
@@ -547,3 +550,32 @@ def evaluate(devtools: Any, expression: str) -> Any:
         reply = json.loads(devtools.recv())
         if reply.get("id") == 1:  # None while the page is still loading (the expression throws)
             return reply["result"]["result"].get("value")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_openvino_step_is_verified_and_steps_as_torch_does(store: Path, dtype: str) -> None:
+    """engine auto/openvino: the converted step serves only once it matches the torch step; a stream
+    stepped through it gives the torch step's answers (float32: 1e-4; bfloat16: the half bound, top-1)."""
+    entry = load_entry(store / "live" / "1")
+    c = entry.config
+    assert isinstance(entry.model, OnlineTSM)
+    normalise = Normalise(c.mean, c.std)
+    engine = choose_live_engine(entry.model, normalise, SIZE, c.arch, "openvino", dtype, 2)
+    if dtype == "bfloat16" and not cpu_has_native_bf16():
+        assert engine.label == "openvino"  # emulated bfloat16 is never tried: float32 serves
+    else:
+        assert engine.label == ("openvino" if dtype == "float32" else "openvino-bfloat16")
+    reference = torch_step(entry.model, normalise)
+    frames = torch.from_numpy(np.stack(moving_frames(4, SIZE, seed=11)))
+    zero = [s for s in entry.model.initial_state(2, SIZE)]
+    state_a, state_b = zero, zero
+    for t in range(0, 4, 2):
+        a, state_a = engine.step(frames[t : t + 2], state_a)
+        b, state_b = reference.step(frames[t : t + 2], state_b)
+        bound = (1e-4 if engine.precision == "float32" else 5e-2) * max(1.0, float(b.abs().max()))
+        assert float((a - b).abs().max()) <= bound
+        # the same top-1 wherever the reference's margin exceeds what the precision may move
+        top2 = b.topk(2).values
+        clear = top2[:, 0] - top2[:, 1] > 2 * float((a - b).abs().max())
+        assert torch.equal(a.argmax(1)[clear], b.argmax(1)[clear])
+    assert choose_live_engine(entry.model, normalise, SIZE, c.arch, "torch", dtype, 2).label == "torch"

@@ -65,7 +65,8 @@ def _make_one(job: tuple[int, int, int, Ranges, str, SamplingSpec]) -> tuple[np.
     key = hashlib.sha1(repr((GENERATOR_VERSION, ranges, "pyav")).encode()).hexdigest()[:10]
     name = f"{split}-{seed}-{index}-{key}"
     s = sampling
-    arrays = cache_dir / "frames" / f"{name}-{s.num_segments}x{s.scale_size}x{s.input_size}-{s.resize}.npy"
+    how = f"-stride{s.stride}" if s.sampling == "stride" else ""  # online entries' windows
+    arrays = cache_dir / "frames" / f"{name}-{s.num_segments}x{s.scale_size}x{s.input_size}-{s.resize}{how}.npy"
     if arrays.is_file():
         return np.load(arrays), spec.label
     video = cache_dir / "videos" / f"{name}{spec.suffix}"

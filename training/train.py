@@ -42,7 +42,15 @@ from service.runner import Normalise
 from service.sampling import SamplingSpec, crop_offsets
 from service.store import ModelConfig, build_model, load_entry, write_entry
 from training.card import write_card
-from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, DEFAULT_ONLINE_ENTRY, ENTRY_NAME, LABEL_MAPS, decoded_clips, seed_everything
+from training.common import (
+    DEFAULT_CACHE,
+    DEFAULT_ENTRY,
+    DEFAULT_ONLINE_ENTRY,
+    ENTRY_NAME,
+    LABEL_MAPS,
+    decoded_clips,
+    seed_everything,
+)
 from training.synthetic import (
     CCW,
     CW,
@@ -166,8 +174,8 @@ def clip_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def predict(model: nn.Module, frames: np.ndarray, config: ModelConfig, batch: int = 32) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
-    out = [clip_logits(model, to_input(frames[i : i + batch], config.mean, config.std).to(device)).argmax(1).cpu().numpy()
-           for i in range(0, len(frames), batch)]  # fmt: skip
+    out = [clip_logits(model, to_input(frames[i : i + batch], config.mean, config.std).to(device)).argmax(1)
+           .cpu().numpy() for i in range(0, len(frames), batch)]  # fmt: skip
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -287,7 +295,8 @@ def save(
     write_entry(args.out, config, model, LABELS)  # type: ignore[arg-type]
     facts = {
         "command": "python -m training.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "shift": not args.no_shift, "online": args.online, "segments": args.segments, "seed": args.seed, "train_clips": train_clips, "val_clips": val_clips,
+        "shift": not args.no_shift, "online": args.online, "segments": args.segments, "seed": args.seed,
+        "train_clips": train_clips, "val_clips": val_clips,
         "epochs": args.epochs, "easy_epochs": args.easy_epochs, "hard_repeats": args.hard_repeats,
         "easy_clips": args.easy_clips_per_class * len(LABELS), "steps": step, "batch_size": args.batch_size,
         "lr": args.lr, "label_smoothing": args.label_smoothing, "dropout": args.dropout,
