@@ -10,9 +10,9 @@ frame of every stream that has one (and has read its answers), stacks their fram
 back; streams join and leave between steps. The answer of a frame: its own top-k (``instant``) and the
 top-k of the sum of the last ``smoothing`` frames' logits (as ``OnlineAnswer`` does for ``/classify``).
 
-Frames are decoded in this process (a thread), unlike uploaded videos: a JPEG or PNG decode is a few
-milliseconds and a frame's size is checked against the limits from its header first, while a round
-trip through a decode worker would cost more than the decode itself at 15-30 frames a second.
+Frames are checked, decoded and resized by ``service.frames``; the step itself is ``service.live_engine``.
+Why one module of this length: the stream, the hub's loop and the service's read loop share one small
+state machine (pending, in flight, input done, outbox); apart, each would reach into the others.
 """
 
 from __future__ import annotations
@@ -21,36 +21,30 @@ import asyncio
 import copy
 import itertools
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 import torch
 
 from service.classifier import Prediction, top_k
 from service.config import Settings, default
 from service.errors import ErrorKind, ServiceError, shutting_down
+from service.frames import Frame, Preprocess
 from service.live_engine import LiveEngine, choose_live_engine, torch_step
 from service.metrics import Metrics
 from service.model.online import OnlineTSM, State
 from service.runner import Normalise
-from service.sampling import crop_offsets, scaled_size
 from service.store import StoreEntry
 
 log = logging.getLogger("tsm.live")
 
-FORMATS = ("jpeg", "png", "rgb24")
 # Answers a stream may leave unread before its next frame waits (and newer frames replace it): a
 # client that stops reading stops being served instead of piling answers up in the server.
 _UNREAD_ANSWERS = 2
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# JPEG start-of-frame markers (they carry the size); C4, C8 and CC are other segments.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 @dataclass(frozen=True)
@@ -81,15 +75,6 @@ class LiveOptions:
 
 
 @dataclass(frozen=True)
-class Frame:
-    data: bytes
-    format: str  # one of FORMATS
-    width: int = 0  # rgb24 only
-    height: int = 0
-    pts_us: int = 0
-
-
-@dataclass(frozen=True)
 class LiveResult:
     frame_index: int
     pts_us: int
@@ -97,94 +82,6 @@ class LiveResult:
     instant: list[Prediction]  # this frame's own
     latency_ms: float
     dropped_frames: int
-
-
-def bad_frame(message: str) -> ServiceError:
-    return ServiceError(ErrorKind.bad_frame, message)
-
-
-def frame_size(frame: Frame) -> tuple[int, int]:
-    """(width, height) from the frame's header, before any pixel is decoded."""
-    data = frame.data
-    if frame.format == "rgb24":
-        w, h = frame.width, frame.height
-        if w <= 0 or h <= 0:
-            raise bad_frame("an rgb24 frame needs its width and height")
-        if len(data) != w * h * 3:
-            raise bad_frame(f"an rgb24 frame of {w}x{h} has {w * h * 3} bytes, this one has {len(data)}")
-        return w, h
-    if frame.format == "png":
-        if data[:8] != _PNG_MAGIC or data[12:16] != b"IHDR" or len(data) < 24:
-            raise bad_frame("the frame is not a PNG image (format 'png')")
-        w, h = struct.unpack(">II", data[16:24])
-        return int(w), int(h)
-    if frame.format == "jpeg":
-        if data[:2] != b"\xff\xd8":
-            raise bad_frame("the frame is not a JPEG image (format 'jpeg')")
-        i = 2
-        while i + 9 <= len(data):
-            if data[i] != 0xFF:
-                break
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in _JPEG_SOF:
-                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-                return int(w), int(h)
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-        raise bad_frame("the JPEG frame has no readable frame header (SOF)")
-    raise bad_frame(f"frame format must be one of {', '.join(FORMATS)}, got {frame.format!r}")
-
-
-class Preprocess:
-    """A frame → uint8 ``[S, S, 3]`` RGB as ``/classify`` sees its frames: resized to the entry's
-    scale (``resize``), then centre-cropped to ``input_size``."""
-
-    def __init__(self, scale_size: int, input_size: int, resize: str, limits: LiveLimits) -> None:
-        self.scale_size, self.input_size, self.resize, self.limits = scale_size, input_size, resize, limits
-
-    def check(self, frame: Frame) -> tuple[int, int]:
-        """The limits, from the header: cheap, so a bad frame is refused before anything is decoded."""
-        if len(frame.data) > self.limits.max_frame_bytes:
-            raise ServiceError(
-                ErrorKind.frame_too_large,
-                f"a frame of {len(frame.data)} bytes is over the limit of {self.limits.max_frame_bytes} bytes; "
-                "send smaller frames (JPEG, or fewer pixels)",
-            )
-        w, h = frame_size(frame)
-        if w <= 0 or h <= 0 or w * h > self.limits.max_frame_pixels:
-            raise ServiceError(
-                ErrorKind.frame_too_large,
-                f"a frame of {w}x{h} pixels is over the limit of {self.limits.max_frame_pixels} pixels",
-            )
-        return w, h
-
-    def __call__(self, frame: Frame) -> np.ndarray:
-        w, h = self.check(frame)
-        if frame.format == "rgb24":
-            image = av.VideoFrame.from_ndarray(np.frombuffer(frame.data, np.uint8).reshape(h, w, 3), format="rgb24")
-        else:
-            image = _decode_image(frame)
-        sw, sh = scaled_size(image.width, image.height, self.scale_size, self.resize)  # type: ignore[arg-type]
-        if (sw, sh) == (image.width, image.height) and image.format.name == "rgb24":
-            rgb = image.to_ndarray()
-        else:
-            rgb = image.to_ndarray(width=sw, height=sh, format="rgb24", interpolation="BILINEAR")
-        [(x, y)] = crop_offsets(sw, sh, self.input_size, crops=1)
-        return np.ascontiguousarray(rgb[y : y + self.input_size, x : x + self.input_size])
-
-
-def _decode_image(frame: Frame) -> av.VideoFrame:
-    codec = av.CodecContext.create("mjpeg" if frame.format == "jpeg" else "png", "r")
-    try:
-        images = codec.decode(av.Packet(frame.data))
-        images += codec.decode(None)
-    except (av.FFmpegError, ValueError) as e:
-        raise bad_frame(f"the {frame.format} frame could not be decoded ({type(e).__name__})") from None
-    if not images:
-        raise bad_frame(f"the {frame.format} frame could not be decoded (no picture in it)")
-    return images[0]
 
 
 @dataclass
@@ -238,7 +135,8 @@ class ModelHub:
         # /classify may run the entry's model on the runner's thread at the same time. Channels-last:
         # about 2x faster per frame for batches of streams on CPU (bench/RESULTS.md, live streams).
         self.model: OnlineTSM = copy.deepcopy(entry.model).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.preprocess = Preprocess(c.scale_size, c.input_size, c.resize, limits)
+        self.preprocess = Preprocess(c.scale_size, c.input_size, c.resize, limits.max_frame_bytes,
+                                     limits.max_frame_pixels)  # fmt: skip
         self._normalise = Normalise(c.mean, c.std)
         self.engine: LiveEngine = torch_step(self.model, self._normalise)  # until choose_engine
         self._zero = [s[0] for s in self.model.initial_state(1, c.input_size)]
@@ -475,6 +373,10 @@ class LiveService:
                 hub.submit(stream, pixels, index, frame.pts_us, arrived)
         except ServiceError as e:
             stream.end(e)
+            return
+        except Exception:  # never leave the stream waiting on a reader that died
+            log.exception("live stream %d: reading frames failed", stream.id)
+            stream.end(ServiceError(ErrorKind.internal, "internal error while reading a frame; the stream ended"))
             return
         stream.input_done = True
         if stream.pending is None and not stream.in_flight:

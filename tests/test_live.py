@@ -37,7 +37,7 @@ from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, LiveClient, LiveFrame, live_dict
 from service.engines import cpu_has_native_bf16
-from service.live import Frame, LiveLimits, Preprocess, frame_size
+from service.frames import Frame, Preprocess, frame_size
 from service.live_engine import choose_live_engine, torch_step
 from service.model.online import OnlineTSM
 from service.runner import Normalise
@@ -204,7 +204,7 @@ def test_png_and_jpeg_frames_of_any_size_are_resized_like_video_frames(srv: InPr
     big = [np.kron(f, np.ones((2, 3, 1), np.uint8)) for f in frames]  # 192x128: resized, then cropped
     jpeg = [pb.LiveRequest(frame=pb.Frame(data=encode_image(f, "jpeg"), format="jpeg")) for f in big]
     answers = srv.run(lockstep(srv.grpc_target, jpeg))
-    prep = Preprocess(SIZE, SIZE, "short_side", LiveLimits())
+    prep = Preprocess(SIZE, SIZE, "short_side", 1 << 20, 1 << 20)
     seen = [prep(Frame(m.frame.data, "jpeg")) for m in jpeg]
     assert_answers_match(answers, reference(store, seen))
     # the geometry: red, green, blue thirds of a 192x128 frame; short side to 64 (96x64), centre crop:

@@ -27,7 +27,8 @@ from service.auth import ApiKeys
 from service.classifier import Classification
 from service.config import MiB, Settings
 from service.errors import HTTP_STATUS, ErrorKind, ServiceError
-from service.live import Frame, LiveOptions, LiveResult
+from service.frames import Frame
+from service.live import LiveOptions, LiveResult
 from service.request import (
     MAX_TIMEOUT_S,
     ClassifyOptions,

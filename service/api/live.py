@@ -30,7 +30,8 @@ from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
 from service.errors import ErrorKind, ServiceError
-from service.live import FORMATS, Frame, LiveOptions, LiveResult, bad_frame
+from service.frames import FORMATS, Frame, bad_frame
+from service.live import LiveOptions, LiveResult
 from service.server import Server
 
 PAGE = Path(__file__).with_name("live.html")
