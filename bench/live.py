@@ -15,7 +15,8 @@ from sending a frame to reading its answer.
    frame was dropped and p99 ≤ 2 frame intervals (133 ms).
 2. **Cross-stream batching** at 16 streams, each sending its next frame as soon as the last is
    answered (saturating): frames per second with batching (``TSM_LIVE_MAX_BATCH_STREAMS=32``, the
-   default) against one stream per forward pass (``=1``). Two server processes, runs alternating.
+   default) against one stream per forward pass (``=1``), for the engine the server picks as shipped
+   (``auto``) and for torch eager. One server process at a time, runs alternating.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import re
 import sys
 import tempfile
 import time
@@ -135,6 +137,12 @@ async def capacity(target: str, frames: list[bytes], counts: list[int], seconds:
     return rows
 
 
+def live_engine(server: ServerProcess) -> str:
+    """The step engine the server chose, from its start-up log."""
+    found = re.search(r"live streams on engine ([\w-]+)", server.output())
+    return found.group(1) if found else "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short runs: a smoke test of the bench itself")
@@ -149,34 +157,41 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(Path(tmp))
-        shipped = {"engine": "auto", "cpu_budget": 0, "decode_workers": 0, "log_level": "WARNING"}
+        shipped = {"engine": "auto", "cpu_budget": 0, "decode_workers": 0, "log_level": "INFO"}
         print("capacity at 15 fps", flush=True)
         server = ServerProcess(store, **shipped)
         try:
+            engine = live_engine(server)
             cap = asyncio.run(capacity(f"127.0.0.1:{server.grpc_port}", frames, counts, seconds))
         finally:
             server.stop()
         print("cross-stream batching at 16 saturating streams", flush=True)
-        gains: dict[str, list[float]] = {"batched": [], "one per forward": []}
+        gains: dict[tuple[str, str], list[float]] = {}
         for r in range(rounds):
-            order = [("batched", 32), ("one per forward", 1)]
-            for name, batch in order if r % 2 == 0 else order[::-1]:
-                server = ServerProcess(store, live_max_batch_streams=batch, **shipped)
+            order = [(e, name, batch) for e in ("auto", "torch") for name, batch in
+                     (("batched", 32), ("one per forward", 1))]  # fmt: skip
+            for wanted, name, batch in order if r % 2 == 0 else order[::-1]:
+                server = ServerProcess(store, live_max_batch_streams=batch, **{**shipped, "engine": wanted})
                 try:
+                    label = live_engine(server)
                     target = f"127.0.0.1:{server.grpc_port}"
                     asyncio.run(run_load(target, frames, 4, 2.0, None))  # warm-up
                     row = asyncio.run(run_load(target, frames, 16, seconds, None))
                 finally:
                     server.stop()
-                gains[name].append(row["fps"])
-                print(f"  round {r + 1} {name}: {row['fps']:.1f} frames/s, p50 {row['p50']:.0f} ms", flush=True)
+                gains.setdefault((label, name), []).append(row["fps"])
+                print(f"  round {r + 1} {label} {name}: {row['fps']:.1f} frames/s, p50 {row['p50']:.0f} ms",
+                      flush=True)  # fmt: skip
     load_after = load_average()
     held = max([int(r["streams"]) for r in cap if r["held"]] or [0])
-    ratios = [b / o for b, o in zip(gains["batched"], gains["one per forward"], strict=True)]
+    labels = sorted({label for label, _ in gains}, key=lambda x: x == "torch")
+    ratios = {label: [b / o for b, o in zip(gains[label, "batched"], gains[label, "one per forward"], strict=True)]
+              for label in labels}  # fmt: skip
     lines = [
         f"## Live streams (`bench/live.py`), {dt.date.today()}, {machine()}",
         "",
-        f"Online MobileNetV2 ×1.0 at 224² (untrained, 27 classes), torch eager float32, server as shipped; "
+        f"Online MobileNetV2 ×1.0 at 224² (untrained, 27 classes), server as shipped (live step engine: "
+        f"{engine}); "
         f"clients in the bench process on the same cores, 320×240 JPEG frames over gRPC `ClassifyLive`. "
         f"Load average before / after: {load_before} / {load_after}.",
         "",
@@ -187,12 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {r['streams']:.0f} | {r['fps']:.1f} | {r['dropped']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | "
           f"{'yes' if r['held'] else 'no'} |" for r in cap],
         "",
-        f"**Cross-stream batching at 16 saturating streams: {np.mean(ratios):.2f}×** "
-        f"(rounds: {', '.join(f'{x:.2f}×' for x in ratios)}; alternating order).",
+        "**Cross-stream batching at 16 saturating streams**, frames/s batched over one stream per forward: "
+        + "; ".join(f"{label} **{np.mean(r):.2f}×** (rounds {', '.join(f'{x:.2f}×' for x in r)})"
+                    for label, r in ratios.items())
+        + " (alternating order).",
         "",
-        "| | frames/s per round |",
-        "| --- | --- |",
-        *[f"| {name} | {', '.join(f'{x:.1f}' for x in v)} |" for name, v in gains.items()],
+        "| engine | | frames/s per round |",
+        "| --- | --- | --- |",
+        *[f"| {label} | {name} | {', '.join(f'{x:.1f}' for x in v)} |" for (label, name), v in sorted(gains.items())],
         "",
     ]  # fmt: skip
     text = "\n".join(lines)

@@ -22,8 +22,8 @@ from service.decode import decode_file
 from service.sampling import SamplingSpec
 from service.store import load_entry, sha256_file
 from tests.conftest import ROOT
-from training import evaluate, train
-from training.common import DEFAULT_ENTRY, ENTRY_NAME, LABEL_MAPS, LIMITS
+from training import evaluate, evaluate_online, train
+from training.common import DEFAULT_ENTRY, DEFAULT_ONLINE_ENTRY, ENTRY_NAME, LABEL_MAPS, LIMITS
 from training.synthetic import (
     CCW,
     CW,
@@ -336,3 +336,51 @@ def test_calibration_figures_on_known_cases() -> None:
     sure_and_wrong = np.eye(3)[(labels + 1) % 3] * 0.98 + 0.01
     cal = evaluate.calibration(sure_and_wrong, labels)
     assert cal["ece"] == pytest.approx(0.99) and cal["wrong"] == 4 and cal["wrong_above_0.9"] == 1.0
+
+
+# ----------------------------------------------------------------------------- the online entry
+def test_shipped_online_entry_loads_streams_and_has_its_card() -> None:
+    entry = load_entry(DEFAULT_ONLINE_ENTRY)  # verifies the weights' sha256
+    c = entry.config
+    assert c.online and c.num_segments == 1 and not c.untrained and entry.labels == LABELS
+    assert c.name == f"{ENTRY_NAME}_online" and 1 <= c.frame_stride <= 6
+    assert (DEFAULT_ONLINE_ENTRY / c.weights_file).stat().st_size <= 20 * 1024 * 1024
+    facts = json.loads((DEFAULT_ONLINE_ENTRY / "training.json").read_text())
+    assert facts["online"] and facts["command"].startswith("python -m training.train --online")
+    card = (DEFAULT_ONLINE_ENTRY / "README.md").read_text()
+    assert "not a general-purpose action recogniser" in card and "| frame stride |" in card
+    assert f"| {c.frame_stride} (served) |" in card and "bi-directional TSM" in card
+
+
+def test_evaluate_online_streams_each_stride_and_sets_the_best(tmp_path: Path) -> None:
+    entry = tmp_path / f"{ENTRY_NAME}_online" / "1"
+    shutil.copytree(DEFAULT_ONLINE_ENTRY, entry)
+    out = tmp_path / "result.json"
+    args = ["--entry", str(entry), "--strides", "2", "5", "--clips-per-class", "1", "--seed", "9", "--ranges",
+            "issue", "--workers", "1", "--cache", str(tmp_path / "cache"), "--json", str(out), "--set-stride",
+            "--card"]  # fmt: skip
+    assert evaluate_online.main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["strides"]) == {"2", "5"} and result["clips"] == len(LABELS)
+    best = result["best_stride"]
+    assert result["strides"][str(best)]["top1"] == max(r["top1"] for r in result["strides"].values())
+    assert load_entry(entry).config.frame_stride == best  # the weights are untouched: the checksum holds
+    # fewer frames at a wider stride; the curve counts only clips that have k frames
+    assert result["strides"]["5"]["mean_frames"] < result["strides"]["2"]["mean_frames"]
+    for r in result["strides"].values():
+        counts = [v["clips"] for v in r["frames_seen"].values()]
+        assert counts == sorted(counts, reverse=True) and counts[0] == len(LABELS)
+    assert f"| {best} (served) |" in (entry / "README.md").read_text()
+
+
+def test_a_stream_begins_at_the_clips_first_frame_in_its_window() -> None:
+    from service.sampling import stride_indices
+
+    for frames, window, stride in [(10, 48, 1), (100, 48, 2), (96, 48, 2), (5, 8, 3), (1, 4, 2)]:
+        indices = stride_indices(frames, window, stride)
+        start = evaluate_online.real_start(frames, window, stride)
+        own = indices[start:]
+        assert own == sorted(set(own)) and own[-1] == frames - 1  # each of its own frames once, to the last
+        assert all(b - a == stride for a, b in zip(own, own[1:]))  # on the stride grid ending at the last
+        assert own[0] < stride or len(own) == window  # from the grid's first frame (or a full window)
+        assert all(i == 0 for i in indices[:start])  # before it: frame 0 as padding

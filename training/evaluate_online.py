@@ -170,6 +170,9 @@ def render_card(config: ModelConfig, training: dict[str, Any], result: dict[str,
         "per step; the frame stride above is the compromise measured on these clips.",
         "- A motion that ends before the clip does (the generator lets motion cover 30-100% of a clip) "
         "leaves still frames at the end: the smoothed answer at the last frame then leans to \"standing still\".",
+        *[f"- Weak: {name} ({acc:.0%} streamed)." for name, acc in best["per_class"].items() if acc < 0.5],
+        "- Not tried yet: training on windows of consecutive frames at the served stride (what a stream "
+        "shows), instead of TSN-sampled clips; it would remove the mismatch above.",
         "",
         f"Reproduce: `python -m training.evaluate_online --entry {result['entry']} --clips-per-class "
         f"{result['clips'] // len(LABELS)} --seed {result['seed']}`.",
