@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps serve test lint typecheck unit clean
+.PHONY: install system-deps triton-client serve test lint typecheck unit clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,16 @@ system-deps:
 	  || echo "warning: install the Debian package 'prometheus' (promtool) for the observability tests"
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
 	  || echo "warning: install the Debian package 'chromium' for the live page's browser test"
+
+# The real tritonclient for the Open Inference Protocol tests, in its own environment: it pins a
+# protobuf older than the one our stubs need.
+TRITON_STAMP := .venv-triton/.installed-stamp
+$(TRITON_STAMP):
+	test -x .venv-triton/bin/python || python3 -m venv .venv-triton
+	.venv-triton/bin/python -m pip install -q 'tritonclient[http,grpc]>=2.40' numpy
+	touch $(TRITON_STAMP)
+
+triton-client: $(TRITON_STAMP)
 
 serve: install
 	$(VENV)/bin/tsm-serve serve
@@ -36,10 +46,10 @@ typecheck: install
 # The whole suite, with the coverage of service/ (also inside the server and decode-worker processes the
 # tests start). One process: under pytest-xdist, Go tools (docker-compose, kubectl, promtool) started by
 # the tests twice spun at full CPU until killed, on fresh clones; not understood, so not used.
-unit: install system-deps
+unit: install system-deps triton-client
 	$(VENV)/bin/pytest --cov --cov-report=term
 
 test: lint typecheck unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) .venv-triton .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*

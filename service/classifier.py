@@ -49,6 +49,7 @@ class Classification:
     clips: int
     crops: int
     timings_ms: dict[str, float]
+    probabilities: np.ndarray  # softmax over every class (the Open Inference Protocol's output)
 
 
 @dataclass
@@ -237,12 +238,17 @@ class Classifier:
             clips=options.clips,
             crops=options.crops,
             timings_ms=admission.timings_ms,
+            probabilities=softmax(result.logits),
         )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - float(np.max(logits))
+    return np.exp(z) / np.exp(z).sum()
 
 
 def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
     """Softmax over the (view-averaged) logits, best k first."""
-    z = logits.astype(np.float64) - float(np.max(logits))
-    probs = np.exp(z) / np.exp(z).sum()
+    probs = softmax(logits)
     best = np.argsort(-probs, kind="stable")[:k]
     return [Prediction(label=labels[i], index=int(i), score=float(probs[i])) for i in best]

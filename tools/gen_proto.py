@@ -1,6 +1,6 @@
 """Regenerates the committed gRPC stubs in service/api/pb from proto/ (grpcio-tools).
 
-    python tools/gen_proto.py           # rewrite service/api/pb/tsm/v1/classifier_pb2*.py(i)
+    python tools/gen_proto.py           # rewrite the stubs under service/api/pb (ours and the vendored OIP)
     python tools/gen_proto.py --check   # exit 1 when the committed stubs differ from a fresh build
 
 ``-Iservice/api/pb=proto`` makes the generated imports read ``from service.api.pb.tsm.v1 import ...``,
@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ["proto/tsm/v1/classifier.proto"]
+PROTOS = ["proto/tsm/v1/classifier.proto", "proto/inference/open_inference_grpc.proto"]
 PACKAGE = Path("service/api/pb")
-GENERATED = ["classifier_pb2.py", "classifier_pb2.pyi", "classifier_pb2_grpc.py"]
 
 
 def generate(out: Path) -> list[Path]:
@@ -35,7 +34,11 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return [out / PACKAGE / "tsm" / "v1" / name for name in GENERATED]
+    stubs = []
+    for proto in map(Path, PROTOS):
+        folder = out / PACKAGE / proto.parent.relative_to("proto")
+        stubs += [folder / f"{proto.stem}{suffix}" for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
+    return stubs
 
 
 def check() -> list[str]:

@@ -77,30 +77,30 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
         self._server = server
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        request_id = _request_id(context)
+        request_id = call_request_id(context)
         async with _status_from_errors(context, request_id):
             classifier = self._server.require_classifier()
             options = _options(request.options)
-            result = await classifier.run("grpc", options, _one(request.video), request_id, _timeout(context))
+            result = await classifier.run("grpc", options, _one(request.video), request_id, call_timeout(context))
         context.set_trailing_metadata((("x-request-id", request_id),))
         return pb.ClassifyResponse(classification=_classification(result))
 
     async def ClassifyStream(
         self, request_iterator: AsyncIterable[pb.ClassifyStreamRequest], context: grpc.aio.ServicerContext
     ) -> pb.ClassifyStreamResponse:
-        request_id = _request_id(context)
+        request_id = call_request_id(context)
         async with _status_from_errors(context, request_id):
             classifier = self._server.require_classifier()
             messages = aiter(request_iterator)
             options = _options(await _first_options(messages))
-            result = await classifier.run("grpc", options, _chunks(messages), request_id, _timeout(context))
+            result = await classifier.run("grpc", options, _chunks(messages), request_id, call_timeout(context))
         context.set_trailing_metadata((("x-request-id", request_id),))
         return pb.ClassifyStreamResponse(classification=_classification(result))
 
     async def ClassifyLive(
         self, request_iterator: AsyncIterable[pb.LiveRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.LiveResponse]:
-        request_id = _request_id(context)
+        request_id = call_request_id(context)
         async with _status_from_errors(context, request_id):
             live = self._server.require_live()
             live.admit()  # before waiting for the options
@@ -129,14 +129,14 @@ async def _status_from_errors(context: grpc.aio.ServicerContext, request_id: str
     try:
         yield
     except ServiceError as e:
-        await _abort(context, e, request_id)
+        await abort(context, e, request_id)
     except Exception:
         log.exception("unhandled error in gRPC request %s", request_id)  # the traceback stays in the log
         internal = ServiceError(ErrorKind.internal, "internal error; the request was not processed")
-        await _abort(context, internal, request_id)
+        await abort(context, internal, request_id)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: ServiceError, request_id: str) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext, error: ServiceError, request_id: str) -> NoReturn:
     metadata = [("tsm-error-code", error.code), ("x-request-id", request_id)]
     if error.retry_after_s is not None:  # whole seconds, as HTTP's Retry-After
         metadata.append(("retry-after-s", retry_after_header(error.retry_after_s)))
@@ -144,12 +144,12 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServiceError, request
     raise AssertionError("context.abort returned")  # it raises; this tells the type checker
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
+def call_request_id(context: grpc.aio.ServicerContext) -> str:
     offered = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
     return request_id(offered if isinstance(offered, str) else None)
 
 
-def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+def call_timeout(context: grpc.aio.ServicerContext) -> float | None:
     """The caller's remaining deadline becomes the request's timeout; none: the server's default."""
     remaining: float | None = context.time_remaining()
     if remaining is None:
@@ -334,6 +334,8 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> gr
 
 def build_grpc_server(server: Server) -> GrpcFrontDoor:
     """The server with every servicer registered; binds no port (``serve()`` does)."""
+    from service.api.oip_grpc import add_inference_service  # it imports this module's helpers
+
     settings = server.settings
     limit = max_message_bytes(settings)
     keys = server.api_keys
@@ -346,10 +348,12 @@ def build_grpc_server(server: Server) -> GrpcFrontDoor:
         ],
     )
     pb_grpc.add_VideoClassifierServicer_to_server(VideoClassifierServicer(server), rpc)
+    inference = add_inference_service(server, rpc)  # the Open Inference Protocol (service.api.oip_grpc)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, rpc)
     reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], rpc
+        [SERVICE_NAME, inference, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        rpc,
     )
     return GrpcFrontDoor(rpc, health)
 

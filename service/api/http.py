@@ -15,7 +15,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service import __version__
 from service.api.live import add_live_routes
+from service.api.oip_http import add_oip_routes, v2_error
 from service.classifier import Classification
 from service.decode import VideoFacts
 from service.errors import ErrorKind, ServiceError
@@ -166,7 +168,7 @@ async def _require_key(
 # ---------------------------------------------------------------------------- error handlers
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    response = error_response(exc)
+    response = v2_error(exc) if request.url.path.startswith("/v2") else error_response(exc)
     if exc.kind is ErrorKind.unauthenticated:
         response.headers["WWW-Authenticate"] = "Bearer"
     if rid := getattr(request.state, "request_id", None):
@@ -250,7 +252,7 @@ def create_app(server: Server) -> FastAPI:
     too, unless ``auth_public_probes``), and OpenAPI then declares the schemes and the 401."""
     app = FastAPI(
         title="tsm-serve",
-        version="0.1.0",
+        version=__version__,
         description="Video action recognition with the Temporal Shift Module (TSM).",
     )
     app.state.server = server
@@ -279,6 +281,7 @@ def create_app(server: Server) -> FastAPI:
     app.add_api_route("/metrics", metrics, summary="Prometheus metrics", response_class=Response,
                       dependencies=probe_guard)  # fmt: skip
     add_live_routes(app, server, error_response)
+    add_oip_routes(app, server, guarded, probe_guard)
     return app
 
 

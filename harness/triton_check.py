@@ -1,0 +1,64 @@
+"""Drive a running tsm-serve with the real ``tritonclient`` (HTTP and gRPC), as a Triton user would.
+
+    .venv-triton/bin/python harness/triton_check.py --http 127.0.0.1:8000 --grpc 127.0.0.1:50051 \\
+        --model tiny VIDEO...
+
+Runs in its own virtual environment (``make triton-client``): tritonclient pins protobuf below the
+version our own stubs need, so the two cannot share one. Prints one JSON object: per protocol, the
+server's liveness and readiness, the model's metadata, and for the videos the probabilities
+(``PROBABILITIES``, binary and JSON) and the classification extension's top 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+
+def run(client: Any, module: Any, model: str, videos: list[bytes], binary: bool) -> dict[str, Any]:
+    data = np.array(videos, dtype=np.object_)
+    video = module.InferInput("VIDEO", [len(videos)], "BYTES")
+    kwargs = {"binary_data": True} if module is httpclient else {}
+    video.set_data_from_numpy(data, **kwargs)
+    out_kwargs = {"binary_data": binary} if module is httpclient else {}
+    probs = client.infer(model, [video], outputs=[module.InferRequestedOutput("PROBABILITIES", **out_kwargs)])
+    top = client.infer(model, [video], outputs=[module.InferRequestedOutput("PROBABILITIES", class_count=3,
+                                                                            **out_kwargs)])  # fmt: skip
+    meta = client.get_model_metadata(model)
+    if module is grpcclient:
+        inputs = [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs]
+        meta = {"name": meta.name, "versions": list(meta.versions), "inputs": inputs}
+    return {
+        "live": client.is_server_live(), "ready": client.is_server_ready(), "model_ready": client.is_model_ready(model),
+        "metadata": {"name": meta["name"], "versions": meta["versions"], "inputs": meta["inputs"]},
+        "probabilities": probs.as_numpy("PROBABILITIES").tolist(),
+        "top3": [[s.decode() if isinstance(s, bytes) else s for s in row] for row in top.as_numpy("PROBABILITIES")],
+    }  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--http", required=True)
+    p.add_argument("--grpc", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("videos", nargs="+", type=Path)
+    args = p.parse_args()
+    videos = [v.read_bytes() for v in args.videos]
+    out = {
+        "http_binary": run(httpclient.InferenceServerClient(args.http), httpclient, args.model, videos, True),
+        "http_json": run(httpclient.InferenceServerClient(args.http), httpclient, args.model, videos, False),
+        "grpc": run(grpcclient.InferenceServerClient(args.grpc), grpcclient, args.model, videos, True),
+    }
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

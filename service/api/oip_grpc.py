@@ -1,0 +1,119 @@
+"""``inference.GRPCInferenceService``, the Open Inference Protocol over gRPC, on the gRPC port beside
+``tsm.v1.VideoClassifier`` (``tritonclient.grpc`` and KServe clients). The protocol is ``service.oip``.
+
+``VIDEO`` comes in ``raw_input_contents`` (each element a 4-byte little-endian length, then the video
+file) or in ``contents.bytes_contents``; the output goes back in ``raw_output_contents``, as Triton
+answers. Errors carry the gRPC status of our error table and its message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from service import __version__, oip
+from service.api.grpc import abort, call_request_id, call_timeout
+from service.api.pb.inference import open_inference_grpc_pb2 as pb
+from service.api.pb.inference import open_inference_grpc_pb2_grpc as pb_grpc
+from service.errors import ErrorKind, ServiceError
+from service.server import Server
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def _param(p: pb.InferParameter) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def _videos(request: pb.ModelInferRequest) -> list[bytes]:
+    if len(request.inputs) != 1:
+        raise oip.bad(f"the request needs exactly one input, {oip.INPUT} (BYTES, one encoded video per element)")
+    tensor = request.inputs[0]
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise oip.bad("raw_input_contents must hold one entry per input")
+        videos = oip.split_bytes(request.raw_input_contents[0], oip.INPUT)
+    else:
+        videos = list(tensor.contents.bytes_contents)
+    oip.check_input(tensor.name, tensor.datatype, list(tensor.shape), len(videos))
+    return videos
+
+
+def _wanted(request: pb.ModelInferRequest) -> oip.OutputWanted:
+    if len(request.outputs) > 1:
+        raise oip.bad(f"request at most one output, {oip.OUTPUT}")
+    if not request.outputs:
+        return oip.OutputWanted()
+    out = request.outputs[0]
+    classification = out.parameters.get("classification")
+    return oip.check_output(out.name, _param(classification) if classification is not None else None)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, server: Server):
+        self._server = server
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._server.ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=oip.SERVER_NAME, version=__version__, extensions=oip.EXTENSIONS)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            oip.model_info(self._server, request.name, request.version)
+        except ServiceError as e:
+            await abort(context, e, call_request_id(context))
+        return pb.ModelReadyResponse(ready=self._server.ready)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            meta = oip.model_metadata(oip.model_info(self._server, request.name, request.version))
+        except ServiceError as e:
+            await abort(context, e, call_request_id(context))
+        tensors = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensors(**t) for t in meta["inputs"]], outputs=[tensors(**t) for t in meta["outputs"]],
+        )  # fmt: skip
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        rid = call_request_id(context) if not request.id else request.id
+        try:
+            info = oip.model_info(self._server, request.model_name, request.model_version)
+            params = {key: _param(value) for key, value in request.parameters.items()}
+            result = await oip.infer(self._server, "v2-grpc", info, _videos(request), params, _wanted(request), rid,
+                                     call_timeout(context))  # fmt: skip
+        except ServiceError as e:
+            await abort(context, e, rid)
+        except Exception:
+            internal = ServiceError(ErrorKind.internal, "internal error; the request was not processed")
+            await abort(context, internal, rid)
+        output = pb.ModelInferResponse.InferOutputTensor(
+            name=oip.OUTPUT, datatype=result.output_datatype, shape=result.output_shape
+        )
+        return pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=rid,
+                                     outputs=[output], raw_output_contents=[result.output_bytes()])  # fmt: skip
+
+
+def add_inference_service(server: Server, rpc: grpc.aio.Server) -> str:
+    """Registers the servicer; returns its full name (for reflection)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), rpc)
+    return SERVICE_NAME

@@ -1,0 +1,184 @@
+"""The Open Inference Protocol's REST routes (``/v2/...``) on the HTTP port, for ``tritonclient.http``,
+KServe and anything else that speaks v2. The protocol itself is ``service.oip``.
+
+A video is never base64-encoded: ``VIDEO`` elements travel as binary tensor data (the request's JSON
+header is the first ``Inference-Header-Content-Length`` bytes of the body, the tensors follow, each
+input naming its ``binary_data_size``). The answer is JSON, or JSON + binary when the request asks for
+it (``"binary_data": true`` on the output, or ``"binary_data_output": true`` on the request). Errors
+have the v2 shape, ``{"error": "..."}``, with the status of our error table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.params import Depends
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from service import oip
+from service.errors import ErrorKind, ServiceError
+from service.request import request_id, retry_after_header
+from service.server import Server
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_FRAMING = 64 * 1024  # the JSON header and element lengths, beyond the videos themselves
+
+
+def v2_error(error: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": retry_after_header(error.retry_after_s)} if error.retry_after_s is not None else None
+    return JSONResponse({"error": error.message}, status_code=error.kind.http_status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ServiceError(ErrorKind.too_large, f"the request is larger than the limit of {limit} bytes")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ServiceError(ErrorKind.too_large, f"the request is larger than the limit of {limit} bytes")
+    except ClientDisconnect as e:
+        raise ServiceError(ErrorKind.bad_request, "the client disconnected during the request") from e
+    return bytes(body)
+
+
+def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON header and the binary part after it."""
+    if header_length is None:
+        head, binary = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise oip.bad(f"{HEADER_LENGTH} must be the byte length of the JSON header at the start of the body")
+        head, binary = body[: int(header_length)], body[int(header_length) :]
+    try:
+        request = json.loads(head)
+    except ValueError:
+        what = "the inference request must be JSON (binary tensors after it: Inference-Header-Content-Length)"
+        raise oip.bad(what) from None
+    if not isinstance(request, dict):
+        raise oip.bad("the inference request must be a JSON object")
+    return request, binary
+
+
+def _videos(request: dict[str, Any], binary: bytes) -> list[bytes]:
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise oip.bad(f"the request needs exactly one input, {oip.INPUT} (BYTES, one encoded video per element)")
+    tensor = inputs[0]
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+        raise oip.bad(f"input {oip.INPUT} needs a shape, a list of integers")
+    if size is None:
+        data = tensor.get("data")
+        raise oip.bad(
+            f"send {oip.INPUT} as binary tensor data (parameters.binary_data_size, Inference-Header-Content-Length): "
+            "videos are not embedded in JSON"
+            if data is not None
+            else f"input {oip.INPUT} has no data"
+        )
+    if not isinstance(size, int) or size != len(binary):
+        raise oip.bad(f"binary_data_size of {oip.INPUT} is {size}, but {len(binary)} bytes follow the JSON header")
+    videos = oip.split_bytes(binary, oip.INPUT)
+    oip.check_input(str(tensor.get("name")), str(tensor.get("datatype")), shape, len(videos))
+    return videos
+
+
+def _wanted(request: dict[str, Any]) -> tuple[oip.OutputWanted, bool]:
+    """The requested output and whether it goes back as binary data."""
+    binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    outputs = request.get("outputs") or []
+    if not isinstance(outputs, list) or len(outputs) > 1:
+        raise oip.bad(f"request at most one output, {oip.OUTPUT}")
+    if not outputs:
+        return oip.OutputWanted(), binary
+    params = outputs[0].get("parameters") or {} if isinstance(outputs[0], dict) else {}
+    wanted = oip.check_output(str(outputs[0].get("name")), params.get("classification"))
+    return wanted, bool(params.get("binary_data", binary))
+
+
+def _answer(result: oip.InferResult, binary: bool) -> Response:
+    output: dict[str, Any] = {"name": oip.OUTPUT, "datatype": result.output_datatype, "shape": result.output_shape}
+    head = {"model_name": result.model, "model_version": result.version, "id": result.request_id,
+            "outputs": [output]}  # fmt: skip
+    if not binary:
+        if result.classification is None:
+            output["data"] = [float(x) for x in result.probabilities.ravel()]
+        else:
+            output["data"] = [s.decode() for row in result.classification_strings() for s in row]
+        return JSONResponse(head, headers={"X-Request-ID": result.request_id})
+    data = result.output_bytes()
+    output["parameters"] = {"binary_data_size": len(data)}
+    header = json.dumps(head).encode()
+    return Response(
+        header + data,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header)), "X-Request-ID": result.request_id},
+    )
+
+
+def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], probe_guard: Sequence[Depends]) -> None:
+    """The v2 routes; ``guarded``/``probe_guard``: the API-key dependencies of the other routes."""
+
+    async def metadata() -> dict[str, Any]:
+        return {"name": oip.SERVER_NAME, "version": app.version, "extensions": oip.EXTENSIONS}
+
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": server.ready}, status_code=200 if server.ready else 503)
+
+    async def model_metadata(name: str, version: str | None = None) -> JSONResponse:
+        try:
+            return JSONResponse(oip.model_metadata(oip.model_info(server, name, version)))
+        except ServiceError as e:
+            return v2_error(e)
+
+    async def model_ready(name: str, version: str | None = None) -> JSONResponse:
+        try:
+            oip.model_info(server, name, version)
+        except ServiceError as e:
+            return v2_error(e)
+        return JSONResponse({"name": name, "ready": server.ready}, status_code=200 if server.ready else 503)
+
+    async def model_config(name: str, version: str | None = None) -> JSONResponse:
+        try:
+            return JSONResponse(oip.model_config(oip.model_info(server, name, version)))
+        except ServiceError as e:
+            return v2_error(e)
+
+    async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
+        rid = request_id(request.headers.get("x-request-id"))
+        try:
+            info = oip.model_info(server, name, version)
+            classifier = server.require_classifier()
+            body = await _read_body(request, classifier.limits.max_upload_bytes + _FRAMING)
+            head, binary = _parse(body, request.headers.get(HEADER_LENGTH))
+            rid = request_id(head["id"]) if isinstance(head.get("id"), str) and head["id"] else rid
+            videos = _videos(head, binary)
+            wanted, binary_out = _wanted(head)
+            params = head.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise oip.bad("parameters must be a JSON object")
+            result = await oip.infer(server, "v2-http", info, videos, params, wanted, rid, None)
+        except ServiceError as e:
+            return v2_error(e)
+        return _answer(result, binary_out)
+
+    app.add_api_route("/v2", metadata, dependencies=guarded, summary="Open Inference Protocol: server metadata")
+    app.add_api_route("/v2/health/live", live, dependencies=probe_guard, summary="v2 liveness")
+    app.add_api_route("/v2/health/ready", ready, dependencies=probe_guard, summary="v2 readiness")
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.add_api_route(base, model_metadata, dependencies=guarded, summary="v2 model metadata")
+        app.add_api_route(f"{base}/ready", model_ready, dependencies=probe_guard, summary="v2 model readiness")
+        app.add_api_route(f"{base}/config", model_config, dependencies=guarded, summary="Triton-style model config")
+        app.add_api_route(f"{base}/infer", model_infer, methods=["POST"], dependencies=guarded,
+                          summary="v2 inference: VIDEO (BYTES, binary tensor data) → PROBABILITIES")  # fmt: skip
