@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 
 def run(client: Any, module: Any, model: str, videos: list[bytes], binary: bool) -> dict[str, Any]:
@@ -31,6 +32,16 @@ def run(client: Any, module: Any, model: str, videos: list[bytes], binary: bool)
     probs = client.infer(model, [video], outputs=[module.InferRequestedOutput("PROBABILITIES", **out_kwargs)])
     top = client.infer(model, [video], outputs=[module.InferRequestedOutput("PROBABILITIES", class_count=3,
                                                                             **out_kwargs)])  # fmt: skip
+    one = module.InferInput("VIDEO", [1], "BYTES")
+    one.set_data_from_numpy(data[:1], **kwargs)
+    single = client.infer(model, [one]).as_numpy("PROBABILITIES").tolist()
+    broken = module.InferInput("VIDEO", [1], "BYTES")
+    broken.set_data_from_numpy(np.array([b"not a video" * 100], dtype=np.object_), **kwargs)
+    try:
+        client.infer(model, [broken])
+        error = None
+    except InferenceServerException as e:  # the server's error, through the client's own exception
+        error = {"status": str(e.status()), "message": e.message()}
     meta = client.get_model_metadata(model)
     if module is grpcclient:
         inputs = [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs]
@@ -39,6 +50,8 @@ def run(client: Any, module: Any, model: str, videos: list[bytes], binary: bool)
         "live": client.is_server_live(), "ready": client.is_server_ready(), "model_ready": client.is_model_ready(model),
         "metadata": {"name": meta["name"], "versions": meta["versions"], "inputs": meta["inputs"]},
         "probabilities": probs.as_numpy("PROBABILITIES").tolist(),
+        "single": single,
+        "bad_video_error": error,
         "top3": [[s.decode() if isinstance(s, bytes) else s for s in row] for row in top.as_numpy("PROBABILITIES")],
     }  # fmt: skip
 

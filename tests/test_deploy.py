@@ -16,6 +16,7 @@ only the HTTPS healthcheck starts a server process, for its TLS listener.
 from __future__ import annotations
 
 import functools
+import gzip
 import importlib
 import json
 import math
@@ -35,6 +36,7 @@ import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jsonschema import Draft7Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.inproc import InProcessServer
@@ -738,3 +740,65 @@ def test_dashboard_and_autoscaling_queries_answer_from_real_series(prometheus: P
     query = adapter_query(adapter_rule(), "tsm_queue_clips", 'job="tsm-serve"', "instance")
     (per_pod,) = prometheus.query(query)
     assert float(per_pod["value"][1]) == 0  # both requests finished: nothing pending
+
+
+# ------------------------------------------------------------------------------------------ KServe
+KSERVE = DEPLOY / "kserve"
+KSERVE_CRDS = ROOT / "tests" / "fixtures" / "kserve"  # KServe's own CRDs (README there)
+
+
+def crd_schema(plural: str, version: str) -> dict[str, Any]:
+    with gzip.open(KSERVE_CRDS / f"serving.kserve.io_{plural}.yaml.gz", "rt") as f:
+        crd = yaml.safe_load(f)
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return dict(served["schema"]["openAPIV3Schema"])
+
+
+def undeclared_fields(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields the schema does not declare: what the API server's strict validation refuses."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[str] = []
+    if isinstance(obj, dict):
+        declared = schema.get("properties")
+        if declared is None:  # a map: every value follows additionalProperties, if it says anything
+            values = schema.get("additionalProperties")
+            if not isinstance(values, dict):
+                return []
+            return [f for k, v in obj.items() for f in undeclared_fields(v, values, f"{path}.{k}")]
+        for key, value in obj.items():
+            where = f"{path}.{key}"
+            found += [where] if key not in declared else undeclared_fields(value, declared[key], where)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, value in enumerate(obj):
+            found += undeclared_fields(value, schema["items"], f"{path}[{i}]")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("manifest", "plural", "version"),
+    [("servingruntime.yaml", "servingruntimes", "v1alpha1"), ("inferenceservice.yaml", "inferenceservices", "v1beta1")],
+)
+def test_kserve_manifests_validate_against_kserves_own_crds(manifest: str, plural: str, version: str) -> None:
+    doc = yaml_file(KSERVE / manifest)
+    assert doc["apiVersion"] == f"serving.kserve.io/{version}"
+    schema = crd_schema(plural, version)
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in Draft7Validator(schema).iter_errors(doc)]
+    assert not errors, errors
+    assert not undeclared_fields(doc, schema), undeclared_fields(doc, schema)
+
+
+def test_kserve_runtime_serves_what_the_inference_service_asks(server: InProcessServer) -> None:
+    runtime, isvc = yaml_file(KSERVE / "servingruntime.yaml"), yaml_file(KSERVE / "inferenceservice.yaml")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    (c,) = runtime["spec"]["containers"]
+    assert c["image"] == container("cpu")["image"]  # the image the other manifests run
+    env = {e["name"]: e["value"] for e in [*c["env"], *model.get("env", [])] if "value" in e}
+    assert env["TSM_HTTP_PORT"] == str(c["ports"][0]["containerPort"]) and env["TSM_MODEL_STORE"] == "/mnt/models"
+    settings = Settings(**{k.removeprefix("TSM_").lower(): v for k, v in env.items()})  # every variable is ours
+    assert settings.default_model in {p.name for p in (ROOT / "model_store").iterdir()}
+    for probe in ("readinessProbe", "livenessProbe"):  # the probes' routes answer on a ready server
+        assert httpx.get(f"{server.url}{c[probe]['httpGet']['path']}", timeout=5).status_code == 200, probe

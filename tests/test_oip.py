@@ -248,6 +248,10 @@ def test_tritonclient_http_and_grpc_work_unchanged(server: InProcessServer, clip
         assert out["live"] and out["ready"] and out["model_ready"], protocol
         assert out["metadata"]["name"] == "tiny" and out["metadata"]["versions"] == ["1"]
         assert out["metadata"]["inputs"] == [{"name": "VIDEO", "datatype": "BYTES", "shape": [-1]}]
+        np.testing.assert_allclose(out["single"], out["probabilities"][:1], atol=1e-6, err_msg=protocol)
+        error = out["bad_video_error"]
+        assert error is not None and "not a video file" in error["message"], protocol
+        assert error["status"] in ("415", "StatusCode.INVALID_ARGUMENT"), error
         for row, top3, scores in zip(out["probabilities"], out["top3"], classify_scores, strict=True):
             np.testing.assert_allclose(row, [scores[i] for i in range(len(TINY_LABELS))], atol=1e-6, err_msg=protocol)
             best = sorted(scores, key=lambda i: -scores[i])[:3]
