@@ -120,6 +120,9 @@ def test_drain_refuses_new_work_and_stop_removes_the_spool(tiny_store: Path, cli
         assert info.value.kind is ErrorKind.draining
         ready = srv.http.get("/readyz")
         assert (ready.status_code, ready.json()) == (503, {"ready": False, "reason": "draining"})
+        for v2 in ("/v2/health/ready", "/v2/models/tiny/ready"):  # the Open Inference Protocol says it too
+            answer = srv.http.get(v2)
+            assert (answer.status_code, answer.json()) == (503, {"error": "not ready: draining"}), v2
         with clip.open("rb") as f:
             refused = srv.http.post("/classify", files={"file": ("c.mp4", f)})
         assert (refused.status_code, refused.json()["error"]["code"]) == (503, "draining")

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from service import oip
@@ -26,6 +27,15 @@ from service.server import Server
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _FRAMING = 64 * 1024  # the JSON header and element lengths, beyond the videos themselves
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": V2Error, "description": "the v2 error shape, with the status of the error table"}
+            for s in statuses}  # fmt: skip
 
 
 def v2_error(error: ServiceError) -> JSONResponse:
@@ -126,6 +136,8 @@ def _answer(result: oip.InferResult, binary: bool) -> Response:
 
 def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], probe_guard: Sequence[Depends]) -> None:
     """The v2 routes; ``guarded``/``probe_guard``: the API-key dependencies of the other routes."""
+    auth = (401,) if guarded else ()
+    probe_auth = (401,) if probe_guard else ()
 
     async def metadata() -> dict[str, Any]:
         return {"name": oip.SERVER_NAME, "version": app.version, "extensions": oip.EXTENSIONS}
@@ -133,8 +145,12 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
     async def live() -> dict[str, bool]:
         return {"live": True}
 
+    def not_ready() -> JSONResponse:
+        reason = "draining" if server.draining else (server.startup_error or "loading and warming up models")
+        return JSONResponse({"error": f"not ready: {reason}"}, status_code=503)
+
     async def ready() -> JSONResponse:
-        return JSONResponse({"ready": server.ready}, status_code=200 if server.ready else 503)
+        return JSONResponse({"ready": True}) if server.ready else not_ready()
 
     async def model_metadata(name: str, version: str | None = None) -> JSONResponse:
         try:
@@ -147,7 +163,7 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
             oip.model_info(server, name, version)
         except ServiceError as e:
             return v2_error(e)
-        return JSONResponse({"name": name, "ready": server.ready}, status_code=200 if server.ready else 503)
+        return JSONResponse({"name": name, "ready": True}) if server.ready else not_ready()
 
     async def model_config(name: str, version: str | None = None) -> JSONResponse:
         try:
@@ -173,12 +189,19 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
             return v2_error(e)
         return _answer(result, binary_out)
 
-    app.add_api_route("/v2", metadata, dependencies=guarded, summary="Open Inference Protocol: server metadata")
-    app.add_api_route("/v2/health/live", live, dependencies=probe_guard, summary="v2 liveness")
-    app.add_api_route("/v2/health/ready", ready, dependencies=probe_guard, summary="v2 readiness")
+    app.add_api_route("/v2", metadata, dependencies=guarded, responses=_errors(*auth),
+                      summary="Open Inference Protocol: server metadata")  # fmt: skip
+    app.add_api_route("/v2/health/live", live, dependencies=probe_guard, responses=_errors(*probe_auth),
+                      summary="v2 liveness")  # fmt: skip
+    app.add_api_route("/v2/health/ready", ready, dependencies=probe_guard, responses=_errors(*probe_auth, 503),
+                      summary="v2 readiness")  # fmt: skip
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        app.add_api_route(base, model_metadata, dependencies=guarded, summary="v2 model metadata")
-        app.add_api_route(f"{base}/ready", model_ready, dependencies=probe_guard, summary="v2 model readiness")
-        app.add_api_route(f"{base}/config", model_config, dependencies=guarded, summary="Triton-style model config")
+        app.add_api_route(base, model_metadata, dependencies=guarded, responses=_errors(*auth, 404),
+                          summary="v2 model metadata")  # fmt: skip
+        app.add_api_route(f"{base}/ready", model_ready, dependencies=probe_guard,
+                          responses=_errors(*probe_auth, 404, 503), summary="v2 model readiness")  # fmt: skip
+        app.add_api_route(f"{base}/config", model_config, dependencies=guarded, responses=_errors(*auth, 404),
+                          summary="Triton-style model config")  # fmt: skip
         app.add_api_route(f"{base}/infer", model_infer, methods=["POST"], dependencies=guarded,
+                          responses=_errors(400, *auth, 404, 413, 415, 422, 429, 500, 503, 504),
                           summary="v2 inference: VIDEO (BYTES, binary tensor data) → PROBABILITIES")  # fmt: skip
