@@ -579,3 +579,14 @@ def test_the_openvino_step_is_verified_and_steps_as_torch_does(store: Path, dtyp
         clear = top2[:, 0] - top2[:, 1] > 2 * float((a - b).abs().max())
         assert torch.equal(a.argmax(1)[clear], b.argmax(1)[clear])
     assert choose_live_engine(entry.model, normalise, SIZE, c.arch, "torch", dtype, 2).label == "torch"
+
+
+def test_the_websocket_example_streams_a_file(srv: InProcessServer, clip: Path) -> None:
+    done = subprocess.run(
+        [ROOT / ".venv/bin/python", ROOT / "examples/live_websocket.py", str(clip), "--fast", "--top-k", "2",
+         "--url", srv.url.replace("http", "ws") + "/v1/live"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines and all(line.startswith("frame") and any(label in line for label in LABELS) for line in lines)
+    assert lines[-1].startswith("frame   23")  # the clip's last frame is always answered
