@@ -95,7 +95,12 @@ class InProcessServer:
         rpc = build_grpc_server(self.server)
         port = rpc.server.add_insecure_port("127.0.0.1:0")
         await rpc.start()
-        await self.server.start()
+        try:
+            await self.server.start()
+        except BaseException:  # a failed start leaves no gRPC server behind the closed loop
+            await rpc.stop(0)
+            await self.server.stop()
+            raise
         await rpc.set_serving()
         if http_port:
             config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="off", log_config=None,

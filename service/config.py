@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     model_store: Path = Field(default=Path("model_store"), description="folder of <name>/<version>/model.json")
     default_model: str = Field(default="tsm_mobilenetv2_synthetic_motion", description="model used when none is named")
     models: list[str] = Field(default_factory=list, description="models to load; empty: every store entry")
+    version_policy: list[str] = Field(
+        default_factory=list,
+        description="versions served per model: NAME=latest:N or NAME=specific:V1,V2 (*=... for every model); "
+        "default latest:1. Requests pin one as NAME:VERSION",
+    )
     default_online_model: str = Field(
         default="", description="online model of live streams that name none; empty: the first online model loaded"
     )
@@ -97,6 +102,30 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, ge=0, description="in-flight work may finish this long on SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
+
+    def versions_to_serve(self, name: str, versions: list[str]) -> list[str]:
+        """The versions of ``name`` the policy serves, oldest first (``versions``: the store's, oldest first)."""
+        rules = dict(rule.split("=", 1) for rule in self.version_policy)
+        kind, _, arg = rules.get(name, rules.get("*", "latest:1")).partition(":")
+        if kind == "latest":
+            return versions[-int(arg) :]
+        wanted = arg.split(",")
+        missing = [v for v in wanted if v not in versions]
+        if missing:
+            have = ", ".join(versions)
+            raise ValueError(f"version_policy asks for version(s) {', '.join(missing)} of {name}; the store has {have}")
+        return [v for v in versions if v in wanted]
+
+    @model_validator(mode="after")
+    def _version_policy(self) -> Settings:
+        for rule in self.version_policy:
+            name, _, policy = rule.partition("=")
+            kind, _, arg = policy.partition(":")
+            ok = kind == "latest" and arg.isdigit() and int(arg) >= 1
+            ok = ok or (kind == "specific" and all(v.strip() for v in arg.split(",")))
+            if not name or not ok:
+                raise ValueError(f"version_policy entry {rule!r}: write NAME=latest:N or NAME=specific:V1,V2")
+        return self
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:

@@ -130,42 +130,52 @@ def options(model: str, params: dict[str, Any]) -> ClassifyOptions:
                            crops=int(params.get("crops", _DEFAULTS.crops)), sampling=sampling)  # fmt: skip
 
 
+def model_key(name: str, version: str | None) -> str:
+    """How the classifier names a model: its newest served version, or NAME:VERSION."""
+    return f"{name}:{version}" if version else name
+
+
 def model_info(server: Server, name: str, version: str | None) -> ModelInfo:
-    """The loaded model, if ``version`` (when given) is the one loaded."""
-    info = server.model_info(name)
-    if version not in (None, "", info.version):
+    """The served model, or the served version asked for."""
+    try:
+        return server.model_info(model_key(name, version))
+    except ServiceError:
+        served = server.versions_of(name)
+        if not version or not served:
+            raise
         raise ServiceError(
-            ErrorKind.unknown_model, f"model {name!r} has no version {version!r} loaded (loaded: {info.version})"
-        )
-    return info
+            ErrorKind.unknown_model, f"model {name!r} has no version {version!r} served (served: {', '.join(served)})"
+        ) from None
 
 
-def model_metadata(info: ModelInfo) -> dict[str, Any]:
+def model_metadata(info: ModelInfo, versions: list[str]) -> dict[str, Any]:
     return {
-        "name": info.name, "versions": [info.version], "platform": PLATFORM,
+        "name": info.name, "versions": versions, "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, info.num_classes]}],
     }  # fmt: skip
 
 
-def model_config(info: ModelInfo) -> dict[str, Any]:
+def model_config(info: ModelInfo, versions: list[str]) -> dict[str, Any]:
     """Triton's model configuration, as much as clients such as perf_analyzer read: no batch
     dimension of Triton's own (``max_batch_size`` 0), the request's videos are the first dimension."""
     return {
         "name": info.name, "platform": PLATFORM, "backend": "tsm-serve", "max_batch_size": 0,
         "input": [{"name": INPUT, "data_type": "TYPE_STRING", "dims": [-1]}],
         "output": [{"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [-1, info.num_classes]}],
-        "version_policy": {"specific": {"versions": [int(info.version)] if info.version.isdigit() else []}},
+        "version_policy": {"specific": {"versions": [int(v) for v in versions if v.isdigit()]}},
     }  # fmt: skip
 
 
 async def infer(
-    server: Server, protocol: str, info: ModelInfo, videos: list[bytes], params: dict[str, Any],
+    server: Server, protocol: str, key: str, videos: list[bytes], params: dict[str, Any],
     wanted: OutputWanted, request_id: str, timeout_s: float | None,
 ) -> InferResult:  # fmt: skip
-    """Classify every video of the request concurrently (their clips share batches)."""
+    """Classify every video of the request concurrently (their clips share batches). ``key``: the
+    model as ``model_key`` names it."""
     classifier = server.require_classifier()
-    opts = options(info.name, params)
+    info = server.model_info(key)
+    opts = options(key, params)
     opts.check(info.num_classes, classifier.limits.max_clips)
     if wanted.classification is not None and wanted.classification > info.num_classes:
         raise bad(f"classification k must be at most {info.num_classes} (the model's classes)")
@@ -189,5 +199,5 @@ async def infer(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     probabilities = np.stack([r.probabilities for r in results]).astype(np.float32)
-    labels = server.classifier.models[info.name].entry.labels if server.classifier else []
+    labels = classifier.models[key].entry.labels
     return InferResult(info.name, info.version, request_id, probabilities, labels, wanted.classification)

@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.model.online import OnlineAnswer, OnlineTSM
 from service.request import RequestLimits
 from service.runner import Runner, RunnerConfig, resolve_device
-from service.store import StoreError, find_entries, load_entry
+from service.store import StoreError, find_versions, load_entry
 from service.uploads import default_spool_dir
 
 log = logging.getLogger("tsm.server")
@@ -111,7 +111,8 @@ class Server:
 
     async def _start(self) -> None:
         s = self.settings
-        found = find_entries(s.model_store)
+        all_versions = find_versions(s.model_store)
+        found = {name: dirs[-1] for name, dirs in all_versions.items()}
         wanted = s.models or sorted(found)
         missing = [name for name in [*wanted, s.default_model] if name not in found]
         if missing:
@@ -131,10 +132,20 @@ class Server:
             raise ServiceError(ErrorKind.internal, str(e)) from None
         runner_config = RunnerConfig.from_settings(s, split.inference_threads)
         batcher_config = BatcherConfig.from_settings(s)
+        served = []  # (name, version folder, newest served?) in load order
         for name in wanted:
+            versions = {d.name: d for d in all_versions[name]}
+            try:
+                chosen = s.versions_to_serve(name, list(versions))
+            except ValueError as e:
+                raise StoreError(str(e)) from None
+            served += [(name, versions[v], v == chosen[-1]) for v in chosen]  # versions: folder names
+        for name, folder, newest in served:
             t0 = time.monotonic()
-            entry = await asyncio.to_thread(load_entry, found[name])
+            entry = await asyncio.to_thread(load_entry, folder)
             c = entry.config
+            # The newest served version answers to the bare name; every version to NAME:VERSION.
+            key = name if newest else f"{name}:{folder.name}"
             # An online model classifies a clip by its last `window` frames, smoothed (OnlineAnswer).
             model = OnlineAnswer(entry.model, c.smoothing) if isinstance(entry.model, OnlineTSM) else entry.model
             frames = c.window if c.online else c.num_segments
@@ -143,15 +154,15 @@ class Server:
                             config=runner_config, identity=identity)  # fmt: skip
             self._runners.append(runner)
             await asyncio.to_thread(runner.warmup)
-            batcher = Batcher(runner, batcher_config, name=name, on_batch=self._batch_observer(name))
+            batcher = Batcher(runner, batcher_config, name=key, on_batch=self._batch_observer(key))
             await batcher.start()
-            models[name] = LoadedModel(entry, batcher)
-            if c.online:  # live streams step the same weights frame by frame (service.live)
+            models[key] = models[f"{name}:{folder.name}"] = LoadedModel(entry, batcher)
+            if c.online and newest:  # live streams step the same weights frame by frame (service.live)
                 hubs[name] = hub = ModelHub(name, entry, live_limits, self.metrics)
                 await asyncio.to_thread(hub.choose_engine, s.engine, s.dtype, split.inference_threads)
                 log.info("model %s: live streams on engine %s", name, hub.engine.label)
             self.metrics.model_info.labels(
-                name,
+                key,
                 c.version,
                 c.arch,
                 str(c.num_segments),
@@ -193,7 +204,7 @@ class Server:
     def refresh_gauges(self) -> None:
         """Gauges read at scrape time rather than on every change."""
         if self.classifier is not None:
-            for name, model in self.classifier.models.items():
+            for name, model in self.loaded():
                 self.metrics.queue_clips.labels(name).set(model.batcher.pending_clips)
                 for reason, total in model.batcher.dropped_clips.items():
                     counted = self._dropped_counted.get((name, reason), 0)
@@ -244,7 +255,7 @@ class Server:
         if self.live is not None:
             await self.live.stop()
         if self.classifier is not None:
-            for model in self.classifier.models.values():
+            for _, model in self.loaded():
                 await model.batcher.stop()
         for runner in self._runners:
             runner.close()
@@ -254,24 +265,38 @@ class Server:
             shutil.rmtree(self._spool_dir, ignore_errors=True)
 
     def models_info(self) -> list[ModelInfo]:
+        """Every served version, by model name, oldest version first."""
+        infos = [self._info(key, model) for key, model in self.loaded()]
+        return sorted(
+            infos, key=lambda i: (i.name, (0, int(i.version), "") if i.version.isdigit() else (1, 0, i.version))
+        )
+
+    def _info(self, key: str, model: LoadedModel) -> ModelInfo:
+        c = model.entry.config
+        assert self.classifier is not None
+        return ModelInfo(
+            name=key.split(":")[0], version=c.version, default=key == self.classifier.default_model,
+            arch=c.arch, num_segments=c.num_segments, num_classes=c.num_classes,
+            input_size=c.input_size, scale_size=c.scale_size, resize=c.resize, shift=c.shift,
+            untrained=c.untrained, source=c.source, online=c.online, engine=model.batcher.runner.engine.name,
+            precision=model.batcher.runner.engine.precision,
+        )  # fmt: skip
+
+    def loaded(self) -> list[tuple[str, LoadedModel]]:
+        """Each served version once, under the name its batcher and metrics use (the bare name for the
+        newest served version of a model, NAME:VERSION for older ones)."""
         if self.classifier is None:
             return []
-        out = []
-        for name, model in sorted(self.classifier.models.items()):
-            c = model.entry.config
-            out.append(ModelInfo(
-                name=name, version=c.version, default=name == self.classifier.default_model,
-                arch=c.arch, num_segments=c.num_segments, num_classes=c.num_classes,
-                input_size=c.input_size, scale_size=c.scale_size, resize=c.resize, shift=c.shift,
-                untrained=c.untrained, source=c.source, online=c.online, engine=model.batcher.runner.engine.name,
-                precision=model.batcher.runner.engine.precision,
-            ))  # fmt: skip
-        return out
+        return [(key, m) for key, m in self.classifier.models.items() if m.batcher.name == key]
 
     def model_info(self, name: str) -> ModelInfo:
-        infos = self.models_info()
-        for info in infos:
-            if info.name == name:
-                return info
-        known = ", ".join(info.name for info in infos) or "none"
-        raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; loaded models: {known}")
+        """``name``: a model (its newest served version) or NAME:VERSION."""
+        model = self.classifier.models.get(name) if self.classifier is not None else None
+        if model is None:
+            known = ", ".join(sorted({info.name for info in self.models_info()})) or "none"
+            raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; loaded models: {known}")
+        return self._info(model.batcher.name, model)
+
+    def versions_of(self, name: str) -> list[str]:
+        """The served versions of model ``name``, oldest first."""
+        return [i.version for i in self.models_info() if i.name == name]

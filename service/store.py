@@ -166,8 +166,8 @@ def load_entry(path: str | Path) -> StoreEntry:
     return StoreEntry(entry_dir, config, labels, model.eval())
 
 
-def find_entries(store: Path) -> dict[str, Path]:
-    """Name -> folder of its newest version (versions compare as integers where they are)."""
+def find_versions(store: Path) -> dict[str, list[Path]]:
+    """Name -> folders of its versions, oldest first (versions compare as integers where they are)."""
     found: dict[str, list[Path]] = {}
     for config_file in sorted(store.glob(f"*/*/{MODEL_JSON}")):
         found.setdefault(config_file.parent.parent.name, []).append(config_file.parent)
@@ -175,7 +175,12 @@ def find_entries(store: Path) -> dict[str, Path]:
     def version_key(p: Path) -> tuple[int, str]:
         return (int(p.name), "") if p.name.isdigit() else (-1, p.name)
 
-    return {name: max(dirs, key=version_key) for name, dirs in found.items()}
+    return {name: sorted(dirs, key=version_key) for name, dirs in found.items()}
+
+
+def find_entries(store: Path) -> dict[str, Path]:
+    """Name -> folder of its newest version."""
+    return {name: dirs[-1] for name, dirs in find_versions(store).items()}
 
 
 def resolve_labels(labels: str | Path) -> Path:
@@ -292,17 +297,17 @@ def calibrate_batchnorm(model: TSM | OnlineTSM, input_size: int, steps: int = 2,
 def write_random_entry(
     store: str | Path, *, name: str, labels: list[str], arch: Arch = "mobilenetv2", num_segments: int = 8,
     width_mult: float = 1.0, input_size: int = 224, scale_size: int = 256, seed: int = 0,
-    resize: Resize = "short_side", online: bool = False, window: int = 48, smoothing: int = 12,
+    resize: Resize = "short_side", online: bool = False, window: int = 48, smoothing: int = 12, version: str = "1",
 ) -> Path:  # fmt: skip
     """An untrained entry (He-initialised, BN calibrated): for tests, benches, a server with no model yet.
     ``online``: a uni-directional model (``num_segments`` is then 1)."""
     torch.manual_seed(seed)
     config = ModelConfig(
-        name=name, version="1", arch=arch, num_segments=1 if online else num_segments, width_mult=width_mult,
+        name=name, version=version, arch=arch, num_segments=1 if online else num_segments, width_mult=width_mult,
         num_classes=len(labels), input_size=input_size, scale_size=scale_size, resize=resize, weights_sha256="0" * 64,
         untrained=True, source=f"random initialisation, seed {seed}", online=online, window=window,
         smoothing=smoothing,
     )  # fmt: skip
     model = build_model(config)
     calibrate_batchnorm(model, input_size, seed=seed)
-    return write_entry(Path(store) / name / "1", config, model, labels)
+    return write_entry(Path(store) / name / version, config, model, labels)

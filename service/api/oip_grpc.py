@@ -83,7 +83,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         try:
-            meta = oip.model_metadata(oip.model_info(self._server, request.name, request.version))
+            info = oip.model_info(self._server, request.name, request.version)
+            meta = oip.model_metadata(info, self._server.versions_of(info.name))
         except ServiceError as e:
             await abort(context, e, call_request_id(context))
         tensors = pb.ModelMetadataResponse.TensorMetadata
@@ -97,9 +98,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         rid = call_request_id(context) if not request.id else request.id
         try:
-            info = oip.model_info(self._server, request.model_name, request.model_version)
+            oip.model_info(self._server, request.model_name, request.model_version)
             params = {key: _param(value) for key, value in request.parameters.items()}
-            result = await oip.infer(self._server, "v2-grpc", info, _videos(request), params, _wanted(request), rid,
+            key = oip.model_key(request.model_name, request.model_version)
+            result = await oip.infer(self._server, "v2-grpc", key, _videos(request), params, _wanted(request), rid,
                                      call_timeout(context))  # fmt: skip
         except ServiceError as e:
             await abort(context, e, rid)

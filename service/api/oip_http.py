@@ -154,7 +154,8 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
 
     async def model_metadata(name: str, version: str | None = None) -> JSONResponse:
         try:
-            return JSONResponse(oip.model_metadata(oip.model_info(server, name, version)))
+            info = oip.model_info(server, name, version)
+            return JSONResponse(oip.model_metadata(info, server.versions_of(info.name)))
         except ServiceError as e:
             return v2_error(e)
 
@@ -167,14 +168,15 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
 
     async def model_config(name: str, version: str | None = None) -> JSONResponse:
         try:
-            return JSONResponse(oip.model_config(oip.model_info(server, name, version)))
+            info = oip.model_info(server, name, version)
+            return JSONResponse(oip.model_config(info, server.versions_of(info.name)))
         except ServiceError as e:
             return v2_error(e)
 
     async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
         rid = request_id(request.headers.get("x-request-id"))
         try:
-            info = oip.model_info(server, name, version)
+            oip.model_info(server, name, version)
             classifier = server.require_classifier()
             body = await _read_body(request, classifier.limits.max_upload_bytes + _FRAMING)
             head, binary = _parse(body, request.headers.get(HEADER_LENGTH))
@@ -184,7 +186,8 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
             params = head.get("parameters") or {}
             if not isinstance(params, dict):
                 raise oip.bad("parameters must be a JSON object")
-            result = await oip.infer(server, "v2-http", info, videos, params, wanted, rid, None)
+            result = await oip.infer(server, "v2-http", oip.model_key(name, version), videos, params, wanted, rid,
+                                     None)  # fmt: skip
         except ServiceError as e:
             return v2_error(e)
         return _answer(result, binary_out)
