@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,10 @@ def write_card(entry_dir: Path, config: ModelConfig, training: dict[str, Any], r
     path = entry_dir / "README.md"
     path.write_text(render_card(config, training, results), encoding="utf-8")
     return path
+
+
+def entry_records(entry_dir: Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """What a card is written from: the entry's model.json and its training record ({} if none)."""
+    config = ModelConfig.model_validate_json((entry_dir / "model.json").read_text())
+    record = entry_dir / "training.json"
+    return config, json.loads(record.read_text()) if record.is_file() else {}

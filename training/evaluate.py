@@ -23,7 +23,7 @@ import torch
 
 from service.sampling import SamplingSpec
 from service.store import ModelConfig, load_entry
-from training.card import write_card
+from training.card import entry_records, write_card
 from training.common import DEFAULT_CACHE, decoded_clips
 from training.synthetic import (
     FULL,
@@ -178,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.card:
-        config = ModelConfig.model_validate_json((args.entry / "model.json").read_text())
-        record = args.entry / "training.json"
-        training = json.loads(record.read_text()) if record.is_file() else {}
+        config, training = entry_records(args.entry)
         baselines = [json.loads(b.read_text()) for b in args.baseline]
         print(f"wrote {write_card(args.entry, config, training, [result, *baselines])}")
     return 0

@@ -26,6 +26,7 @@ import torch
 
 from service.sampling import SamplingSpec
 from service.store import ModelConfig, load_entry
+from training.card import entry_records
 from training.common import DEFAULT_CACHE, decoded_clips
 from training.evaluate import RANGES, evaluate
 from training.synthetic import LABELS, SPLIT_EVAL, sample_clip
@@ -216,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.card:
-        config = ModelConfig.model_validate_json((args.entry / "model.json").read_text())
-        record = args.entry / "training.json"
-        training = json.loads(record.read_text()) if record.is_file() else {}
+        config, training = entry_records(args.entry)
         card = args.entry / "README.md"
         card.write_text(render_card(config, training, result, offline, online_offline))
         print(f"wrote {card}")

@@ -152,45 +152,34 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": True}) if server.ready else not_ready()
 
+    # ServiceErrors raised here reach the app's handler, which answers /v2 paths in the v2 shape.
     async def model_metadata(name: str, version: str | None = None) -> JSONResponse:
-        try:
-            info = oip.model_info(server, name, version)
-            return JSONResponse(oip.model_metadata(info, server.versions_of(info.name)))
-        except ServiceError as e:
-            return v2_error(e)
+        info = oip.model_info(server, name, version)
+        return JSONResponse(oip.model_metadata(info, server.versions_of(info.name)))
 
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
-        try:
-            oip.model_info(server, name, version)
-        except ServiceError as e:
-            return v2_error(e)
+        oip.model_info(server, name, version)
         return JSONResponse({"name": name, "ready": True}) if server.ready else not_ready()
 
     async def model_config(name: str, version: str | None = None) -> JSONResponse:
-        try:
-            info = oip.model_info(server, name, version)
-            return JSONResponse(oip.model_config(info, server.versions_of(info.name)))
-        except ServiceError as e:
-            return v2_error(e)
+        info = oip.model_info(server, name, version)
+        return JSONResponse(oip.model_config(info, server.versions_of(info.name)))
 
     async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
-        rid = request_id(request.headers.get("x-request-id"))
-        try:
-            oip.model_info(server, name, version)
-            classifier = server.require_classifier()
-            body = await _read_body(request, classifier.limits.max_upload_bytes + _FRAMING)
-            head, binary = _parse(body, request.headers.get(HEADER_LENGTH))
-            rid = request_id(head["id"]) if isinstance(head.get("id"), str) and head["id"] else rid
-            videos = _videos(head, binary)
-            wanted, binary_out = _wanted(head)
-            params = head.get("parameters") or {}
-            if not isinstance(params, dict):
-                raise oip.bad("parameters must be a JSON object")
-            result = await oip.infer(server, "v2-http", oip.model_key(name, version), videos, params, wanted, rid,
-                                     None)  # fmt: skip
-        except ServiceError as e:
-            return v2_error(e)
-        return _answer(result, binary_out)
+        rid = request.state.request_id = request_id(request.headers.get("x-request-id"))
+        oip.model_info(server, name, version)
+        classifier = server.require_classifier()
+        body = await _read_body(request, classifier.limits.max_upload_bytes + _FRAMING)
+        head, binary = _parse(body, request.headers.get(HEADER_LENGTH))
+        if isinstance(head.get("id"), str) and head["id"]:
+            rid = request.state.request_id = request_id(head["id"])
+        videos = _videos(head, binary)
+        wanted, binary_out = _wanted(head)
+        params = head.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise oip.bad("parameters must be a JSON object")
+        key = oip.model_key(name, version)
+        return _answer(await oip.infer(server, "v2-http", key, videos, params, wanted, rid, None), binary_out)
 
     app.add_api_route("/v2", metadata, dependencies=guarded, responses=_errors(*auth),
                       summary="Open Inference Protocol: server metadata")  # fmt: skip
