@@ -168,6 +168,17 @@ class _Serving(nn.Module):
         return self.model(self.normalise(x).contiguous())
 
 
+@functools.cache
+def model_code_sha256() -> str:
+    """The code the converted graph is traced from (service/model/): a change to it (a new answer rule,
+    a fixed shift) must never be served from a conversion of the old code, whose random-clip
+    verification could still pass (it did once: OnlineAnswer's padding rule)."""
+    h = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "model").glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 class EngineCache:
     """Folders of converted engines with a manifest of file hashes (rules: module docstring)."""
 
@@ -179,6 +190,7 @@ class EngineCache:
         return {
             "format": CACHE_FORMAT, "engine": engine, "version": version, "precision": precision,
             "weights_sha256": identity.weights_sha256, "clip_shape": list(identity.clip_shape),
+            "graph": model_code_sha256(),
         }  # fmt: skip
 
     def folder(self, key: dict[str, Any]) -> Path:

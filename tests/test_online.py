@@ -259,3 +259,21 @@ def test_options_that_do_not_apply_to_an_online_model_are_a_clear_error(
 def test_stride_sampling_takes_the_last_frames() -> None:
     assert stride_indices(100, 4, 2) == [93, 95, 97, 99]
     assert stride_indices(3, 5, 1) == [0, 0, 0, 1, 2]  # short: the first frame repeats at the start
+
+
+def test_the_clip_answer_leaves_the_windows_padding_out(online_server: InProcessServer) -> None:
+    """A video shorter than the window comes padded in front with copies of its first frame; the
+    smoothed answer sums only the stream's own frames (the last copy counting as its first)."""
+    entry = load_entry(online_server.settings.model_store / "live" / "1")
+    assert isinstance(entry.model, OnlineTSM)
+    torch.manual_seed(5)
+    own = torch.randn(1, 3, 3, 64, 64)  # a stream of 3 frames, padded to a window of 16
+    clip = torch.cat([own[:, :1].expand(1, 13, 3, 64, 64), own], dim=1)
+    with torch.no_grad():
+        logits = entry.model(clip)[0]
+        answer = OnlineAnswer(entry.model, 8)(clip)[0]
+        unpadded = OnlineAnswer(entry.model, 8)(own)[0]
+    torch.testing.assert_close(answer, logits[13:].sum(0))  # the last copy (the stream's first frame) and 2 more
+    torch.testing.assert_close(OnlineAnswer(entry.model, 2)(clip)[0], logits[14:].sum(0))  # smoothing still rules
+    assert not torch.allclose(answer, logits[8:].sum(0))  # what summing the padding would have said
+    torch.testing.assert_close(unpadded, entry.model(own)[0].sum(0))  # no padding: every frame, as before

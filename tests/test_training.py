@@ -385,3 +385,18 @@ def test_a_stream_begins_at_the_clips_first_frame_in_its_window() -> None:
         assert all(b - a == stride for a, b in itertools.pairwise(own))  # on the stride grid ending at the last
         assert own[0] < stride or len(own) == window  # from the grid's first frame (or a full window)
         assert all(i == 0 for i in indices[:start])  # before it: frame 0 as padding
+
+
+def test_the_online_entry_answers_every_example_through_classify(tmp_path: Path) -> None:
+    """/classify with the shipped online entry: the examples are shorter than its window (padded in
+    front), and each is answered right."""
+    store = tmp_path / "store"
+    for entry in (DEFAULT_ENTRY, DEFAULT_ONLINE_ENTRY):
+        shutil.copytree(entry, store / entry.parent.name / "1")
+    with InProcessServer(store, default_model=ENTRY_NAME) as server:
+        for clip in _examples():
+            with clip.open("rb") as f:
+                r = server.http.post("/classify", params={"top_k": 3, "model": DEFAULT_ONLINE_ENTRY.parent.name},
+                                     files={"file": f})  # fmt: skip
+            assert r.status_code == 200, r.text
+            assert r.json()["predictions"][0]["label"] == _expected(clip), (clip.name, r.json()["predictions"])

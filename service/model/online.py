@@ -68,7 +68,12 @@ class OnlineTSM(nn.Module):
 
 class OnlineAnswer(nn.Module):
     """An online model as a clip classifier (``/classify``): ``[B, T, 3, H, W]`` → the sum of the last
-    ``smoothing`` frames' logits ``[B, classes]``, as the official demo smooths a live answer."""
+    ``smoothing`` frames' logits ``[B, classes]``, as the official demo smooths a live answer.
+
+    A video shorter than the window arrives padded in front with copies of its first frame (stride
+    sampling): those copies are no part of the stream and stay out of the sum, which otherwise leans
+    to "nothing moves" (measured: 1 of the 5 example clips right with them in, 71% vs. ~20% of
+    the evaluation clips). The last copy counts as the stream's first frame."""
 
     def __init__(self, model: OnlineTSM, smoothing: int) -> None:
         super().__init__()
@@ -76,4 +81,13 @@ class OnlineAnswer(nn.Module):
         self.smoothing = smoothing
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)[:, -self.smoothing :].sum(dim=1)
+        logits = self.model(x)
+        t = x.shape[1]
+        same = (x == x[:, :1]).flatten(2).all(dim=2)  # [B, T]: frames identical to the first
+        differs = ~same
+        # where the stream begins: the last copy of the first frame (argmax: the first differing one)
+        begin = torch.where(differs.any(dim=1), differs.float().argmax(dim=1) - 1, torch.full_like(same[:, 0], t - 1,
+                            dtype=torch.long))  # fmt: skip
+        position = torch.arange(t, device=x.device)[None]
+        keep = (position >= begin[:, None]) & (position >= t - self.smoothing)
+        return (logits * keep[..., None].to(logits.dtype)).sum(dim=1)
