@@ -20,9 +20,9 @@ top-5 identical; 5e-2 with the top-1 identical for float16/bfloat16 (a looser bo
 round activations to 8-11 bits). A refused engine costs one log line and the runner falls back.
 
 **Cache.** Converted engines live under ``cache_dir/<key>/`` where the key hashes the weights' sha256,
-the engine, its version, the shapes and the precision. ``manifest.json`` holds the sha256 of every
-file; an entry whose files do not match it (truncated, edited) or whose engine fails verification is
-rebuilt, never served.
+the engine, its version, the shapes, the precision and the model code (``service/model/``).
+``manifest.json`` holds the sha256 of every file; an entry whose files do not match it (truncated,
+edited) or whose engine fails verification is rebuilt, never served.
 
 Why one module of this length: choosing an engine is building, verifying and caching it; the three
 share the model's identity and the verification rules.

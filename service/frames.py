@@ -95,8 +95,9 @@ class Preprocess:
             )
         return w, h
 
-    def __call__(self, frame: Frame) -> np.ndarray:
-        w, h = self.check(frame)
+    def __call__(self, frame: Frame, size: tuple[int, int] | None = None) -> np.ndarray:
+        """``size``: what :meth:`check` already returned for this frame (it is not read twice)."""
+        w, h = size or self.check(frame)
         if frame.format == "rgb24":
             image = av.VideoFrame.from_ndarray(np.frombuffer(frame.data, np.uint8).reshape(h, w, 3), format="rgb24")
         else:

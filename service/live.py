@@ -368,8 +368,8 @@ class LiveService:
                 stream.received += 1
                 if index % stream.stride:
                     continue
-                hub.preprocess.check(frame)  # refuses a bad frame at once, before any decoding
-                pixels = await asyncio.to_thread(hub.preprocess, frame)
+                size = hub.preprocess.check(frame)  # refuses a bad frame at once, before any decoding
+                pixels = await asyncio.to_thread(hub.preprocess, frame, size)
                 hub.submit(stream, pixels, index, frame.pts_us, arrived)
         except ServiceError as e:
             stream.end(e)

@@ -590,3 +590,27 @@ def test_the_websocket_example_streams_a_file(srv: InProcessServer, clip: Path) 
     lines = done.stdout.splitlines()
     assert lines and all(line.startswith("frame") and any(label in line for label in LABELS) for line in lines)
     assert lines[-1].startswith("frame   23")  # the clip's last frame is always answered
+
+
+def test_a_stream_past_its_longest_duration_ends_with_a_clear_error(store: Path) -> None:
+    with InProcessServer(store, live_max_duration_s=1.0, live_idle_timeout_s=5.0) as short:
+
+        async def go() -> tuple[int, grpc.StatusCode, str]:
+            async with grpc.aio.insecure_channel(short.grpc_target) as channel:
+                call = pb_grpc.VideoClassifierStub(channel).ClassifyLive()
+                await call.write(pb.LiveRequest(options=pb.LiveOptions()))
+                answered = 0
+                try:
+                    for f in itertools.cycle(moving_frames(4, SIZE)):
+                        await call.write(rgb24(f))  # raises once the server has ended the call
+                        await call.read()
+                        answered += 1
+                        await asyncio.sleep(0.1)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    pass
+                return answered, await call.code(), await call.details()
+
+        answered, code, details = short.run(go(), timeout_s=60)
+    assert answered >= 1
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "longest a live stream may last (1 s)" in details

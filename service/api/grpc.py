@@ -5,6 +5,10 @@ the same error table (``ServiceError.kind.grpc_status``, same message), the stab
 the trailing metadata ``tsm-error-code`` (and ``retry-after-s`` when overloaded). Uploads stream
 into the classifier chunk by chunk; the servicer never holds a whole streamed video. Binding a
 port is left to ``serve()`` in ``service.__main__``.
+
+Why one module of this length: the servicer, its request and error helpers (also used by the Open
+Inference Protocol's servicer, ``service.api.oip_grpc``), the key interceptor and the server they are
+registered on are one front door; ``ClassifyLive`` maps its messages here, its work is ``service.live``.
 """
 
 from __future__ import annotations
