@@ -6,7 +6,8 @@
 Runs in its own virtual environment (``make triton-client``): tritonclient pins protobuf below the
 version our own stubs need, so the two cannot share one. Prints one JSON object: per protocol, the
 server's liveness and readiness, the model's metadata, and for the videos the probabilities
-(``PROBABILITIES``, binary and JSON) and the classification extension's top 3.
+(``PROBABILITIES``, binary and JSON) and the classification extension's top 3; with ``--manage``,
+the repository extension's index, unload and load.
 """
 
 from __future__ import annotations
@@ -56,11 +57,25 @@ def run(client: Any, module: Any, model: str, videos: list[bytes], binary: bool)
     }  # fmt: skip
 
 
+def manage(client: Any, model: str) -> dict[str, Any]:
+    """Triton's model repository extension (HTTP): unload ``model``, then load it again."""
+    listed = client.get_model_repository_index()
+    client.unload_model(model)
+    unloaded_ready = client.is_model_ready(model)
+    index_after_unload = client.get_model_repository_index()
+    client.load_model(model)
+    return {
+        "index": listed, "unloaded_ready": unloaded_ready, "index_after_unload": index_after_unload,
+        "reloaded_ready": client.is_model_ready(model),
+    }  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--http", required=True)
     p.add_argument("--grpc", required=True)
     p.add_argument("--model", required=True)
+    p.add_argument("--manage", metavar="MODEL", help="also unload and load MODEL through the repository extension")
     p.add_argument("videos", nargs="+", type=Path)
     args = p.parse_args()
     videos = [v.read_bytes() for v in args.videos]
@@ -69,6 +84,8 @@ def main() -> int:
         "http_json": run(httpclient.InferenceServerClient(args.http), httpclient, args.model, videos, False),
         "grpc": run(grpcclient.InferenceServerClient(args.grpc), grpcclient, args.model, videos, True),
     }
+    if args.manage:
+        out["repository"] = manage(httpclient.InferenceServerClient(args.http), args.manage)
     json.dump(out, sys.stdout)
     return 0
 

@@ -1,4 +1,8 @@
-"""Optional API-key auth, shared by both front doors: ``Authorization: Bearer <key>`` or ``X-API-Key``."""
+"""Optional API-key auth, shared by both front doors: ``Authorization: Bearer <key>`` or ``X-API-Key``.
+
+Two kinds of key: API keys may call everything but model management; admin keys may also load and
+unload models (``/v2/repository``). No key of either kind configured: auth is off.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +23,48 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    def accepts(self, presented: str) -> bool:
+        # compare_digest with every key: the time taken does not tell which key is closest
+        matches = [hmac.compare_digest(presented.encode(), key) for key in self._keys]
+        return any(matches)
+
     def check(self, authorization: str | None, api_key: str | None) -> None:
         """Raises ``unauthenticated`` unless the Authorization header (``Bearer <key>``) or the
         X-API-Key header carries an accepted key."""
         if not self.enabled:
             return
-        scheme, _, token = (authorization or "").partition(" ")
-        presented = token.strip() if scheme.lower() == "bearer" else api_key
+        presented = presented_key(authorization, api_key)
         if not presented:
             raise ServiceError(
                 ErrorKind.unauthenticated, "this server needs an API key: send 'Authorization: Bearer <key>'"
             )
-        # compare_digest with every key: the time taken does not tell which key is closest
-        matches = [hmac.compare_digest(presented.encode(), key) for key in self._keys]
-        if not any(matches):
+        if not self.accepts(presented):
             raise ServiceError(ErrorKind.unauthenticated, "the API key is not valid")
+
+
+class Access:
+    """Who may call what: ``users`` (API keys, and admin keys) everything but model management,
+    ``admins`` everything."""
+
+    def __init__(self, api_keys: list[SecretStr], admin_keys: list[SecretStr]):
+        self.admins = ApiKeys(admin_keys)
+        self.users = ApiKeys([*api_keys, *admin_keys] if ApiKeys(api_keys).enabled else [])
+
+    def check_admin(self, authorization: str | None, api_key: str | None) -> None:
+        if not self.admins.enabled:
+            if self.users.enabled:
+                raise ServiceError(
+                    ErrorKind.forbidden,
+                    "model management is off on this server: it has API keys but no admin keys "
+                    "(set TSM_ADMIN_API_KEYS to allow it)",
+                )
+            return
+        presented = presented_key(authorization, api_key)
+        if presented and not self.admins.accepts(presented) and self.users.accepts(presented):
+            raise ServiceError(ErrorKind.forbidden, "this key may classify but not manage models: use an admin key")
+        self.admins.check(authorization, api_key)
+
+
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else api_key

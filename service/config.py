@@ -32,6 +32,11 @@ class Settings(BaseSettings):
 
     # --- auth
     api_keys: list[SecretStr] = Field(default_factory=list, description="accepted API keys (JSON list); empty: no auth")
+    admin_api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="keys that may also load and unload models (/v2/repository); with api_keys set and none "
+        "of these, model management is off",
+    )
     auth_public_probes: bool = Field(
         default=True, description="health, readiness, metrics, gRPC health and reflection need no key"
     )
@@ -44,6 +49,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="versions served per model: NAME=latest:N or NAME=specific:V1,V2 (*=... for every model); "
         "default latest:1. Requests pin one as NAME:VERSION",
+    )
+    model_poll_s: float = Field(
+        default=0.0, ge=0, description="check the store this often and load or unload what changed; 0: never"
     )
     default_online_model: str = Field(
         default="", description="online model of live streams that name none; empty: the first online model loaded"

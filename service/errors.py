@@ -18,7 +18,10 @@ class ErrorKind(Enum):
     bad_request = "bad_request"
     empty_upload = "empty_upload"
     unauthenticated = "unauthenticated"
+    forbidden = "forbidden"
     unknown_model = "unknown_model"
+    conflict = "conflict"
+    load_failed = "load_failed"
     too_large = "too_large"
     unsupported_media_type = "unsupported_media_type"
     no_video_stream = "no_video_stream"
@@ -44,7 +47,10 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.bad_request: 400,
     ErrorKind.empty_upload: 400,
     ErrorKind.unauthenticated: 401,
+    ErrorKind.forbidden: 403,
     ErrorKind.unknown_model: 404,
+    ErrorKind.conflict: 409,
+    ErrorKind.load_failed: 422,
     ErrorKind.too_large: 413,
     ErrorKind.unsupported_media_type: 415,
     ErrorKind.no_video_stream: 422,

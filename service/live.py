@@ -238,19 +238,20 @@ class LiveService:
 
     def __init__(self, hubs: dict[str, ModelHub], default_model: str | None, limits: LiveLimits, metrics: Metrics):
         self.hubs, self.default_model, self.limits, self.metrics = hubs, default_model, limits, metrics
+        # Hubs of versions replaced or unloaded (service.repository): their open streams go on.
+        self.retiring: set[ModelHub] = set()
         self.accepting = True
         self._ids = itertools.count(1)
 
     @property
     def active(self) -> int:
-        return sum(len(h.streams) for h in self.hubs.values())
+        return sum(len(h.streams) for h in self._all_hubs())
 
-    def start(self) -> None:
-        for hub in self.hubs.values():
-            hub.start()
+    def _all_hubs(self) -> list[ModelHub]:
+        return [*self.hubs.values(), *self.retiring]
 
     async def stop(self) -> None:
-        for hub in self.hubs.values():
+        for hub in self._all_hubs():
             await hub.stop()
 
     def admit(self) -> None:
@@ -318,7 +319,7 @@ class LiveService:
     def drain(self) -> None:
         """Refuse new streams; every open one gets a final ``draining`` answer and ends."""
         self.accepting = False
-        for hub in self.hubs.values():
+        for hub in self._all_hubs():
             for stream in list(hub.streams.values()):
                 stream.end(shutting_down())
 

@@ -56,6 +56,10 @@ class Metrics:
             "tsm_model_info", "Loaded models (value 1) and the engine serving each.",
             ["name", "version", "arch", "segments", "device", "dtype", "engine"], registry=r,
         )  # fmt: skip
+        self.model_state = Gauge(
+            "tsm_model_state", "Each model version's state (value 1): READY, LOADING, UNLOADING or UNAVAILABLE.",
+            ["name", "version", "state"], registry=r,
+        )  # fmt: skip
         self.ready = Gauge("tsm_ready", "1 when models are warm and the server is not draining.", registry=r)
         self.live_streams = Gauge("tsm_live_streams", "Open live streams.", ["model"], registry=r)
         self.live_frames = Counter(

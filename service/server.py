@@ -10,7 +10,6 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -18,20 +17,19 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from service.auth import ApiKeys
-from service.batching import Batcher, BatcherConfig, BatchInfo
+from service.auth import Access
+from service.batching import Batcher
 from service.classifier import Classifier, LoadedModel
 from service.config import Settings
 from service.decode import DecodeLimits
 from service.decode_pool import DecodePool
-from service.engines import ModelIdentity
 from service.errors import ErrorKind, ServiceError, shutting_down
-from service.live import LiveLimits, LiveService, ModelHub
+from service.live import LiveService
 from service.metrics import Metrics
-from service.model.online import OnlineAnswer, OnlineTSM
+from service.repository import Repository, VersionState
 from service.request import RequestLimits
-from service.runner import Runner, RunnerConfig, resolve_device
-from service.store import StoreError, find_versions, load_entry
+from service.runner import resolve_device
+from service.store import StoreError, find_versions
 from service.uploads import default_spool_dir
 
 log = logging.getLogger("tsm.server")
@@ -66,7 +64,8 @@ class Server:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.api_keys = ApiKeys(settings.api_keys)  # both front doors check the same keys
+        self.access = Access(settings.api_keys, settings.admin_api_keys)
+        self.api_keys = self.access.users  # both front doors check the same keys
         self.metrics = Metrics()
         self.classifier: Classifier | None = None
         self.live: LiveService | None = None
@@ -74,8 +73,8 @@ class Server:
         self.draining = False
         self._pool: DecodePool | None = None
         self._pool_counted = {"jobs": 0, "restarts": 0}
-        self._dropped_counted: dict[tuple[str, str], int] = {}
-        self._runners: list[Runner] = []
+        self._dropped_counted: dict[tuple[Batcher, str], int] = {}
+        self.repository: Repository | None = None
         self._spool_dir: Path | None = None
 
     @property
@@ -111,8 +110,7 @@ class Server:
 
     async def _start(self) -> None:
         s = self.settings
-        all_versions = find_versions(s.model_store)
-        found = {name: dirs[-1] for name, dirs in all_versions.items()}
+        found = find_versions(s.model_store)
         wanted = s.models or sorted(found)
         missing = [name for name in [*wanted, s.default_model] if name not in found]
         if missing:
@@ -122,94 +120,52 @@ class Server:
             )
         if s.default_model not in wanted:
             wanted.append(s.default_model)
-        models: dict[str, LoadedModel] = {}
-        hubs: dict[str, ModelHub] = {}
-        live_limits = LiveLimits.from_settings(s)
         accelerator = resolve_device(s.device).type == "cuda"
         try:
             split = s.cpu_split(accelerator)
         except ValueError as e:
             raise ServiceError(ErrorKind.internal, str(e)) from None
-        runner_config = RunnerConfig.from_settings(s, split.inference_threads)
-        batcher_config = BatcherConfig.from_settings(s)
-        served = []  # (name, version folder, newest served?) in load order
+        self.repository = repository = Repository(s, self.metrics, split.inference_threads)
         for name in wanted:
-            versions = {d.name: d for d in all_versions[name]}
             try:
-                chosen = s.versions_to_serve(name, list(versions))
-            except ValueError as e:
-                raise StoreError(str(e)) from None
-            served += [(name, versions[v], v == chosen[-1]) for v in chosen]  # versions: folder names
-        for name, folder, newest in served:
-            t0 = time.monotonic()
-            entry = await asyncio.to_thread(load_entry, folder)
-            c = entry.config
-            # The newest served version answers to the bare name; every version to NAME:VERSION.
-            key = name if newest else f"{name}:{folder.name}"
-            # An online model classifies a clip by its last `window` frames, smoothed (OnlineAnswer).
-            model = OnlineAnswer(entry.model, c.smoothing) if isinstance(entry.model, OnlineTSM) else entry.model
-            frames = c.window if c.online else c.num_segments
-            identity = ModelIdentity(c.arch, c.weights_sha256, (frames, c.input_size, c.input_size, 3))
-            runner = Runner(model, mean=c.mean, std=c.std, num_segments=frames, input_size=c.input_size,
-                            config=runner_config, identity=identity)  # fmt: skip
-            self._runners.append(runner)
-            await asyncio.to_thread(runner.warmup)
-            batcher = Batcher(runner, batcher_config, name=key, on_batch=self._batch_observer(key))
-            await batcher.start()
-            models[key] = models[f"{name}:{folder.name}"] = LoadedModel(entry, batcher)
-            if c.online and newest:  # live streams step the same weights frame by frame (service.live)
-                hubs[name] = hub = ModelHub(name, entry, live_limits, self.metrics)
-                await asyncio.to_thread(hub.choose_engine, s.engine, s.dtype, split.inference_threads)
-                log.info("model %s: live streams on engine %s", name, hub.engine.label)
-            self.metrics.model_info.labels(
-                key,
-                c.version,
-                c.arch,
-                str(c.num_segments),
-                str(runner.device),
-                runner.engine.precision,
-                runner.engine.name,
-            ).set(1)
-            log.info("model %s/%s ready on %s with engine %s in %.1f s", name, c.version, runner.device,
-                     runner.engine.label, time.monotonic() - t0)  # fmt: skip
+                await repository.load(name)
+            except ServiceError as e:
+                raise StoreError(e.message) from None
         # Decode workers: as many as keep the default model busy (its warm-up time per clip).
-        default_runner = models[s.default_model].batcher.runner
+        default_runner = repository.models[s.default_model].batcher.runner
         split = s.cpu_split(accelerator, default_runner.warmup_s.get(1, 0.0))
         log.info("%s", split.describe())
         self._pool = DecodePool(DecodeLimits.from_settings(s), split.decode_workers, split.decode_threads)
         await self._pool.start()
         self._spool_dir = default_spool_dir(s.spool_dir)
         limits = RequestLimits.from_settings(s)
-        self.classifier = Classifier(models, s.default_model, self._pool, self._spool_dir, limits, self.metrics)
+        self.classifier = Classifier(
+            repository.models, s.default_model, self._pool, self._spool_dir, limits, self.metrics
+        )
+        hubs = repository.hubs
         online_default = s.default_online_model or next(iter(sorted(hubs)), None)
         if online_default is not None and online_default not in hubs:
             raise StoreError(
                 f"default_online_model {online_default!r} is not an online model loaded here "
                 f"(online models: {', '.join(sorted(hubs)) or 'none'})"
             )
-        self.live = LiveService(hubs, online_default, live_limits, self.metrics)
-        self.live.start()
+        self.live = repository.live = LiveService(hubs, online_default, repository.live_limits, self.metrics)
+        if s.model_poll_s > 0:
+            repository.start_polling(s.model_poll_s)
         self.metrics.ready.set(1)
-
-    def _batch_observer(self, name: str) -> Callable[[BatchInfo], None]:
-        clips = self.metrics.batch_clips.labels(name)
-        seconds = self.metrics.batch_duration.labels(name)
-
-        def observe(info: BatchInfo) -> None:
-            clips.observe(info.size)
-            seconds.observe(info.inference_s)
-
-        return observe
 
     def refresh_gauges(self) -> None:
         """Gauges read at scrape time rather than on every change."""
         if self.classifier is not None:
-            for name, model in self.loaded():
-                self.metrics.queue_clips.labels(name).set(model.batcher.pending_clips)
-                for reason, total in model.batcher.dropped_clips.items():
-                    counted = self._dropped_counted.get((name, reason), 0)
-                    self.metrics.dropped_clips.labels(name, reason).inc(total - counted)
-                    self._dropped_counted[name, reason] = total
+            batchers = [model.batcher for _, model in self.loaded()]
+            # Batchers keep lifetime totals; a reload brings a new batcher under the same label.
+            self._dropped_counted = {k: v for k, v in self._dropped_counted.items() if k[0] in batchers}
+            for batcher in batchers:
+                self.metrics.queue_clips.labels(batcher.name).set(batcher.pending_clips)
+                for reason, total in batcher.dropped_clips.items():
+                    counted = self._dropped_counted.get((batcher, reason), 0)
+                    self.metrics.dropped_clips.labels(batcher.name, reason).inc(total - counted)
+                    self._dropped_counted[batcher, reason] = total
         if self._pool is not None:
             stats = self._pool.stats()
             for state in ("workers", "busy", "idle", "queued"):
@@ -254,28 +210,24 @@ class Server:
     async def stop(self) -> None:
         if self.live is not None:
             await self.live.stop()
-        if self.classifier is not None:
-            for _, model in self.loaded():
-                await model.batcher.stop()
-        for runner in self._runners:
-            runner.close()
+        if self.repository is not None:
+            await self.repository.close()
         if self._pool is not None:
             await self._pool.close()
         if self._spool_dir is not None and self.settings.spool_dir is None:  # ours: a fresh dir per start
             shutil.rmtree(self._spool_dir, ignore_errors=True)
 
     def models_info(self) -> list[ModelInfo]:
-        """Every served version, by model name, oldest version first."""
-        infos = [self._info(key, model) for key, model in self.loaded()]
-        return sorted(
-            infos, key=lambda i: (i.name, (0, int(i.version), "") if i.version.isdigit() else (1, 0, i.version))
-        )
+        """Every serving version, by model name, oldest version first."""
+        return [self._info(key, model) for key, model in self.loaded()]
 
     def _info(self, key: str, model: LoadedModel) -> ModelInfo:
         c = model.entry.config
         assert self.classifier is not None
+        name = key.split(":")[0]
+        default = name == self.classifier.default_model and self.classifier.models.get(name) is model
         return ModelInfo(
-            name=key.split(":")[0], version=c.version, default=key == self.classifier.default_model,
+            name=name, version=c.version, default=default,
             arch=c.arch, num_segments=c.num_segments, num_classes=c.num_classes,
             input_size=c.input_size, scale_size=c.scale_size, resize=c.resize, shift=c.shift,
             untrained=c.untrained, source=c.source, online=c.online, engine=model.batcher.runner.engine.name,
@@ -283,11 +235,11 @@ class Server:
         )  # fmt: skip
 
     def loaded(self) -> list[tuple[str, LoadedModel]]:
-        """Each served version once, under the name its batcher and metrics use (the bare name for the
-        newest served version of a model, NAME:VERSION for older ones)."""
-        if self.classifier is None:
+        """Each serving version once, as NAME:VERSION, by model name, oldest version first."""
+        if self.repository is None or self.classifier is None:
             return []
-        return [(key, m) for key, m in self.classifier.models.items() if m.batcher.name == key]
+        served = self.repository.served
+        return [(f"{name}:{s.version}", s.model) for name in sorted(served) for s in served[name]]
 
     def model_info(self, name: str) -> ModelInfo:
         """``name``: a model (its newest served version) or NAME:VERSION."""
@@ -295,7 +247,18 @@ class Server:
         if model is None:
             known = ", ".join(sorted({info.name for info in self.models_info()})) or "none"
             raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; loaded models: {known}")
-        return self._info(model.batcher.name, model)
+        return self._info(f"{name.split(':')[0]}:{model.entry.path.name}", model)
+
+    def version_state(self, name: str, version: str | None) -> tuple[str, str] | None:
+        """The repository state of NAME's VERSION (its newest serving or loading version if None)."""
+        if self.repository is None:
+            return None
+        if version is None:
+            return ("LOADING", "") if self.repository.loading(name) and name not in self.repository.served else None
+        return self.repository.state(name, version)
+
+    def repository_index(self, ready_only: bool = False) -> list[VersionState]:
+        return self.repository.index(ready_only) if self.repository is not None else []
 
     def versions_of(self, name: str) -> list[str]:
         """The served versions of model ``name``, oldest first."""

@@ -171,11 +171,12 @@ def find_versions(store: Path) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for config_file in sorted(store.glob(f"*/*/{MODEL_JSON}")):
         found.setdefault(config_file.parent.parent.name, []).append(config_file.parent)
+    return {name: sorted(dirs, key=lambda d: version_key(d.name)) for name, dirs in found.items()}
 
-    def version_key(p: Path) -> tuple[int, str]:
-        return (int(p.name), "") if p.name.isdigit() else (-1, p.name)
 
-    return {name: sorted(dirs, key=version_key) for name, dirs in found.items()}
+def version_key(version: str) -> tuple[int, str]:
+    """Versions order as integers where they are (2 before 10), other names first, by name."""
+    return (int(version), "") if version.isdigit() else (-1, version)
 
 
 def find_entries(store: Path) -> dict[str, Path]:

@@ -201,7 +201,9 @@ def test_openapi_spec_tells_the_truth(server: InProcessServer) -> None:
     done = subprocess.run(
         [ROOT / ".venv/bin/schemathesis", "--config-file", ROOT / "tests/schemathesis.toml", "run",
          f"{server.url}/openapi.json", "--max-examples", "25", "--checks", "all",
-         "--exclude-checks", "positive_data_acceptance", "--seed", "7"],
+         "--exclude-checks", "positive_data_acceptance", "--seed", "7",
+         # loading and unloading would change the shared server under the other tests (test_repository)
+         "--exclude-path-regex", "^/v2/repository/models/"],
         capture_output=True, text=True, timeout=240, cwd=ROOT / "tests",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:]

@@ -9,6 +9,7 @@ the network pixel for pixel and the reference is the model itself, run over the 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import itertools
 import json
 import re
@@ -65,10 +66,10 @@ def srv(store: Path) -> Iterator[InProcessServer]:
         yield s
 
 
-def reference(store: Path, frames: list[np.ndarray]) -> np.ndarray:
+def reference(store: Path, frames: list[np.ndarray], version: str = "1") -> np.ndarray:
     """Per-frame logits of the online model over ``frames``, run as one causal clip from zero state."""
-    model = load_entry(store / "live" / "1").model
-    c = load_entry(store / "live" / "1").config
+    entry = load_entry(store / "live" / version)
+    model, c = entry.model, entry.config
     x = Normalise(c.mean, c.std)(torch.from_numpy(np.stack(frames))[None]).contiguous()
     with torch.no_grad():
         return model(x)[0].numpy()
@@ -590,6 +591,45 @@ def test_the_websocket_example_streams_a_file(srv: InProcessServer, clip: Path) 
     lines = done.stdout.splitlines()
     assert lines and all(line.startswith("frame") and any(label in line for label in LABELS) for line in lines)
     assert lines[-1].startswith("frame   23")  # the clip's last frame is always answered
+
+
+def test_a_reload_moves_new_streams_to_the_new_version_while_open_ones_finish_on_theirs(
+    store: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(store, tmp_path / "store")
+    store = tmp_path / "store"
+    frames = moving_frames(8, SIZE)
+
+    async def scenario(srv: InProcessServer) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with grpc.aio.insecure_channel(srv.grpc_target) as channel, srv.async_client() as admin:
+            old = pb_grpc.VideoClassifierStub(channel).ClassifyLive()
+            await old.write(pb.LiveRequest(options=pb.LiveOptions(model="live")))
+            answers = []
+            for f in frames[:4]:
+                await old.write(rgb24(f))
+                answers.append(as_dict(await old.read()))
+            write_random_entry(store, name="live", labels=LABELS, online=True, width_mult=0.5, input_size=SIZE,
+                               scale_size=SIZE, window=8, smoothing=SMOOTHING, seed=9, version="2")  # fmt: skip
+            loaded = await admin.post("/v2/repository/models/live/load")
+            assert loaded.status_code == 200 and loaded.json()["versions"] == ["2"], loaded.text
+            new = await lockstep(srv.grpc_target, [rgb24(f) for f in frames], model="live")
+            for f in frames[4:]:  # the open stream goes on, on version 1 and its carried state
+                await old.write(rgb24(f))
+                answers.append(as_dict(await old.read()))
+            await old.done_writing()
+            assert await old.read() == grpc.aio.EOF
+            assert srv.server.live is not None
+            for _ in range(100):  # version 1's hub stops once its last stream is gone
+                if not srv.server.live.retiring:
+                    break
+                await asyncio.sleep(0.05)
+            assert not srv.server.live.retiring
+            return answers, new
+
+    with InProcessServer(store) as srv:
+        old_answers, new_answers = srv.run(scenario(srv))
+        assert_answers_match(old_answers, reference(store, frames, "1"))
+        assert_answers_match(new_answers, reference(store, frames, "2"))
 
 
 def test_a_stream_past_its_longest_duration_ends_with_a_clear_error(store: Path) -> None:

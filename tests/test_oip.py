@@ -240,11 +240,17 @@ def test_tritonclient_http_and_grpc_work_unchanged(server: InProcessServer, clip
         pytest.fail("`.venv-triton` not found: run `make triton-client` (`make test` does)")
     done = subprocess.run(
         [python, ROOT / "harness" / "triton_check.py", "--http", server.url.removeprefix("http://"),
-         "--grpc", server.grpc_target, "--model", "tiny", clip, SAMPLE_VIDEOS[0]],
+         "--grpc", server.grpc_target, "--model", "tiny", "--manage", "tiny4", clip, SAMPLE_VIDEOS[0]],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    for protocol, out in json.loads(done.stdout).items():
+    results = json.loads(done.stdout)
+    repository = results.pop("repository")  # unload, then load tiny4 again: its tables are as before
+    assert {"name": "tiny4", "version": "1", "state": "READY", "reason": ""} in repository["index"]
+    assert repository["unloaded_ready"] is False and repository["reloaded_ready"] is True
+    after = [(v["state"], v["reason"]) for v in repository["index_after_unload"] if v["name"] == "tiny4"]
+    assert after in ([("UNLOADING", "unloaded")], [("UNAVAILABLE", "unloaded")]), after  # closing, or closed
+    for protocol, out in results.items():
         assert out["live"] and out["ready"] and out["model_ready"], protocol
         assert out["metadata"]["name"] == "tiny" and out["metadata"]["versions"] == ["1"]
         assert out["metadata"]["inputs"] == [{"name": "VIDEO", "datatype": "BYTES", "shape": [-1]}]

@@ -51,8 +51,10 @@ _DEFAULTS = ClassifyOptions()
 GRPC_STATUS: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
@@ -121,7 +123,10 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[_model_info(info) for info in self._server.models_info()])
+        return pb.ListModelsResponse(
+            models=[_model_info(info) for info in self._server.models_info()],
+            repository=[pb.ModelVersionState(**v.model_dump()) for v in self._server.repository_index()],
+        )
 
 
 # ------------------------------------------------------------------------- requests and errors

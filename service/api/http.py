@@ -22,6 +22,7 @@ from service.classifier import Classification
 from service.decode import VideoFacts
 from service.errors import ErrorKind, ServiceError
 from service.metrics import STAGES
+from service.repository import VersionState
 from service.request import (
     CROPS,
     MAX_CLIPS,
@@ -74,7 +75,8 @@ class ClassifyResponse(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="the serving versions")
+    repository: list[VersionState] = Field(description="every version in the store or known here, with its state")
 
 
 class ReadyResponse(BaseModel):
@@ -165,6 +167,15 @@ async def _require_key(
     server.api_keys.check(request.headers.get("authorization"), api_key)
 
 
+async def _require_admin(
+    request: Request,
+    server: ServerDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    api_key: Annotated[str | None, Depends(_API_KEY)],
+) -> None:
+    server.access.check_admin(request.headers.get("authorization"), api_key)
+
+
 # ---------------------------------------------------------------------------- error handlers
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
@@ -181,18 +192,22 @@ async def _bad_params(request: Request, exc: Exception) -> JSONResponse:
     problems = "; ".join(
         f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}" for err in exc.errors()
     )
-    return error_response(ServiceError(ErrorKind.bad_request, f"invalid request parameters: {problems}"))
+    return await _service_error(request, ServiceError(ErrorKind.bad_request, f"invalid request parameters: {problems}"))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    body = {"error": {"code": f"http_{exc.status_code}", "message": str(exc.detail)}}
-    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    error: object = {"code": f"http_{exc.status_code}", "message": str(exc.detail)}
+    if request.url.path.startswith("/v2"):  # the Open Inference Protocol's shape
+        error = str(exc.detail)
+    return JSONResponse({"error": error}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)  # the traceback stays in the server log
-    return error_response(ServiceError(ErrorKind.internal, "internal error; the request was not processed"))
+    return await _service_error(
+        request, ServiceError(ErrorKind.internal, "internal error; the request was not processed")
+    )
 
 
 # ------------------------------------------------------------------------------------ routes
@@ -224,7 +239,7 @@ async def classify(
 
 
 async def list_models(server: ServerDep) -> ModelsResponse:
-    return ModelsResponse(models=server.models_info())
+    return ModelsResponse(models=server.models_info(), repository=server.repository_index())
 
 
 async def get_model(name: str, server: ServerDep) -> ModelInfo:
@@ -281,7 +296,9 @@ def create_app(server: Server) -> FastAPI:
     app.add_api_route("/metrics", metrics, summary="Prometheus metrics", response_class=Response,
                       dependencies=probe_guard)  # fmt: skip
     add_live_routes(app, server, error_response)
-    add_oip_routes(app, server, guarded, probe_guard)
+    # Model management: open like the rest when no key is configured, else admin keys only.
+    admin_guard = [Depends(_require_admin)] if keys_on or server.access.admins.enabled else []
+    add_oip_routes(app, server, guarded, probe_guard, admin_guard)
     return app
 
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from service import oip
 from service.errors import ErrorKind, ServiceError
+from service.repository import Repository, VersionState
 from service.request import request_id, retry_after_header
 from service.server import Server
 
@@ -134,8 +135,51 @@ def _answer(result: oip.InferResult, binary: bool) -> Response:
     )
 
 
-def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], probe_guard: Sequence[Depends]) -> None:
-    """The v2 routes; ``guarded``/``probe_guard``: the API-key dependencies of the other routes."""
+class IndexRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    ready: bool = Field(default=False, description="only versions that are READY")
+
+
+class LoadRequest(BaseModel):
+    parameters: dict[str, Any] = Field(default_factory=dict, description="accepted and ignored (Triton's config "
+                                       "overrides do not apply: a version is its store entry)")  # fmt: skip
+
+
+Body = TypeVar("Body", IndexRequest, LoadRequest)
+
+
+class LoadResponse(BaseModel):
+    name: str
+    versions: list[str] = Field(description="the versions serving now, oldest first")
+
+
+async def _small_json(request: Request, schema: type[Body]) -> Body:
+    """An optional JSON object body, whatever its content type (tritonclient sends none)."""
+    raw = await _read_body(request, _FRAMING)
+    if not raw.strip():
+        return schema()
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
+        raise oip.bad(f"invalid request body: {problems}") from None
+
+
+def _body(schema: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI of an optional JSON body that the route reads itself."""
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": schema.model_json_schema()}}}}
+
+
+def add_oip_routes(
+    app: FastAPI,
+    server: Server,
+    guarded: Sequence[Depends],
+    probe_guard: Sequence[Depends],
+    admin_guard: Sequence[Depends],
+) -> None:
+    """The v2 routes; ``guarded``/``probe_guard``: the API-key dependencies of the other routes;
+    ``admin_guard``: model management's."""
     auth = (401,) if guarded else ()
     probe_auth = (401,) if probe_guard else ()
 
@@ -158,6 +202,9 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
         return JSONResponse(oip.model_metadata(info, server.versions_of(info.name)))
 
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
+        state = server.version_state(name, version)
+        if state is not None and state[0] == "LOADING":
+            return JSONResponse({"error": f"model {name} is loading"}, status_code=503)
         oip.model_info(server, name, version)
         return JSONResponse({"name": name, "ready": True}) if server.ready else not_ready()
 
@@ -181,6 +228,24 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
         key = oip.model_key(name, version)
         return _answer(await oip.infer(server, "v2-http", key, videos, params, wanted, rid, None), binary_out)
 
+    def repository() -> Repository:
+        if server.repository is None or server.classifier is None:
+            raise ServiceError(ErrorKind.not_ready, "the server is still loading its models; retry shortly")
+        return server.repository
+
+    async def repository_index(request: Request) -> list[VersionState]:
+        body = await _small_json(request, IndexRequest)
+        return repository().index(ready_only=body.ready)
+
+    async def load(request: Request, name: str) -> LoadResponse:
+        await _small_json(request, LoadRequest)
+        return LoadResponse(name=name, versions=await repository().load(name))
+
+    async def unload(request: Request, name: str) -> JSONResponse:
+        await _small_json(request, LoadRequest)
+        await repository().unload(name)
+        return JSONResponse({})
+
     app.add_api_route("/v2", metadata, dependencies=guarded, responses=_errors(*auth),
                       summary="Open Inference Protocol: server metadata")  # fmt: skip
     app.add_api_route("/v2/health/live", live, dependencies=probe_guard, responses=_errors(*probe_auth),
@@ -197,3 +262,15 @@ def add_oip_routes(app: FastAPI, server: Server, guarded: Sequence[Depends], pro
         app.add_api_route(f"{base}/infer", model_infer, methods=["POST"], dependencies=guarded,
                           responses=_errors(400, *auth, 404, 413, 415, 422, 429, 500, 503, 504),
                           summary="v2 inference: VIDEO (BYTES, binary tensor data) → PROBABILITIES")  # fmt: skip
+    management = _errors(400, 401, 403, 404, 503)
+    app.add_api_route("/v2/repository/index", repository_index, methods=["POST"], dependencies=admin_guard,
+                      response_model=list[VersionState], responses=management, openapi_extra=_body(IndexRequest),
+                      summary="Model repository: every version and its state")  # fmt: skip
+    app.add_api_route("/v2/repository/models/{name}/load", load, methods=["POST"], dependencies=admin_guard,
+                      response_model=LoadResponse, responses={**management, **_errors(422)},
+                      openapi_extra=_body(LoadRequest),
+                      summary="Load or reload a model's versions from the store (refused: the old ones keep "
+                      "serving)")  # fmt: skip
+    app.add_api_route("/v2/repository/models/{name}/unload", unload, methods=["POST"], dependencies=admin_guard,
+                      responses={**management, **_errors(409)}, openapi_extra=_body(LoadRequest),
+                      summary="Unload a model once its in-flight requests finish")  # fmt: skip
