@@ -9,10 +9,10 @@ the network pixel for pixel and the reference is the model itself, run over the 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import itertools
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
