@@ -17,6 +17,8 @@ install: $(STAMP)
 system-deps:
 	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } \
 	  || echo "warning: install the Debian package 'prometheus' (promtool) for the observability tests"
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server; } \
+	  || echo "warning: install the Debian package 'redis-server' for the shared result cache tests"
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
 	  || echo "warning: install the Debian package 'chromium' for the live page's browser test"
 

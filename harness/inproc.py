@@ -33,9 +33,11 @@ _CALL_TIMEOUT_S = 300.0  # no test waits on the server longer than this
 # Small batches: warming up every batch size is most of a start (4 clips: ~0.7 s less than 16).
 # Two decode workers exercise the pool's concurrency on any machine (the budget says two cores to allow them).
 # The torch engine starts at once; the engine choice itself is tested by servers that pass engine="auto".
+# Tests and benches send the same clips again and again to measure batching, decoding and load: the
+# result cache would answer them from memory, so it is off unless a test turns it on (cache_entries).
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1", "default_model": "tiny", "decode_workers": 2, "cpu_budget": 2, "log_level": "WARNING",
-    "max_batch_clips": 4, "engine": "torch",
+    "max_batch_clips": 4, "engine": "torch", "cache_entries": 0,
 }  # fmt: skip
 
 

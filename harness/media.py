@@ -208,3 +208,29 @@ def moving_frames(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
         frame[size // 3 : size // 3 + size // 4, x : x + size // 4] = (255, 220, 40)
         frames.append(frame)
     return frames
+
+
+def two_actions_video(path: Path, first: str, second: str, seconds_each: float = 4.0, fps: int = 15,
+                      size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:  # fmt: skip
+    """A video whose action changes halfway: ``first`` for ``seconds_each``, then ``second`` (labels of
+    the synthetic-motion task, each its own scene as the generator renders it), H.264 MP4."""
+    from training import synthetic  # the generator of the default model's task
+
+    frames = round(seconds_each * fps)
+    width, height = size
+    clips = []
+    for label in (first, second):
+        spec = synthetic.example_spec(label, 0, seed)
+        spec = synthetic.replace(spec, width=width, height=height, fps=fps, frames=frames)
+        clips.append([img for img, _ in synthetic.render(spec)])
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps), options={"crf": "20", "x264-params": "threads=1"})
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i, img in enumerate(clips[0] + clips[1]):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path

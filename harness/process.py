@@ -52,7 +52,7 @@ class ServerProcess:
         env = {**os.environ, "TSM_HOST": "127.0.0.1", "TSM_HTTP_PORT": str(self.http_port),
                "TSM_GRPC_PORT": str(self.grpc_port), "TSM_MODEL_STORE": str(store), "TSM_DEFAULT_MODEL": "tiny",
                "TSM_DECODE_WORKERS": "2", "TSM_CPU_BUDGET": "2", "TSM_ENGINE": "torch",
-               "TSM_LOG_LEVEL": "WARNING"}  # as harness.inproc.DEFAULTS  # fmt: skip
+               "TSM_LOG_LEVEL": "WARNING", "TSM_CACHE_ENTRIES": "0"}  # as harness.inproc.DEFAULTS  # fmt: skip
         env.update({f"TSM_{k.upper()}": str(v) for k, v in settings.items()})
         self.log = open(store.parent / f"server-{self.http_port}.log", "w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -106,3 +106,43 @@ def tool(name: str, install: str) -> str:
 
         pytest.fail(f"`{name}` not found: {install}")
     return found
+
+
+class RedisProcess:
+    """A real ``redis-server`` (Debian package) on a free loopback port, nothing kept on disk."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._directory = directory
+        self.start()
+
+    def start(self) -> None:
+        server = tool("redis-server", "install the Debian package 'redis-server' (make system-deps)")
+        self.proc = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self._directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        """Kills it (SIGKILL: as a crash looks to its clients)."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def __enter__(self) -> RedisProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -74,6 +74,7 @@ class BatchInfo:
 @dataclass
 class InferResult:
     logits: np.ndarray  # float32 [C]: mean over the request's views of the logits
+    view_logits: np.ndarray  # float32 [V, C]: each view's (a timeline's windows)
     queue_ms: float  # time inside infer() not spent in the model (waiting for batches)
     inference_ms: float  # summed time of the batches that held the request's clips
 
@@ -107,6 +108,13 @@ class Reservation:
         if not self.released:
             self.released = True
             self.batcher._reserved -= self.clips
+
+    def grow(self, clips: int) -> None:
+        """Admit ``clips`` more for the same request (a timeline's windows, known once decoded)."""
+        if clips > 0:
+            extra = self.batcher.reserve(clips)  # refused (429) like a new request when over capacity
+            extra.released = True  # its clips are this reservation's now, released with it
+            self.clips += clips
 
     def __enter__(self) -> Reservation:
         return self
@@ -415,7 +423,7 @@ class Batcher:
                 if req.scored == req.views:
                     infer_ms, total_ms = req.inference_s * 1000, (done - req.submitted) * 1000
                     mean = req.logits.mean(axis=0)
-                    req.future.set_result(InferResult(mean, max(0.0, total_ms - infer_ms), infer_ms))
+                    req.future.set_result(InferResult(mean, req.logits, max(0.0, total_ms - infer_ms), infer_ms))
         if self.on_batch is not None:
             failed = None if batch.error is None else type(batch.error).__name__
             info = BatchInfo(

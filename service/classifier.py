@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.batching import Batcher, Reservation
+from service.batching import Batcher, InferResult, Reservation
+from service.cache import ResultCache
 from service.decode import VideoFacts
 from service.decode_pool import DecodePool
 from service.errors import ErrorKind, ServiceError, shutting_down
@@ -26,7 +30,7 @@ from service.metrics import Metrics
 from service.request import ClassifyOptions, RequestLimits
 from service.sampling import SamplingSpec
 from service.store import StoreEntry
-from service.uploads import spool_upload
+from service.uploads import Spooled, spool_upload
 
 log = logging.getLogger("tsm.request")
 
@@ -36,6 +40,36 @@ class Prediction:
     label: str
     index: int
     score: float
+
+
+@dataclass(frozen=True)
+class TimelineWindow:
+    index: int
+    start_s: float
+    end_s: float
+    predictions: list[Prediction]
+
+
+@dataclass(frozen=True)
+class TimelineSegment:
+    """Consecutive windows with the same top-1 label, merged; ``score``: its mean probability over them."""
+
+    label: str
+    index: int
+    start_s: float
+    end_s: float
+    score: float
+
+
+WindowCallback = Callable[[TimelineWindow], None]
+
+
+@dataclass
+class Timeline:
+    window_s: float
+    stride_s: float
+    windows: list[TimelineWindow]
+    segments: list[TimelineSegment]
 
 
 @dataclass
@@ -50,6 +84,31 @@ class Classification:
     crops: int
     timings_ms: dict[str, float]
     probabilities: np.ndarray  # softmax over every class (the Open Inference Protocol's output)
+    timeline: Timeline | None = None
+    cache: str = ""  # "hit" or "miss" when the result cache is on, else ""
+
+    def encode(self) -> bytes:
+        """The answer as the result cache keeps it: everything but this request's id, timings and cache."""
+        body = dataclasses.asdict(self)
+        for key in ("request_id", "timings_ms", "cache"):
+            del body[key]
+        body["probabilities"] = [float(p) for p in self.probabilities]
+        return json.dumps(body).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, request_id: str, timings_ms: dict[str, float]) -> Classification:
+        body = json.loads(raw)
+        timeline = body.pop("timeline")
+        if timeline is not None:
+            windows = [TimelineWindow(**{**w, "predictions": [Prediction(**p) for p in w["predictions"]]})
+                       for w in timeline["windows"]]  # fmt: skip
+            segments = [TimelineSegment(**seg) for seg in timeline["segments"]]
+            timeline = Timeline(timeline["window_s"], timeline["stride_s"], windows, segments)
+        return cls(
+            request_id=request_id, timings_ms=timings_ms, timeline=timeline, cache="hit",
+            predictions=[Prediction(**p) for p in body.pop("predictions")], video=VideoFacts(**body.pop("video")),
+            probabilities=np.asarray(body.pop("probabilities"), np.float64), **body,
+        )  # fmt: skip
 
 
 @dataclass
@@ -63,7 +122,7 @@ class Admission:
     """A request that passed admission: its model, its clip budget and its deadline."""
 
     model: LoadedModel
-    options: ClassifyOptions
+    options: ClassifyOptions  # a timeline's window_s and stride_s filled in
     reservation: Reservation
     deadline: float  # time.monotonic()
     started: float = field(default_factory=time.monotonic)
@@ -79,8 +138,10 @@ class Classifier:
         spool_dir: Path,
         limits: RequestLimits,
         metrics: Metrics,
+        cache: ResultCache | None = None,
     ):
         self.models = models
+        self.cache = cache
         self.spool_dir = spool_dir
         self.default_model = default_model
         self.pool = pool
@@ -114,8 +175,10 @@ class Classifier:
         upload: AsyncIterable[bytes],
         request_id: str,
         timeout_s: float | None = None,
+        on_window: WindowCallback | None = None,
     ) -> Classification:
-        """Admit, receive the upload, decode, score, answer; records the request's metrics."""
+        """Admit, receive the upload, decode, score, answer; records the request's metrics. A
+        timeline's windows also go to ``on_window`` as they are scored (in order), for streaming."""
         code = "ok"
         timings: dict[str, float] = {}
         model_label = options.model or self.default_model
@@ -127,8 +190,8 @@ class Classifier:
             admission = self._admit(options, timeout_s)
             timings = admission.timings_ms
             try:
-                video = await self._receive(admission, upload)
-                result = await self._classify(admission, video, request_id)
+                spooled = await self._receive(admission, upload)
+                result = await self._answer(admission, spooled, request_id, on_window)
             finally:
                 admission.reservation.release()
             for stage, ms in result.timings_ms.items():
@@ -166,11 +229,14 @@ class Classifier:
         model = self.resolve(options.model)
         config = model.entry.config
         options.check(config.num_classes, self.limits.max_clips)
-        if config.online and (options.views > 1 or options.sampling != "uniform"):
+        if options.timeline:  # the model's clip span and half of it, unless asked otherwise
+            window_s = options.window_s or config.clip_span_s
+            options = dataclasses.replace(options, window_s=window_s, stride_s=options.stride_s or window_s / 2)
+        if config.online and (options.views > 1 or options.sampling != "uniform" or options.timeline):
             raise ServiceError(
                 ErrorKind.bad_request,
-                f"{config.name} is an online model: it answers from the video's last frames, so clips, crops and "
-                "sampling do not apply; leave them at their defaults",
+                f"{config.name} is an online model: it answers from the video's last frames, so clips, crops, "
+                "sampling and timelines do not apply; leave them at their defaults",
             )
         deadline = time.monotonic() + self.limits.timeout(timeout_s)
         try:
@@ -195,12 +261,65 @@ class Classifier:
             raise ServiceError(ErrorKind.deadline_exceeded, "the request deadline passed before the video was scored")
         return left
 
-    async def _receive(self, admission: Admission, upload: AsyncIterable[bytes]) -> Path:
+    async def _receive(self, admission: Admission, upload: AsyncIterable[bytes]) -> Spooled:
         """Spool the upload to a private temp file, enforcing the byte limit while reading."""
         with self._stage(admission, "upload"):
             return await spool_upload(upload, self.spool_dir, self.limits.max_upload_bytes)
 
-    async def _classify(self, admission: Admission, video: Path, request_id: str) -> Classification:
+    def cache_key(self, admission: Admission, upload_sha256: str) -> str:
+        """The upload, the model version exactly (weights, config, engine) and every option that changes
+        the answer: a new version never gets an old version's answer."""
+        model, o = admission.model, admission.options
+        c, engine = model.entry.config, model.batcher.runner.engine
+        parts = [upload_sha256, c.name, c.version, c.weights_sha256, hashlib.sha256(c.model_dump_json().encode())
+                 .hexdigest(), engine.name, engine.precision, o.top_k, o.clips, o.crops, o.sampling, o.timeline,
+                 o.window_s, o.stride_s]  # fmt: skip
+        return "tsm:answer:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    async def _answer(
+        self, admission: Admission, spooled: Spooled, request_id: str, on_window: WindowCallback | None
+    ) -> Classification:
+        """From the result cache when it has the answer (identical requests in flight: computed once),
+        else decoded and scored. Deletes the upload when done, whatever happens."""
+        cache = self.cache
+        if cache is None:
+            return await self._classify(admission, spooled.path, request_id, on_window)
+        if not admission.options.use_cache:
+            self.metrics.cache_requests.labels("bypass").inc()
+            result = await self._classify(admission, spooled.path, request_id, on_window)
+            await cache.put(self.cache_key(admission, spooled.sha256), result.encode())
+            result.cache = "miss"
+            return result
+        key = self.cache_key(admission, spooled.sha256)
+
+        async def lookup_or_compute() -> tuple[bytes, Classification | None]:
+            raw = await cache.get(key)
+            if raw is not None:
+                return raw, None
+            computed = await self._classify(admission, spooled.path, request_id, on_window)
+            raw = computed.encode()
+            await cache.put(key, raw)
+            return raw, computed
+
+        try:
+            (raw, computed), shared = await cache.single_flight(key, lookup_or_compute)
+        finally:
+            spooled.path.unlink(missing_ok=True)
+        if computed is not None and not shared:
+            self.metrics.cache_requests.labels("miss").inc()
+            computed.cache = "miss"
+            return computed
+        self.metrics.cache_requests.labels("hit").inc()
+        admission.timings_ms["total"] = round((time.monotonic() - admission.started) * 1000, 3)
+        result = Classification.decode(raw, request_id, admission.timings_ms)
+        if on_window is not None and result.timeline is not None:
+            for window in result.timeline.windows:
+                on_window(window)
+        return result
+
+    async def _classify(
+        self, admission: Admission, video: Path, request_id: str, on_window: WindowCallback | None
+    ) -> Classification:
         """Decode, score and answer. Deletes ``video`` when done, whatever happens."""
         model, options = admission.model, admission.options
         config = model.entry.config
@@ -213,6 +332,8 @@ class Classifier:
             spec = SamplingSpec(
                 num_segments=config.num_segments, scale_size=config.scale_size, input_size=config.input_size,
                 clips=options.clips, crops=options.crops, sampling=options.sampling, resize=config.resize,
+                window_s=(options.window_s or 0.0) if options.timeline else 0.0, stride_s=options.stride_s or 0.0,
+                max_windows=self.limits.max_windows,
             )  # fmt: skip
         try:
             with self._stage(admission, "decode"):
@@ -224,7 +345,12 @@ class Classifier:
         finally:
             video.unlink(missing_ok=True)
         self._remaining(admission)
-        result = await model.batcher.infer(decoded.frames, admission.reservation, admission.deadline)
+        timeline = None
+        if options.timeline:
+            admission.reservation.grow(len(decoded.frames) - admission.reservation.clips)  # 429 when over
+            result, timeline = await self._timeline(admission, decoded.frames, decoded.windows, on_window)
+        else:
+            result = await model.batcher.infer(decoded.frames, admission.reservation, admission.deadline)
         admission.timings_ms["queue"] = round(result.queue_ms, 3)
         admission.timings_ms["inference"] = round(result.inference_ms, 3)
         admission.timings_ms["total"] = round((time.monotonic() - admission.started) * 1000, 3)
@@ -239,7 +365,60 @@ class Classifier:
             crops=options.crops,
             timings_ms=admission.timings_ms,
             probabilities=softmax(result.logits),
+            timeline=timeline,
         )
+
+    async def _timeline(
+        self,
+        admission: Admission,
+        frames: np.ndarray,
+        windows: list[tuple[float, float]],
+        on_window: WindowCallback | None,
+    ) -> tuple[InferResult, Timeline]:
+        """Every window a clip for the batcher, sent in chunks of a batch (they fill batches and share
+        them with other requests); each chunk's windows are answered as it is scored, in order."""
+        model, options = admission.model, admission.options
+        labels, crops = model.entry.labels, options.crops
+        per_chunk = max(1, model.batcher.max_batch // crops) * crops
+        chunks = [asyncio.create_task(model.batcher.infer(frames[i : i + per_chunk], admission.reservation,
+                                                          admission.deadline))
+                  for i in range(0, len(frames), per_chunk)]  # fmt: skip
+        started = time.monotonic()
+        view_logits: list[np.ndarray] = []
+        done: list[TimelineWindow] = []
+        try:
+            for chunk in chunks:
+                view_logits.append((await chunk).view_logits)
+                scored = np.concatenate(view_logits).reshape(-1, crops, view_logits[0].shape[-1]).mean(axis=1)
+                for i in range(len(done), len(scored)):
+                    start_s, end_s = windows[i]
+                    done.append(TimelineWindow(i, round(start_s, 3), round(end_s, 3),
+                                               top_k(scored[i], labels, options.top_k)))  # fmt: skip
+                    if on_window is not None:
+                        on_window(done[-1])
+        finally:
+            for chunk in chunks:
+                chunk.cancel()
+        all_views = np.concatenate(view_logits)
+        inference_ms = (time.monotonic() - started) * 1000
+        result = InferResult(all_views.mean(axis=0), all_views, 0.0, inference_ms)
+        assert options.window_s is not None and options.stride_s is not None
+        return result, Timeline(options.window_s, options.stride_s, done, segments(done))
+
+
+def segments(windows: list[TimelineWindow]) -> list[TimelineSegment]:
+    """Consecutive windows with the same top-1 label merged, each with its mean top-1 probability."""
+    out: list[TimelineSegment] = []
+    run: list[TimelineWindow] = []
+    for window in [*windows, None]:
+        if run and (window is None or window.predictions[0].index != run[0].predictions[0].index):
+            best = run[0].predictions[0]
+            score = sum(w.predictions[0].score for w in run) / len(run)
+            out.append(TimelineSegment(best.label, best.index, run[0].start_s, run[-1].end_s, round(score, 6)))
+            run = []
+        if window is not None:
+            run.append(window)
+    return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

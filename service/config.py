@@ -97,7 +97,14 @@ class Settings(BaseSettings):
     max_frame_side: int = Field(default=8192, ge=16)
     max_duration_s: float = Field(default=3600.0, gt=0)
     max_clips: int = Field(default=10, ge=1, description="temporal views a request may ask for")
+    max_windows: int = Field(default=256, ge=1, description="windows a timeline request may have")
     spool_dir: Path | None = Field(default=None, description="where uploads are spooled; default /dev/shm or tmp")
+
+    # --- result cache
+    cache_entries: int = Field(default=1024, ge=0, description="answers kept in process; 0: no result cache")
+    cache_max_bytes: int = Field(default=64 * MiB, ge=0, description="bytes of answers kept in process")
+    cache_url: str = Field(default="", description="redis://host:port/db: a cache shared by replicas; empty: none")
+    cache_ttl_s: int = Field(default=86400, ge=1, description="how long the shared cache keeps an answer")
 
     # --- live streams (online models)
     max_live_streams: int = Field(default=64, ge=1, description="open live streams, all models; beyond: 429")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,16 @@ import av
 import numpy as np
 
 from service.errors import ErrorKind, ServiceError
-from service.sampling import SamplingSpec, assemble, nearest_keyframes, sample_indices, scaled_size, stride_indices
+from service.sampling import (
+    SamplingSpec,
+    assemble,
+    nearest_keyframes,
+    sample_indices,
+    scaled_size,
+    stride_indices,
+    timeline_windows,
+    window_indices,
+)
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -84,8 +93,9 @@ class VideoFacts:
 
 @dataclass
 class DecodedVideo:
-    frames: np.ndarray  # uint8 [clips*crops, T, input_size, input_size, 3], RGB, C-contiguous
+    frames: np.ndarray  # uint8 [clips*crops (or windows*crops), T, input_size, input_size, 3], RGB, C-contiguous
     facts: VideoFacts
+    windows: list[tuple[float, float]] = field(default_factory=list)  # a timeline's (start_s, end_s)
 
 
 # --- probe ------------------------------------------------------------------------------------
@@ -213,6 +223,15 @@ def _too_long(duration: float, limits: DecodeLimits) -> ServiceError:
     )
 
 
+def _too_many_windows(count: int, duration_s: float, spec: SamplingSpec) -> ServiceError:
+    return ServiceError(
+        ErrorKind.too_many_windows,
+        f"A timeline of {spec.window_s:g} s windows every {spec.stride_s:g} s over this {duration_s:.1f} s video has "
+        f"{count} windows; this server takes at most {spec.max_windows}. Raise stride_s or window_s, or send a "
+        "shorter video.",
+    )
+
+
 def _check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
     if (
         width * height > limits.max_frame_pixels
@@ -259,7 +278,13 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
         fps = info.fps or 25.0
         if not info.duration_s and count / fps > limits.max_duration_s:
             raise _too_long(count / fps, limits)
-        if spec.sampling == "stride":
+        windows: list[tuple[float, float]] = []
+        if spec.timeline:  # refused before any frame is decoded when it has too many windows
+            windows = timeline_windows(count / fps, spec.window_s, spec.stride_s)
+            if len(windows) > spec.max_windows:
+                raise _too_many_windows(len(windows), count / fps, spec)
+            indices = window_indices(count, fps, windows, spec.num_segments)
+        elif spec.sampling == "stride":
             indices = [stride_indices(count, spec.num_segments, spec.stride)]
         else:
             indices = sample_indices(count, spec.num_segments, spec.clips)
@@ -285,7 +310,7 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
     for row, i in enumerate(order):
         last = got.get(i, last)
         unique[row] = last
-    return DecodedVideo(assemble(unique, order, indices, spec), _facts(info, count, fps, "pyav"))
+    return DecodedVideo(assemble(unique, order, indices, spec), _facts(info, count, fps, "pyav"), windows)
 
 
 @dataclass

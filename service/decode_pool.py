@@ -317,7 +317,8 @@ def _parse(answer: tuple[dict[str, Any], np.ndarray | None], spec: SamplingSpec)
             return ServiceError(ErrorKind[header["code"]], str(header["message"]))
         except (KeyError, TypeError):
             return crashed()
-    expected = (spec.views, spec.num_segments, spec.input_size, spec.input_size, 3)
-    if frames.shape != expected:
+    windows = [(float(a), float(b)) for a, b in header.get("windows", [])]
+    views = len(windows) * spec.crops if spec.timeline else spec.views
+    if frames.shape != (views, spec.num_segments, spec.input_size, spec.input_size, 3):
         return crashed()
-    return DecodedVideo(frames, VideoFacts(**header["facts"]))
+    return DecodedVideo(frames, VideoFacts(**header["facts"]), windows)

@@ -62,7 +62,8 @@ def worker_main() -> None:
             limits = DecodeLimits(**message["limits"])
             result = decode_file(message["path"], spec, limits, threads=int(message["threads"]))
             frames = result.frames
-            reply = {"ok": True, "shape": list(frames.shape), "facts": dataclasses.asdict(result.facts)}
+            reply = {"ok": True, "shape": list(frames.shape), "facts": dataclasses.asdict(result.facts),
+                     "windows": result.windows}  # fmt: skip
         except ServiceError as exc:
             reply = {"ok": False, **_error_fields(exc)}
         except MemoryError:

@@ -28,6 +28,7 @@ class ErrorKind(Enum):
     undecodable_video = "undecodable_video"
     video_too_large = "video_too_large"
     video_too_long = "video_too_long"
+    too_many_windows = "too_many_windows"
     decode_timeout = "decode_timeout"
     bad_frame = "bad_frame"
     frame_too_large = "frame_too_large"
@@ -57,6 +58,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.undecodable_video: 422,
     ErrorKind.video_too_large: 422,
     ErrorKind.video_too_long: 422,
+    ErrorKind.too_many_windows: 422,
     ErrorKind.decode_timeout: 422,
     ErrorKind.bad_frame: 422,
     ErrorKind.frame_too_large: 413,

@@ -73,4 +73,17 @@ class Metrics:
         self.live_batch_streams = Histogram(
             "tsm_live_batch_streams", "Live streams stepped in one forward pass.", ["model"], buckets=_CLIPS, registry=r
         )
+        self.cache_requests = Counter(
+            "tsm_cache_requests", "Result cache lookups: hit, miss, or bypass (Cache-Control: no-cache).", ["result"],
+            registry=r,
+        )  # fmt: skip
+        self.cache_entries = Gauge("tsm_cache_entries", "Answers in the in-process result cache.", registry=r)
+        self.cache_bytes = Gauge("tsm_cache_bytes", "Bytes of the answers in the in-process result cache.", registry=r)
+        self.cache_backend_up = Gauge(
+            "tsm_cache_backend_up", "1 while the shared cache answers, 0 while the server serves without it.",
+            ["backend"], registry=r,
+        )  # fmt: skip
+        self.cache_backend_errors = Counter(
+            "tsm_cache_backend_errors", "Errors and timeouts of the shared cache.", ["backend"], registry=r
+        )
         self.device_memory = Gauge("tsm_device_memory_bytes", "CUDA memory of this process.", ["kind"], registry=r)

@@ -37,6 +37,10 @@ class ClassifyOptions:
     clips: int = 1
     crops: int = 1
     sampling: Sampling = "uniform"
+    timeline: bool = False  # answer per window along the video too
+    window_s: float | None = None  # None: the model's clip span
+    stride_s: float | None = None  # None: half the window
+    use_cache: bool = True  # False: Cache-Control: no-cache (computed afresh, then stored)
 
     @property
     def views(self) -> int:
@@ -53,6 +57,13 @@ class ClassifyOptions:
             raise ServiceError(ErrorKind.bad_request, "crops must be 1 (centre) or 3 (along the long side)")
         if self.sampling not in SAMPLINGS:
             raise ServiceError(ErrorKind.bad_request, "sampling must be uniform or keyframes")
+        if not self.timeline and (self.window_s is not None or self.stride_s is not None):
+            raise ServiceError(ErrorKind.bad_request, "window_s and stride_s shape a timeline: add timeline=true")
+        if self.timeline and self.clips != 1:
+            raise ServiceError(ErrorKind.bad_request, "a timeline's windows are its clips: leave clips at 1")
+        for name, value in (("window_s", self.window_s), ("stride_s", self.stride_s)):
+            if value is not None and not 0 < value <= MAX_TIMEOUT_S:
+                raise ServiceError(ErrorKind.bad_request, f"{name} must be between 0 and {MAX_TIMEOUT_S:g} seconds")
 
 
 @dataclass(frozen=True)
@@ -62,10 +73,11 @@ class RequestLimits:
     max_upload_bytes: int
     max_clips: int
     request_timeout_s: float  # the deadline of a request that sets none
+    max_windows: int  # of a timeline
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
-        return cls(settings.max_upload_bytes, settings.max_clips, settings.request_timeout_s)
+        return cls(settings.max_upload_bytes, settings.max_clips, settings.request_timeout_s, settings.max_windows)
 
     def timeout(self, asked_s: float | None) -> float:
         """The request's time budget: what it asked for (0 < t ≤ 3600 s), else the server's default."""

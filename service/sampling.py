@@ -4,6 +4,7 @@ of resizing and cropping. Pure functions, shared by the decoders, the benches an
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -22,7 +23,11 @@ class SamplingSpec:
     segment (clip 0 is the segment centre); ``crops`` is 1 (centre) or 3 (start, centre and end
     of the long side). ``sampling="keyframes"`` takes the keyframe nearest each sampled frame:
     much faster on long clips, approximate by up to half a GOP. ``sampling="stride"`` (online
-    models) takes the last T frames ``stride`` apart, ending at the video's last frame."""
+    models) takes the last T frames ``stride`` apart, ending at the video's last frame.
+
+    ``window_s`` > 0 asks for a timeline: windows of ``window_s`` seconds every ``stride_s``
+    (:func:`timeline_windows`), each a clip sampled as TSN samples a video (segment centres inside
+    the window), at most ``max_windows`` of them; ``views`` is then known only once decoded."""
 
     num_segments: int
     scale_size: int
@@ -32,6 +37,9 @@ class SamplingSpec:
     sampling: Literal["uniform", "keyframes", "stride"] = "uniform"
     resize: Resize = "short_side"
     stride: int = 1
+    window_s: float = 0.0
+    stride_s: float = 0.0
+    max_windows: int = 0
 
     def __post_init__(self) -> None:
         if self.num_segments < 1 or self.clips < 1:
@@ -46,6 +54,14 @@ class SamplingSpec:
             raise ValueError("stride sampling takes one clip and a stride of at least 1")
         if self.resize not in ("short_side", "stretch"):
             raise ValueError("resize must be 'short_side' or 'stretch'")
+        if self.timeline and (
+            self.clips != 1 or self.sampling == "stride" or self.stride_s <= 0 or self.max_windows < 1
+        ):
+            raise ValueError("a timeline takes one clip per window, a positive stride_s and max_windows")
+
+    @property
+    def timeline(self) -> bool:
+        return self.window_s > 0
 
     @property
     def views(self) -> int:
@@ -64,6 +80,28 @@ def sample_indices(num_frames: int, num_segments: int, clips: int = 1) -> list[l
     for c in range(clips):
         offset = (0.5 + c / clips) % 1.0
         out.append([min(int(tick * (x + offset)), num_frames - 1) for x in range(num_segments)])
+    return out
+
+
+def timeline_windows(duration_s: float, window_s: float, stride_s: float) -> list[tuple[float, float]]:
+    """(start_s, end_s) of each window: ``floor((D - W) / S) + 1`` windows for a video of D seconds;
+    a video shorter than W is one window, the whole video."""
+    if duration_s <= window_s:
+        return [(0.0, duration_s)]
+    count = math.floor((duration_s - window_s) / stride_s + 1e-9) + 1
+    return [(i * stride_s, i * stride_s + window_s) for i in range(count)]
+
+
+def window_indices(
+    num_frames: int, fps: float, windows: list[tuple[float, float]], num_segments: int
+) -> list[list[int]]:
+    """TSN test sampling inside each window: the centre frame of each of its T segments."""
+    out = []
+    for start_s, end_s in windows:
+        first = min(round(start_s * fps), num_frames - 1)
+        frames = max(1, min(round(end_s * fps), num_frames) - first)
+        tick = frames / num_segments
+        out.append([first + min(int(tick * (x + 0.5)), frames - 1) for x in range(num_segments)])
     return out
 
 
@@ -113,7 +151,7 @@ def assemble(unique: np.ndarray, order: list[int], indices: list[list[int]], spe
     pos = {frame: i for i, frame in enumerate(order)}
     size = spec.input_size
     height, width = unique.shape[1:3]
-    out = np.empty((spec.views, spec.num_segments, size, size, 3), np.uint8)
+    out = np.empty((len(indices) * spec.crops, spec.num_segments, size, size, 3), np.uint8)
     view = 0
     for clip in indices:
         rows = [pos[i] for i in clip]

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from service.auth import Access
 from service.batching import Batcher
+from service.cache import CacheConfig, ResultCache
 from service.classifier import Classifier, LoadedModel
 from service.config import Settings
 from service.decode import DecodeLimits
@@ -75,6 +76,7 @@ class Server:
         self._pool_counted = {"jobs": 0, "restarts": 0}
         self._dropped_counted: dict[tuple[Batcher, str], int] = {}
         self.repository: Repository | None = None
+        self.cache: ResultCache | None = None
         self._spool_dir: Path | None = None
 
     @property
@@ -139,8 +141,11 @@ class Server:
         await self._pool.start()
         self._spool_dir = default_spool_dir(s.spool_dir)
         limits = RequestLimits.from_settings(s)
+        if s.cache_entries > 0:
+            self.cache = ResultCache(CacheConfig(s.cache_entries, s.cache_max_bytes, s.cache_url, s.cache_ttl_s),
+                                     self.metrics)  # fmt: skip
         self.classifier = Classifier(
-            repository.models, s.default_model, self._pool, self._spool_dir, limits, self.metrics
+            repository.models, s.default_model, self._pool, self._spool_dir, limits, self.metrics, self.cache
         )
         hubs = repository.hubs
         online_default = s.default_online_model or next(iter(sorted(hubs)), None)
@@ -212,6 +217,8 @@ class Server:
             await self.live.stop()
         if self.repository is not None:
             await self.repository.close()
+        if self.cache is not None:
+            await self.cache.close()
         if self._pool is not None:
             await self._pool.close()
         if self._spool_dir is not None and self.settings.spool_dir is None:  # ours: a fresh dir per start

@@ -62,6 +62,12 @@ class ModelConfig(BaseModel):
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     untrained: bool = Field(default=False, description="random weights: answers are meaningless")
     source: str = Field(default="", description="where the weights came from")
+    clip_span_s: float = Field(
+        default=4.0,
+        gt=0,
+        le=600,
+        description="seconds of video one clip of its training data covered: the default window of a timeline",
+    )
     online: bool = Field(
         default=False,
         description="uni-directional shift (live streams, per-frame logits); num_segments is then 1: a frame at a time",

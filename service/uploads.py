@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import atexit
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,18 @@ def default_spool_dir(settings_spool_dir: Path | None, min_free_bytes: int = 512
     return directory
 
 
-async def spool_upload(chunks: AsyncIterable[bytes], directory: Path, max_bytes: int) -> Path:
+@dataclass(frozen=True)
+class Spooled:
+    path: Path  # the caller deletes it
+    sha256: str  # of the bytes, computed while writing them (the result cache's key): no second read
+
+
+async def spool_upload(chunks: AsyncIterable[bytes], directory: Path, max_bytes: int) -> Spooled:
     """Writes the upload to a new private file (0600, no extension: ffmpeg must not guess the
-    format from a name we chose). Enforces ``max_bytes`` while reading. The caller deletes it."""
+    format from a name we chose). Enforces ``max_bytes`` while reading."""
     fd, name = tempfile.mkstemp(prefix="upload-", dir=directory)
     total = 0
+    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as f:
             async for chunk in chunks:
@@ -58,6 +67,7 @@ async def spool_upload(chunks: AsyncIterable[bytes], directory: Path, max_bytes:
                         f"The upload is larger than {max_bytes} bytes. Send a shorter or smaller video.",
                     )
                 f.write(chunk)
+                digest.update(chunk)
         if total == 0:
             raise ServiceError(ErrorKind.empty_upload, "The upload is empty: send the video file's bytes.")
     except OSError as exc:
@@ -70,7 +80,7 @@ async def spool_upload(chunks: AsyncIterable[bytes], directory: Path, max_bytes:
     except BaseException:
         os.unlink(name)
         raise
-    return Path(name)
+    return Spooled(Path(name), digest.hexdigest())
 
 
 class _FileField:

@@ -276,7 +276,7 @@ def test_health_serving_and_reflection_lists_every_service(channel: grpc.Channel
         reflected.get_services()
     )
     methods = reflected.FindFileContainingSymbol(SERVICE).service[0].method
-    assert [m.name for m in methods] == ["Classify", "ClassifyStream", "ListModels", "ClassifyLive"]
+    assert [m.name for m in methods] == ["Classify", "ClassifyStream", "ListModels", "ClassifyLive", "ClassifyTimeline"]
 
 
 def test_buf_curl_a_client_we_did_not_write(server: InProcessServer, clip: Path, tmp_path: Path) -> None:

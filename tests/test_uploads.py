@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,9 @@ async def chunks_of(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
 
 def test_spool_writes_a_private_file(tmp_path: Path) -> None:
     data = SAMPLE.read_bytes()
-    path = asyncio.run(spool_upload(chunks_of(data), tmp_path, max_bytes=len(data)))
+    spooled = asyncio.run(spool_upload(chunks_of(data), tmp_path, max_bytes=len(data)))
+    path = spooled.path
+    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
     try:
         assert path.parent == tmp_path and path.suffix == ""
         assert stat.S_IMODE(path.stat().st_mode) == 0o600

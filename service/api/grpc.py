@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.auth import ApiKeys
-from service.classifier import Classification
+from service.classifier import Classification, Prediction, Timeline, TimelineWindow
 from service.config import MiB, Settings
 from service.errors import HTTP_STATUS, ErrorKind, ServiceError
 from service.frames import Frame
@@ -88,7 +89,7 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
             classifier = self._server.require_classifier()
             options = _options(request.options)
             result = await classifier.run("grpc", options, _one(request.video), request_id, call_timeout(context))
-        context.set_trailing_metadata((("x-request-id", request_id),))
+        context.set_trailing_metadata(_trailers(request_id, result))
         return pb.ClassifyResponse(classification=_classification(result))
 
     async def ClassifyStream(
@@ -100,8 +101,39 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
             messages = aiter(request_iterator)
             options = _options(await _first_options(messages))
             result = await classifier.run("grpc", options, _chunks(messages), request_id, call_timeout(context))
-        context.set_trailing_metadata((("x-request-id", request_id),))
+        context.set_trailing_metadata(_trailers(request_id, result))
         return pb.ClassifyStreamResponse(classification=_classification(result))
+
+    async def ClassifyTimeline(
+        self, request_iterator: AsyncIterable[pb.ClassifyTimelineRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ClassifyTimelineResponse]:
+        request_id = call_request_id(context)
+        async with _status_from_errors(context, request_id):
+            classifier = self._server.require_classifier()
+            messages = aiter(request_iterator)
+            first = await anext(messages, None)
+            if first is None or first.WhichOneof("payload") != "options":
+                raise ServiceError(
+                    ErrorKind.bad_request,
+                    "the first ClassifyTimeline message must carry the options; the chunks follow",
+                )
+            o = first.options
+            options = dataclasses.replace(
+                _options(o.options), timeline=True, window_s=o.window_s if o.HasField("window_s") else None,
+                stride_s=o.stride_s if o.HasField("stride_s") else None,
+            )  # fmt: skip
+            windows: asyncio.Queue[TimelineWindow | None] = asyncio.Queue()
+            task = asyncio.create_task(classifier.run("grpc", options, _chunks(messages), request_id,
+                                                      call_timeout(context), on_window=windows.put_nowait))  # fmt: skip
+            task.add_done_callback(lambda _: windows.put_nowait(None))
+            try:
+                while (window := await windows.get()) is not None:
+                    yield pb.ClassifyTimelineResponse(window=_window(window))
+                result = await task
+            finally:
+                task.cancel()
+            context.set_trailing_metadata(_trailers(request_id, result))
+            yield pb.ClassifyTimelineResponse(classification=_classification(result))
 
     async def ClassifyLive(
         self, request_iterator: AsyncIterable[pb.LiveRequest], context: grpc.aio.ServicerContext
@@ -184,7 +216,21 @@ def _options(message: pb.ClassifyOptions) -> ClassifyOptions:
         clips=message.clips if message.HasField("clips") else _DEFAULTS.clips,
         crops=message.crops if message.HasField("crops") else _DEFAULTS.crops,
         sampling=sampling,
+        use_cache=not message.no_cache,
     )
+
+
+def _trailers(request_id: str, result: Classification) -> tuple[tuple[str, str], ...]:
+    cache = (("tsm-cache", result.cache),) if result.cache else ()
+    return (("x-request-id", request_id), *cache)
+
+
+def _window(w: TimelineWindow) -> pb.TimelineWindow:
+    return pb.TimelineWindow(index=w.index, start_s=w.start_s, end_s=w.end_s, predictions=_predictions(w.predictions))
+
+
+def _predictions(predictions: list[Prediction]) -> list[pb.Prediction]:
+    return [pb.Prediction(label=p.label, index=p.index, score=p.score) for p in predictions]
 
 
 async def _one(video: bytes) -> AsyncIterator[bytes]:
@@ -205,7 +251,7 @@ async def _chunks(messages: AsyncIterator[pb.ClassifyStreamRequest]) -> AsyncIte
     async for message in messages:
         if message.WhichOneof("payload") != "chunk":
             raise ServiceError(
-                ErrorKind.bad_request, "only the first ClassifyStream message may carry options; then send chunks"
+                ErrorKind.bad_request, "only the first message may carry options; then send the video's chunks"
             )
         if message.chunk:
             yield message.chunk
@@ -261,12 +307,20 @@ def _classification(result: Classification) -> pb.Classification:
     return pb.Classification(
         request_id=result.request_id,
         model=pb.ModelRef(name=result.model, version=result.version, untrained=result.untrained),
-        predictions=[pb.Prediction(label=p.label, index=p.index, score=p.score) for p in result.predictions],
+        predictions=_predictions(result.predictions),
         video=pb.VideoFacts(**vars(result.video)),
         clips=result.clips,
         crops=result.crops,
         timings=pb.Timings(**{f"{stage}_ms": ms for stage, ms in result.timings_ms.items()}),
+        timeline=_timeline(result.timeline) if result.timeline is not None else None,
     )
+
+
+def _timeline(t: Timeline) -> pb.Timeline:
+    segments = [pb.TimelineSegment(label=g.label, index=g.index, start_s=g.start_s, end_s=g.end_s, score=g.score)
+                for g in t.segments]  # fmt: skip
+    return pb.Timeline(window_s=t.window_s, stride_s=t.stride_s, windows=[_window(w) for w in t.windows],
+                       segments=segments)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- the server

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service import __version__
 from service.api.live import add_live_routes
 from service.api.oip_http import add_oip_routes, v2_error
-from service.classifier import Classification
+from service.classifier import Classification, Classifier, Timeline, TimelineWindow
 from service.decode import VideoFacts
 from service.errors import ErrorKind, ServiceError
 from service.metrics import STAGES
@@ -39,6 +41,7 @@ from service.server import ModelInfo, Server
 from service.uploads import multipart_file
 
 log = logging.getLogger("tsm.http")
+NDJSON = "application/x-ndjson"
 _DEFAULTS = ClassifyOptions()
 
 
@@ -72,6 +75,10 @@ class ClassifyResponse(BaseModel):
     clips: int
     crops: int
     timings_ms: dict[str, float] = Field(description=", ".join(STAGES))
+    timeline: Timeline | None = Field(
+        default=None, description="with timeline=true: each window's top-k, and consecutive windows with the same "
+        "top-1 merged into segments; predictions are then the mean over the windows",
+    )  # fmt: skip
 
 
 class ModelsResponse(BaseModel):
@@ -228,14 +235,69 @@ async def classify(
         float | None, Header(gt=0, le=MAX_TIMEOUT_S, description="deadline in seconds (timeout_ms wins)")
     ] = None,
     x_request_id: Annotated[str | None, Header(description="kept if it is 1-128 of [A-Za-z0-9._:-]")] = None,
-) -> JSONResponse:
+    timeline: Annotated[bool, Query(description="also answer per window along the video")] = False,
+    window_s: Annotated[
+        float | None, Query(gt=0, le=MAX_TIMEOUT_S, description="timeline window; default: the model's clip span")
+    ] = None,
+    stride_s: Annotated[
+        float | None, Query(gt=0, le=MAX_TIMEOUT_S, description="timeline stride; default: half the window")
+    ] = None,
+    cache_control: Annotated[str | None, Header(description="no-cache: compute afresh (the result cache)")] = None,
+    accept: Annotated[
+        str | None, Header(description="application/x-ndjson: a timeline's windows as they finish")
+    ] = None,
+) -> Response:
     rid = request.state.request_id = request_id(x_request_id)
     classifier = server.require_classifier()
     upload = _upload(request, classifier.limits.max_upload_bytes)
-    options = ClassifyOptions(model=model, top_k=top_k, clips=clips, crops=crops, sampling=sampling)
+    options = ClassifyOptions(
+        model=model, top_k=top_k, clips=clips, crops=crops, sampling=sampling, timeline=timeline, window_s=window_s,
+        stride_s=stride_s, use_cache="no-cache" not in (cache_control or "").lower(),
+    )  # fmt: skip
     timeout_s = timeout_ms / 1000 if timeout_ms is not None else x_request_timeout
+    if timeline and media_type(accept or "") == NDJSON:
+        return await _stream_timeline(classifier, options, upload, rid, timeout_s)
     result = await classifier.run("http", options, upload, rid, timeout_s)
-    return JSONResponse(_response(result).model_dump(mode="json"), headers={"X-Request-ID": rid})
+    headers = {"X-Request-ID": rid, **({"X-Cache": result.cache} if result.cache else {})}
+    return JSONResponse(_response(result).model_dump(mode="json", exclude_none=True), headers=headers)
+
+
+async def _stream_timeline(
+    classifier: Classifier, options: ClassifyOptions, upload: AsyncIterator[bytes], rid: str, timeout_s: float | None
+) -> Response:
+    """One JSON line per window as it is scored (``{"window": ...}``), then ``{"result": ...}`` (the JSON
+    answer, its ``cache`` too), or ``{"error": ...}``. An error before the first window is an ordinary
+    error response, with its status."""
+    lines: asyncio.Queue[TimelineWindow | None] = asyncio.Queue()
+    task = asyncio.create_task(classifier.run("http", options, upload, rid, timeout_s, on_window=lines.put_nowait))
+    task.add_done_callback(lambda _: lines.put_nowait(None))
+    first = await lines.get()
+    if first is None:
+        result = await task  # raises the request's error as a normal response
+        headers = {"X-Request-ID": rid, **({"X-Cache": result.cache} if result.cache else {})}
+        return JSONResponse(_response(result).model_dump(mode="json", exclude_none=True), headers=headers)
+
+    async def body() -> AsyncIterator[bytes]:
+        window: TimelineWindow | None = first
+        try:
+            while window is not None:
+                yield _line({"window": TypeAdapter(TimelineWindow).dump_python(window, mode="json")})
+                window = await lines.get()
+            try:
+                result = await task
+            except ServiceError as e:
+                yield _line({"error": {"code": e.code, "message": e.message}})
+                return
+            answer = _response(result).model_dump(mode="json", exclude_none=True)
+            yield _line({"result": {**answer, "cache": result.cache}})
+        finally:
+            task.cancel()
+
+    return StreamingResponse(body(), media_type=NDJSON, headers={"X-Request-ID": rid})
+
+
+def _line(obj: object) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
 
 
 async def list_models(server: ServerDep) -> ModelsResponse:
@@ -311,4 +373,5 @@ def _response(result: Classification) -> ClassifyResponse:
         clips=result.clips,
         crops=result.crops,
         timings_ms=result.timings_ms,
+        timeline=result.timeline,
     )

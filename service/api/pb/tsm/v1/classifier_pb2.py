@@ -24,51 +24,63 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&service/api/pb/tsm/v1/classifier.proto\x12\x06tsm.v1\"\xc6\x01\n\x0f\x43lassifyOptions\x12\x12\n\x05top_k\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\x05\x63lips\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05\x63rops\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\"\n\x08sampling\x18\x05 \x01(\x0e\x32\x10.tsm.v1.Sampling\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\tB\x08\n\x06_top_kB\x08\n\x06_clipsB\x08\n\x06_crops\"J\n\x0f\x43lassifyRequest\x12(\n\x07options\x18\x01 \x01(\x0b\x32\x17.tsm.v1.ClassifyOptions\x12\r\n\x05video\x18\x02 \x01(\x0c\"B\n\x10\x43lassifyResponse\x12.\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x16.tsm.v1.Classification\"_\n\x15\x43lassifyStreamRequest\x12*\n\x07options\x18\x01 \x01(\x0b\x32\x17.tsm.v1.ClassifyOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"H\n\x16\x43lassifyStreamResponse\x12.\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x16.tsm.v1.Classification\"\xd1\x01\n\x0e\x43lassification\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.tsm.v1.ModelRef\x12\'\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x12.tsm.v1.Prediction\x12!\n\x05video\x18\x04 \x01(\x0b\x32\x12.tsm.v1.VideoFacts\x12\r\n\x05\x63lips\x18\x05 \x01(\x05\x12\r\n\x05\x63rops\x18\x06 \x01(\x05\x12 \n\x07timings\x18\x07 \x01(\x0b\x32\x0f.tsm.v1.Timings\"<\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tuntrained\x18\x03 \x01(\x08\"9\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x01\"\xa1\x01\n\nVideoFacts\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0e\n\x06\x66rames\x18\x05 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x01\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x10\n\x08rotation\x18\x08 \x01(\x05\x12\x0f\n\x07\x64\x65\x63oder\x18\t \x01(\t\"i\n\x07Timings\x12\x11\n\tupload_ms\x18\x01 \x01(\x01\x12\x11\n\tdecode_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\x13\n\x11ListModelsRequest\"f\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.tsm.v1.ModelInfo\x12-\n\nrepository\x18\x02 \x03(\x0b\x32\x19.tsm.v1.ModelVersionState\"Q\n\x11ModelVersionState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x94\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\x14\n\x0cnum_segments\x18\x05 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\x12\x12\n\ninput_size\x18\x07 \x01(\x05\x12\x12\n\nscale_size\x18\x08 \x01(\x05\x12\r\n\x05shift\x18\t \x01(\x08\x12\x11\n\tuntrained\x18\n \x01(\x08\x12\x0e\n\x06source\x18\x0b \x01(\t\x12\x0e\n\x06resize\x18\x0c \x01(\t\x12\x0e\n\x06\x65ngine\x18\r \x01(\t\x12\x11\n\tprecision\x18\x0e \x01(\t\x12\x0e\n\x06online\x18\x0f \x01(\x08\"`\n\x0bLiveRequest\x12&\n\x07options\x18\x01 \x01(\x0b\x32\x13.tsm.v1.LiveOptionsH\x00\x12\x1e\n\x05\x66rame\x18\x02 \x01(\x0b\x32\r.tsm.v1.FrameH\x00\x42\t\n\x07payload\"\x9a\x01\n\x0bLiveOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10smoothing_frames\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0c\x66rame_stride\x18\x04 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_top_kB\x13\n\x11_smoothing_framesB\x0f\n\r_frame_stride\"T\n\x05\x46rame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0e\n\x06pts_us\x18\x05 \x01(\x03\"\xad\x01\n\x0cLiveResponse\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x0e\n\x06pts_us\x18\x02 \x01(\x03\x12\'\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x12.tsm.v1.Prediction\x12#\n\x07instant\x18\x04 \x03(\x0b\x32\x12.tsm.v1.Prediction\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12\x16\n\x0e\x64ropped_frames\x18\x06 \x01(\x03*R\n\x08Sampling\x12\x18\n\x14SAMPLING_UNSPECIFIED\x10\x00\x12\x14\n\x10SAMPLING_UNIFORM\x10\x01\x12\x16\n\x12SAMPLING_KEYFRAMES\x10\x02\x32\xa7\x02\n\x0fVideoClassifier\x12=\n\x08\x43lassify\x12\x17.tsm.v1.ClassifyRequest\x1a\x18.tsm.v1.ClassifyResponse\x12Q\n\x0e\x43lassifyStream\x12\x1d.tsm.v1.ClassifyStreamRequest\x1a\x1e.tsm.v1.ClassifyStreamResponse(\x01\x12\x43\n\nListModels\x12\x19.tsm.v1.ListModelsRequest\x1a\x1a.tsm.v1.ListModelsResponse\x12=\n\x0c\x43lassifyLive\x12\x13.tsm.v1.LiveRequest\x1a\x14.tsm.v1.LiveResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&service/api/pb/tsm/v1/classifier.proto\x12\x06tsm.v1\"\xd8\x01\n\x0f\x43lassifyOptions\x12\x12\n\x05top_k\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\x05\x63lips\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05\x63rops\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\"\n\x08sampling\x18\x05 \x01(\x0e\x32\x10.tsm.v1.Sampling\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x10\n\x08no_cache\x18\x08 \x01(\x08\x42\x08\n\x06_top_kB\x08\n\x06_clipsB\x08\n\x06_crops\"J\n\x0f\x43lassifyRequest\x12(\n\x07options\x18\x01 \x01(\x0b\x32\x17.tsm.v1.ClassifyOptions\x12\r\n\x05video\x18\x02 \x01(\x0c\"B\n\x10\x43lassifyResponse\x12.\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x16.tsm.v1.Classification\"_\n\x15\x43lassifyStreamRequest\x12*\n\x07options\x18\x01 \x01(\x0b\x32\x17.tsm.v1.ClassifyOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"H\n\x16\x43lassifyStreamResponse\x12.\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x16.tsm.v1.Classification\"\x83\x01\n\x0fTimelineOptions\x12(\n\x07options\x18\x01 \x01(\x0b\x32\x17.tsm.v1.ClassifyOptions\x12\x15\n\x08window_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08stride_s\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_window_sB\x0b\n\t_stride_s\"a\n\x17\x43lassifyTimelineRequest\x12*\n\x07options\x18\x01 \x01(\x0b\x32\x17.tsm.v1.TimelineOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x81\x01\n\x18\x43lassifyTimelineResponse\x12(\n\x06window\x18\x01 \x01(\x0b\x32\x16.tsm.v1.TimelineWindowH\x00\x12\x30\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32\x16.tsm.v1.ClassificationH\x00\x42\t\n\x07payload\"h\n\x0eTimelineWindow\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x03 \x01(\x01\x12\'\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x12.tsm.v1.Prediction\"^\n\x0fTimelineSegment\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x01\"\x82\x01\n\x08Timeline\x12\x10\n\x08window_s\x18\x01 \x01(\x01\x12\x10\n\x08stride_s\x18\x02 \x01(\x01\x12\'\n\x07windows\x18\x03 \x03(\x0b\x32\x16.tsm.v1.TimelineWindow\x12)\n\x08segments\x18\x04 \x03(\x0b\x32\x17.tsm.v1.TimelineSegment\"\xf5\x01\n\x0e\x43lassification\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.tsm.v1.ModelRef\x12\'\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x12.tsm.v1.Prediction\x12!\n\x05video\x18\x04 \x01(\x0b\x32\x12.tsm.v1.VideoFacts\x12\r\n\x05\x63lips\x18\x05 \x01(\x05\x12\r\n\x05\x63rops\x18\x06 \x01(\x05\x12 \n\x07timings\x18\x07 \x01(\x0b\x32\x0f.tsm.v1.Timings\x12\"\n\x08timeline\x18\x08 \x01(\x0b\x32\x10.tsm.v1.Timeline\"<\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tuntrained\x18\x03 \x01(\x08\"9\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x01\"\xa1\x01\n\nVideoFacts\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0e\n\x06\x66rames\x18\x05 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x06 \x01(\x01\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x10\n\x08rotation\x18\x08 \x01(\x05\x12\x0f\n\x07\x64\x65\x63oder\x18\t \x01(\t\"i\n\x07Timings\x12\x11\n\tupload_ms\x18\x01 \x01(\x01\x12\x11\n\tdecode_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\x13\n\x11ListModelsRequest\"f\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.tsm.v1.ModelInfo\x12-\n\nrepository\x18\x02 \x03(\x0b\x32\x19.tsm.v1.ModelVersionState\"Q\n\x11ModelVersionState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x94\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\x14\n\x0cnum_segments\x18\x05 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\x12\x12\n\ninput_size\x18\x07 \x01(\x05\x12\x12\n\nscale_size\x18\x08 \x01(\x05\x12\r\n\x05shift\x18\t \x01(\x08\x12\x11\n\tuntrained\x18\n \x01(\x08\x12\x0e\n\x06source\x18\x0b \x01(\t\x12\x0e\n\x06resize\x18\x0c \x01(\t\x12\x0e\n\x06\x65ngine\x18\r \x01(\t\x12\x11\n\tprecision\x18\x0e \x01(\t\x12\x0e\n\x06online\x18\x0f \x01(\x08\"`\n\x0bLiveRequest\x12&\n\x07options\x18\x01 \x01(\x0b\x32\x13.tsm.v1.LiveOptionsH\x00\x12\x1e\n\x05\x66rame\x18\x02 \x01(\x0b\x32\r.tsm.v1.FrameH\x00\x42\t\n\x07payload\"\x9a\x01\n\x0bLiveOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10smoothing_frames\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0c\x66rame_stride\x18\x04 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_top_kB\x13\n\x11_smoothing_framesB\x0f\n\r_frame_stride\"T\n\x05\x46rame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0e\n\x06pts_us\x18\x05 \x01(\x03\"\xad\x01\n\x0cLiveResponse\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x03\x12\x0e\n\x06pts_us\x18\x02 \x01(\x03\x12\'\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x12.tsm.v1.Prediction\x12#\n\x07instant\x18\x04 \x03(\x0b\x32\x12.tsm.v1.Prediction\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12\x16\n\x0e\x64ropped_frames\x18\x06 \x01(\x03*R\n\x08Sampling\x12\x18\n\x14SAMPLING_UNSPECIFIED\x10\x00\x12\x14\n\x10SAMPLING_UNIFORM\x10\x01\x12\x16\n\x12SAMPLING_KEYFRAMES\x10\x02\x32\x82\x03\n\x0fVideoClassifier\x12=\n\x08\x43lassify\x12\x17.tsm.v1.ClassifyRequest\x1a\x18.tsm.v1.ClassifyResponse\x12Q\n\x0e\x43lassifyStream\x12\x1d.tsm.v1.ClassifyStreamRequest\x1a\x1e.tsm.v1.ClassifyStreamResponse(\x01\x12\x43\n\nListModels\x12\x19.tsm.v1.ListModelsRequest\x1a\x1a.tsm.v1.ListModelsResponse\x12=\n\x0c\x43lassifyLive\x12\x13.tsm.v1.LiveRequest\x1a\x14.tsm.v1.LiveResponse(\x01\x30\x01\x12Y\n\x10\x43lassifyTimeline\x12\x1f.tsm.v1.ClassifyTimelineRequest\x1a .tsm.v1.ClassifyTimelineResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'service.api.pb.tsm.v1.classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLING']._serialized_start=2174
-  _globals['_SAMPLING']._serialized_end=2256
+  _globals['_SAMPLING']._serialized_start=2928
+  _globals['_SAMPLING']._serialized_end=3010
   _globals['_CLASSIFYOPTIONS']._serialized_start=51
-  _globals['_CLASSIFYOPTIONS']._serialized_end=249
-  _globals['_CLASSIFYREQUEST']._serialized_start=251
-  _globals['_CLASSIFYREQUEST']._serialized_end=325
-  _globals['_CLASSIFYRESPONSE']._serialized_start=327
-  _globals['_CLASSIFYRESPONSE']._serialized_end=393
-  _globals['_CLASSIFYSTREAMREQUEST']._serialized_start=395
-  _globals['_CLASSIFYSTREAMREQUEST']._serialized_end=490
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=492
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=564
-  _globals['_CLASSIFICATION']._serialized_start=567
-  _globals['_CLASSIFICATION']._serialized_end=776
-  _globals['_MODELREF']._serialized_start=778
-  _globals['_MODELREF']._serialized_end=838
-  _globals['_PREDICTION']._serialized_start=840
-  _globals['_PREDICTION']._serialized_end=897
-  _globals['_VIDEOFACTS']._serialized_start=900
-  _globals['_VIDEOFACTS']._serialized_end=1061
-  _globals['_TIMINGS']._serialized_start=1063
-  _globals['_TIMINGS']._serialized_end=1168
-  _globals['_LISTMODELSREQUEST']._serialized_start=1170
-  _globals['_LISTMODELSREQUEST']._serialized_end=1189
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1191
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1293
-  _globals['_MODELVERSIONSTATE']._serialized_start=1295
-  _globals['_MODELVERSIONSTATE']._serialized_end=1376
-  _globals['_MODELINFO']._serialized_start=1379
-  _globals['_MODELINFO']._serialized_end=1655
-  _globals['_LIVEREQUEST']._serialized_start=1657
-  _globals['_LIVEREQUEST']._serialized_end=1753
-  _globals['_LIVEOPTIONS']._serialized_start=1756
-  _globals['_LIVEOPTIONS']._serialized_end=1910
-  _globals['_FRAME']._serialized_start=1912
-  _globals['_FRAME']._serialized_end=1996
-  _globals['_LIVERESPONSE']._serialized_start=1999
-  _globals['_LIVERESPONSE']._serialized_end=2172
-  _globals['_VIDEOCLASSIFIER']._serialized_start=2259
-  _globals['_VIDEOCLASSIFIER']._serialized_end=2554
+  _globals['_CLASSIFYOPTIONS']._serialized_end=267
+  _globals['_CLASSIFYREQUEST']._serialized_start=269
+  _globals['_CLASSIFYREQUEST']._serialized_end=343
+  _globals['_CLASSIFYRESPONSE']._serialized_start=345
+  _globals['_CLASSIFYRESPONSE']._serialized_end=411
+  _globals['_CLASSIFYSTREAMREQUEST']._serialized_start=413
+  _globals['_CLASSIFYSTREAMREQUEST']._serialized_end=508
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=510
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=582
+  _globals['_TIMELINEOPTIONS']._serialized_start=585
+  _globals['_TIMELINEOPTIONS']._serialized_end=716
+  _globals['_CLASSIFYTIMELINEREQUEST']._serialized_start=718
+  _globals['_CLASSIFYTIMELINEREQUEST']._serialized_end=815
+  _globals['_CLASSIFYTIMELINERESPONSE']._serialized_start=818
+  _globals['_CLASSIFYTIMELINERESPONSE']._serialized_end=947
+  _globals['_TIMELINEWINDOW']._serialized_start=949
+  _globals['_TIMELINEWINDOW']._serialized_end=1053
+  _globals['_TIMELINESEGMENT']._serialized_start=1055
+  _globals['_TIMELINESEGMENT']._serialized_end=1149
+  _globals['_TIMELINE']._serialized_start=1152
+  _globals['_TIMELINE']._serialized_end=1282
+  _globals['_CLASSIFICATION']._serialized_start=1285
+  _globals['_CLASSIFICATION']._serialized_end=1530
+  _globals['_MODELREF']._serialized_start=1532
+  _globals['_MODELREF']._serialized_end=1592
+  _globals['_PREDICTION']._serialized_start=1594
+  _globals['_PREDICTION']._serialized_end=1651
+  _globals['_VIDEOFACTS']._serialized_start=1654
+  _globals['_VIDEOFACTS']._serialized_end=1815
+  _globals['_TIMINGS']._serialized_start=1817
+  _globals['_TIMINGS']._serialized_end=1922
+  _globals['_LISTMODELSREQUEST']._serialized_start=1924
+  _globals['_LISTMODELSREQUEST']._serialized_end=1943
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1945
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2047
+  _globals['_MODELVERSIONSTATE']._serialized_start=2049
+  _globals['_MODELVERSIONSTATE']._serialized_end=2130
+  _globals['_MODELINFO']._serialized_start=2133
+  _globals['_MODELINFO']._serialized_end=2409
+  _globals['_LIVEREQUEST']._serialized_start=2411
+  _globals['_LIVEREQUEST']._serialized_end=2507
+  _globals['_LIVEOPTIONS']._serialized_start=2510
+  _globals['_LIVEOPTIONS']._serialized_end=2664
+  _globals['_FRAME']._serialized_start=2666
+  _globals['_FRAME']._serialized_end=2750
+  _globals['_LIVERESPONSE']._serialized_start=2753
+  _globals['_LIVERESPONSE']._serialized_end=2926
+  _globals['_VIDEOCLASSIFIER']._serialized_start=3013
+  _globals['_VIDEOCLASSIFIER']._serialized_end=3399
 # @@protoc_insertion_point(module_scope)

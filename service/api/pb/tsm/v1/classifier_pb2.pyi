@@ -17,7 +17,7 @@ SAMPLING_UNIFORM: Sampling
 SAMPLING_KEYFRAMES: Sampling
 
 class ClassifyOptions(_message.Message):
-    __slots__ = ("top_k", "model", "clips", "crops", "sampling", "filename", "content_type")
+    __slots__ = ("top_k", "model", "clips", "crops", "sampling", "filename", "content_type", "no_cache")
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLIPS_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class ClassifyOptions(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NO_CACHE_FIELD_NUMBER: _ClassVar[int]
     top_k: int
     model: str
     clips: int
@@ -32,7 +33,8 @@ class ClassifyOptions(_message.Message):
     sampling: Sampling
     filename: str
     content_type: str
-    def __init__(self, top_k: _Optional[int] = ..., model: _Optional[str] = ..., clips: _Optional[int] = ..., crops: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, str]] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
+    no_cache: bool
+    def __init__(self, top_k: _Optional[int] = ..., model: _Optional[str] = ..., clips: _Optional[int] = ..., crops: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, str]] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., no_cache: _Optional[bool] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("options", "video")
@@ -62,8 +64,72 @@ class ClassifyStreamResponse(_message.Message):
     classification: Classification
     def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ...) -> None: ...
 
+class TimelineOptions(_message.Message):
+    __slots__ = ("options", "window_s", "stride_s")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_S_FIELD_NUMBER: _ClassVar[int]
+    options: ClassifyOptions
+    window_s: float
+    stride_s: float
+    def __init__(self, options: _Optional[_Union[ClassifyOptions, _Mapping]] = ..., window_s: _Optional[float] = ..., stride_s: _Optional[float] = ...) -> None: ...
+
+class ClassifyTimelineRequest(_message.Message):
+    __slots__ = ("options", "chunk")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    options: TimelineOptions
+    chunk: bytes
+    def __init__(self, options: _Optional[_Union[TimelineOptions, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class ClassifyTimelineResponse(_message.Message):
+    __slots__ = ("window", "classification")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    window: TimelineWindow
+    classification: Classification
+    def __init__(self, window: _Optional[_Union[TimelineWindow, _Mapping]] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ...) -> None: ...
+
+class TimelineWindow(_message.Message):
+    __slots__ = ("index", "start_s", "end_s", "predictions")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    start_s: float
+    end_s: float
+    predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    def __init__(self, index: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...) -> None: ...
+
+class TimelineSegment(_message.Message):
+    __slots__ = ("label", "index", "start_s", "end_s", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    index: int
+    start_s: float
+    end_s: float
+    score: float
+    def __init__(self, label: _Optional[str] = ..., index: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Timeline(_message.Message):
+    __slots__ = ("window_s", "stride_s", "windows", "segments")
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_S_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    window_s: float
+    stride_s: float
+    windows: _containers.RepeatedCompositeFieldContainer[TimelineWindow]
+    segments: _containers.RepeatedCompositeFieldContainer[TimelineSegment]
+    def __init__(self, window_s: _Optional[float] = ..., stride_s: _Optional[float] = ..., windows: _Optional[_Iterable[_Union[TimelineWindow, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[TimelineSegment, _Mapping]]] = ...) -> None: ...
+
 class Classification(_message.Message):
-    __slots__ = ("request_id", "model", "predictions", "video", "clips", "crops", "timings")
+    __slots__ = ("request_id", "model", "predictions", "video", "clips", "crops", "timings", "timeline")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +137,7 @@ class Classification(_message.Message):
     CLIPS_FIELD_NUMBER: _ClassVar[int]
     CROPS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: ModelRef
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
@@ -78,7 +145,8 @@ class Classification(_message.Message):
     clips: int
     crops: int
     timings: Timings
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., video: _Optional[_Union[VideoFacts, _Mapping]] = ..., clips: _Optional[int] = ..., crops: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    timeline: Timeline
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., video: _Optional[_Union[VideoFacts, _Mapping]] = ..., clips: _Optional[int] = ..., crops: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., timeline: _Optional[_Union[Timeline, _Mapping]] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "version", "untrained")

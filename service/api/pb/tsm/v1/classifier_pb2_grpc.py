@@ -55,6 +55,11 @@ class VideoClassifierStub:
                 request_serializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveRequest.SerializeToString,
                 response_deserializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveResponse.FromString,
                 _registered_method=True)
+        self.ClassifyTimeline = channel.stream_stream(
+                '/tsm.v1.VideoClassifier/ClassifyTimeline',
+                request_serializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ClassifyTimelineRequest.SerializeToString,
+                response_deserializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ClassifyTimelineResponse.FromString,
+                _registered_method=True)
 
 
 class VideoClassifierServicer:
@@ -96,6 +101,15 @@ class VideoClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyTimeline(self, request_iterator, context):
+        """Where in a long video each action happens: the upload streams in as for ClassifyStream; the
+        answer streams out, one message per window as soon as it is scored (in order), then one with the
+        segments and the whole answer. Trailing metadata `tsm-cache`: hit or miss (result cache).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +132,11 @@ def add_VideoClassifierServicer_to_server(servicer, server):
                     servicer.ClassifyLive,
                     request_deserializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveRequest.FromString,
                     response_serializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveResponse.SerializeToString,
+            ),
+            'ClassifyTimeline': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyTimeline,
+                    request_deserializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ClassifyTimelineRequest.FromString,
+                    response_serializer=service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ClassifyTimelineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +248,33 @@ class VideoClassifier:
             '/tsm.v1.VideoClassifier/ClassifyLive',
             service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveRequest.SerializeToString,
             service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.LiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyTimeline(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tsm.v1.VideoClassifier/ClassifyTimeline',
+            service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ClassifyTimelineRequest.SerializeToString,
+            service_dot_api_dot_pb_dot_tsm_dot_v1_dot_classifier__pb2.ClassifyTimelineResponse.FromString,
             options,
             channel_credentials,
             insecure,
