@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,7 +32,11 @@ from service.sampling import SamplingSpec
 from service.store import StoreEntry
 from service.uploads import Spooled, spool_upload
 
+if TYPE_CHECKING:
+    from service.live import ModelHub  # service.live imports this module
+
 log = logging.getLogger("tsm.request")
+_FRAME_CHUNK = 32  # frames of a per-frame timeline per forward pass: bounded memory, answers as they come
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,11 @@ class Classifier:
         limits: RequestLimits,
         metrics: Metrics,
         cache: ResultCache | None = None,
+        hubs: dict[str, ModelHub] | None = None,
     ):
         self.models = models
         self.cache = cache
+        self.hubs = hubs if hubs is not None else {}  # online models' live hubs: per-frame timelines
         self.spool_dir = spool_dir
         self.default_model = default_model
         self.pool = pool
@@ -229,14 +235,20 @@ class Classifier:
         model = self.resolve(options.model)
         config = model.entry.config
         options.check(config.num_classes, self.limits.max_clips)
-        if options.timeline:  # the model's clip span and half of it, unless asked otherwise
-            window_s = options.window_s or config.clip_span_s
-            options = dataclasses.replace(options, window_s=window_s, stride_s=options.stride_s or window_s / 2)
-        if config.online and (options.views > 1 or options.sampling != "uniform" or options.timeline):
+        if config.online and options.timeline and (options.window_s is not None or options.stride_s is not None):
             raise ServiceError(
                 ErrorKind.bad_request,
-                f"{config.name} is an online model: it answers from the video's last frames, so clips, crops, "
-                "sampling and timelines do not apply; leave them at their defaults",
+                f"{config.name} is an online model: its timeline is per frame (every {config.frame_stride}th, "
+                "smoothed), so window_s and stride_s do not apply",
+            )
+        if options.timeline and not config.online:  # the model's clip span and half of it, unless asked otherwise
+            window_s = options.window_s or config.clip_span_s
+            options = dataclasses.replace(options, window_s=window_s, stride_s=options.stride_s or window_s / 2)
+        if config.online and (options.views > 1 or options.sampling != "uniform"):
+            raise ServiceError(
+                ErrorKind.bad_request,
+                f"{config.name} is an online model: it answers from the video's last frames, so clips, crops and "
+                "sampling do not apply; leave them at their defaults",
             )
         deadline = time.monotonic() + self.limits.timeout(timeout_s)
         try:
@@ -323,7 +335,12 @@ class Classifier:
         """Decode, score and answer. Deletes ``video`` when done, whatever happens."""
         model, options = admission.model, admission.options
         config = model.entry.config
-        if config.online:  # the stream's last `window` frames, `frame_stride` apart (OnlineAnswer smooths)
+        if config.online and options.timeline:  # every frame_stride-th frame of the video, from the first
+            spec = SamplingSpec(
+                num_segments=1, scale_size=config.scale_size, input_size=config.input_size, sampling="every",
+                stride=config.frame_stride, resize=config.resize, max_windows=self.limits.max_windows,
+            )  # fmt: skip
+        elif config.online:  # the stream's last `window` frames, `frame_stride` apart (OnlineAnswer smooths)
             spec = SamplingSpec(
                 num_segments=config.window, scale_size=config.scale_size, input_size=config.input_size,
                 sampling="stride", stride=config.frame_stride, resize=config.resize,
@@ -346,7 +363,9 @@ class Classifier:
             video.unlink(missing_ok=True)
         self._remaining(admission)
         timeline = None
-        if options.timeline:
+        if options.timeline and config.online:
+            result, timeline = await self._frame_timeline(admission, decoded.frames[:, 0], decoded.windows, on_window)
+        elif options.timeline:
             admission.reservation.grow(len(decoded.frames) - admission.reservation.clips)  # 429 when over
             result, timeline = await self._timeline(admission, decoded.frames, decoded.windows, on_window)
         else:
@@ -404,6 +423,44 @@ class Classifier:
         result = InferResult(all_views.mean(axis=0), all_views, 0.0, inference_ms)
         assert options.window_s is not None and options.stride_s is not None
         return result, Timeline(options.window_s, options.stride_s, done, segments(done))
+
+    async def _frame_timeline(
+        self,
+        admission: Admission,
+        frames: np.ndarray,
+        times: list[tuple[float, float]],
+        on_window: WindowCallback | None,
+    ) -> tuple[InferResult, Timeline]:
+        """An online model's timeline: one forward per frame on its live hub, state carried from frame
+        to frame, each answer smoothed over the last ``smoothing`` frames as a live stream's is."""
+        model, options = admission.model, admission.options
+        config = model.entry.config
+        hub = self.hubs.get(config.name)
+        if hub is None or hub.config.version != config.version:
+            raise ServiceError(
+                ErrorKind.bad_request,
+                f"a per-frame timeline runs on the live engine of {config.name}'s newest version: "
+                "leave the version out",
+            )
+        started, state = time.monotonic(), None
+        logits: list[np.ndarray] = []
+        smoothed: list[np.ndarray] = []
+        done: list[TimelineWindow] = []
+        for i in range(0, len(frames), _FRAME_CHUNK):
+            self._remaining(admission)
+            chunk, state = await hub.run_frames(frames[i : i + _FRAME_CHUNK], state)
+            logits.extend(chunk)
+            for t in range(len(done), len(logits)):
+                smoothed.append(np.sum(logits[max(0, t - config.smoothing + 1) : t + 1], axis=0))
+                start_s, end_s = times[t]
+                done.append(TimelineWindow(t, round(start_s, 3), round(end_s, 3),
+                                           top_k(smoothed[t], model.entry.labels, options.top_k)))  # fmt: skip
+                if on_window is not None:
+                    on_window(done[-1])
+        every = np.stack(smoothed)
+        inference_ms = (time.monotonic() - started) * 1000
+        step_s = round(times[0][1] - times[0][0], 6)
+        return InferResult(every.mean(axis=0), every, 0.0, inference_ms), Timeline(step_s, step_s, done, segments(done))
 
 
 def segments(windows: list[TimelineWindow]) -> list[TimelineSegment]:

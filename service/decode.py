@@ -224,6 +224,12 @@ def _too_long(duration: float, limits: DecodeLimits) -> ServiceError:
 
 
 def _too_many_windows(count: int, duration_s: float, spec: SamplingSpec) -> ServiceError:
+    if spec.sampling == "every":
+        return ServiceError(
+            ErrorKind.too_many_windows,
+            f"A per-frame timeline takes every {spec.stride}th frame of this {duration_s:.1f} s video: {count} frames; "
+            f"this server takes at most {spec.max_windows}. Send a shorter video.",
+        )
     return ServiceError(
         ErrorKind.too_many_windows,
         f"A timeline of {spec.window_s:g} s windows every {spec.stride_s:g} s over this {duration_s:.1f} s video has "
@@ -279,7 +285,13 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
         if not info.duration_s and count / fps > limits.max_duration_s:
             raise _too_long(count / fps, limits)
         windows: list[tuple[float, float]] = []
-        if spec.timeline:  # refused before any frame is decoded when it has too many windows
+        if spec.sampling == "every":  # refused before any frame is decoded when there are too many
+            starts = list(range(0, count, spec.stride))
+            if len(starts) > spec.max_windows:
+                raise _too_many_windows(len(starts), count / fps, spec)
+            windows = [(i / fps, min(i + spec.stride, count) / fps) for i in starts]
+            indices = [[i] for i in starts]
+        elif spec.timeline:
             windows = timeline_windows(count / fps, spec.window_s, spec.stride_s)
             if len(windows) > spec.max_windows:
                 raise _too_many_windows(len(windows), count / fps, spec)

@@ -207,6 +207,19 @@ class ModelHub:
                 s.state = [t[i].clone() for t in states]
                 self._deliver(s, logits[i], p, now)
 
+    async def run_frames(self, frames: np.ndarray, state: State | None) -> tuple[np.ndarray, State]:
+        """Consecutive frames (uint8 ``[T, S, S, 3]``) of one video from ``state`` (None: its start):
+        per-frame logits ``[T, classes]`` and the state after, on this hub's thread between live steps
+        (a per-frame timeline: T frames in one forward pass, each shifted from the one before)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_frames, frames, state)
+
+    def _run_frames(self, frames: np.ndarray, state: State | None) -> tuple[np.ndarray, State]:
+        with torch.inference_mode():
+            x = self._normalise(torch.from_numpy(frames)[None]).contiguous()
+            logits, new = self.model.run(x, state)
+        return logits[0].float().numpy(), new
+
     def step(self, pixels: list[np.ndarray], states: list[State | None]) -> tuple[np.ndarray, State]:
         """One forward pass for the streams' frames (uint8 ``[S, S, 3]`` each) from their states:
         logits ``[B, classes]`` and the new states ``[B, ...]`` per shifted block."""

@@ -25,16 +25,18 @@ class SamplingSpec:
     much faster on long clips, approximate by up to half a GOP. ``sampling="stride"`` (online
     models) takes the last T frames ``stride`` apart, ending at the video's last frame.
 
-    ``window_s`` > 0 asks for a timeline: windows of ``window_s`` seconds every ``stride_s``
-    (:func:`timeline_windows`), each a clip sampled as TSN samples a video (segment centres inside
-    the window), at most ``max_windows`` of them; ``views`` is then known only once decoded."""
+    ``sampling="every"`` (an online model's timeline) takes every ``stride``-th frame from the first,
+    each its own one-frame view, at most ``max_windows`` of them. ``window_s`` > 0 asks for a timeline:
+    windows of ``window_s`` seconds every ``stride_s`` (:func:`timeline_windows`), each a clip sampled
+    as TSN samples a video (segment centres inside the window), at most ``max_windows`` of them.
+    Either way ``views`` is known only once decoded."""
 
     num_segments: int
     scale_size: int
     input_size: int
     clips: int = 1
     crops: int = 1
-    sampling: Literal["uniform", "keyframes", "stride"] = "uniform"
+    sampling: Literal["uniform", "keyframes", "stride", "every"] = "uniform"
     resize: Resize = "short_side"
     stride: int = 1
     window_s: float = 0.0
@@ -48,20 +50,23 @@ class SamplingSpec:
             raise ValueError("crops must be 1 or 3")
         if not 1 <= self.input_size <= self.scale_size:
             raise ValueError("input_size must be between 1 and scale_size")
-        if self.sampling not in ("uniform", "keyframes", "stride"):
-            raise ValueError("sampling must be 'uniform', 'keyframes' or 'stride'")
+        if self.sampling not in ("uniform", "keyframes", "stride", "every"):
+            raise ValueError("sampling must be 'uniform', 'keyframes', 'stride' or 'every'")
+        if self.sampling == "every" and (self.num_segments != 1 or self.views != 1 or self.max_windows < 1):
+            raise ValueError("every-frame sampling takes one frame per view, one clip, one crop and max_windows")
         if self.sampling == "stride" and (self.clips != 1 or self.stride < 1):
             raise ValueError("stride sampling takes one clip and a stride of at least 1")
         if self.resize not in ("short_side", "stretch"):
             raise ValueError("resize must be 'short_side' or 'stretch'")
-        if self.timeline and (
+        if self.window_s > 0 and (
             self.clips != 1 or self.sampling == "stride" or self.stride_s <= 0 or self.max_windows < 1
         ):
             raise ValueError("a timeline takes one clip per window, a positive stride_s and max_windows")
 
     @property
     def timeline(self) -> bool:
-        return self.window_s > 0
+        """Views are a timeline's entries (windows, or frames for ``every``): counted once decoded."""
+        return self.window_s > 0 or self.sampling == "every"
 
     @property
     def views(self) -> int:

@@ -145,7 +145,14 @@ class Server:
             self.cache = ResultCache(CacheConfig(s.cache_entries, s.cache_max_bytes, s.cache_url, s.cache_ttl_s),
                                      self.metrics)  # fmt: skip
         self.classifier = Classifier(
-            repository.models, s.default_model, self._pool, self._spool_dir, limits, self.metrics, self.cache
+            repository.models,
+            s.default_model,
+            self._pool,
+            self._spool_dir,
+            limits,
+            self.metrics,
+            self.cache,
+            repository.hubs,
         )
         hubs = repository.hubs
         online_default = s.default_online_model or next(iter(sorted(hubs)), None)

@@ -37,11 +37,13 @@ from harness.process import ROOT, ServerProcess, tool
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, LiveClient, LiveFrame, live_dict
+from service.decode import DecodeLimits, decode_file
 from service.engines import cpu_has_native_bf16
 from service.frames import Frame, Preprocess, frame_size
 from service.live_engine import choose_live_engine, torch_step
 from service.model.online import OnlineTSM
 from service.runner import Normalise
+from service.sampling import SamplingSpec
 from service.store import load_entry, write_random_entry
 from tests.conftest import TINY_LABELS
 
@@ -630,6 +632,33 @@ def test_a_reload_moves_new_streams_to_the_new_version_while_open_ones_finish_on
         old_answers, new_answers = srv.run(scenario(srv))
         assert_answers_match(old_answers, reference(store, frames, "1"))
         assert_answers_match(new_answers, reference(store, frames, "2"))
+
+
+def test_an_online_models_timeline_is_per_frame_as_a_live_stream_sees_it(
+    srv: InProcessServer, store: Path, clip: Path
+) -> None:
+    """/classify?timeline=true on an online model: every frame_stride-th frame from the first, one
+    forward per frame with the state carried, smoothed over the last frames: the reference run."""
+    answer = srv.http.post("/classify", params={"model": "live", "timeline": "true", "top_k": 3},
+                           content=clip.read_bytes(), headers={"Content-Type": "video/mp4"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    t = answer.json()["timeline"]
+    c = load_entry(store / "live" / "1").config
+    spec = SamplingSpec(num_segments=1, scale_size=c.scale_size, input_size=c.input_size, sampling="every",
+                        stride=c.frame_stride, resize=c.resize, max_windows=1000)  # fmt: skip
+    decoded = decode_file(clip, spec, DecodeLimits(4096 * 2304, 8192, 3600, 20, 2048, 200))
+    frames = list(decoded.frames[:, 0])
+    assert len(t["windows"]) == len(frames) == 24, "the 24-frame clip, every frame (stride 1)"
+    logits = reference(store, frames)
+    for i, w in enumerate(t["windows"]):
+        smoothed = softmax(logits[max(0, i - SMOOTHING + 1) : i + 1].sum(0))
+        best = np.argsort(-smoothed, kind="stable")[:3]
+        assert [p["index"] for p in w["predictions"]] == best.tolist(), i
+        np.testing.assert_allclose([p["score"] for p in w["predictions"]], smoothed[best], atol=1e-5)
+        assert w["start_s"] == pytest.approx(i / decoded.facts.fps, abs=1e-3)
+    refused = srv.http.post("/classify", params={"model": "live", "timeline": "true", "window_s": 2},
+                            content=clip.read_bytes(), headers={"Content-Type": "video/mp4"})  # fmt: skip
+    assert refused.status_code == 400 and "timeline is per frame" in refused.json()["error"]["message"]
 
 
 def test_a_stream_past_its_longest_duration_ends_with_a_clear_error(store: Path) -> None:

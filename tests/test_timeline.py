@@ -23,6 +23,7 @@ from service.sampling import sample_indices, timeline_windows, window_indices
 from tests.conftest import ROOT
 
 DEFAULT = "tsm_mobilenetv2_synthetic_motion"
+ONLINE = "tsm_mobilenetv2_synthetic_motion_online"
 MP4 = {"Content-Type": "video/mp4"}
 
 
@@ -62,8 +63,8 @@ def test_segments_merge_consecutive_windows_with_the_same_top1() -> None:
 
 @pytest.fixture(scope="module")
 def srv() -> Iterator[InProcessServer]:
-    """The bundled default model, as served (the timeline of a real motion), and the small test model."""
-    with InProcessServer(ROOT / "model_store", default_model=DEFAULT, models=[DEFAULT], max_windows=40,
+    """The bundled default models, as served: the timeline of a real motion."""
+    with InProcessServer(ROOT / "model_store", default_model=DEFAULT, models=[DEFAULT, ONLINE], max_windows=40,
                          max_batch_clips=8) as s:  # fmt: skip
         yield s
 
@@ -196,3 +197,12 @@ def test_concurrent_timelines_share_batches(srv: InProcessServer, two_actions: P
         return [a.status_code for a in answers]
 
     assert srv.run(both()) == [200, 200]
+
+
+def test_the_online_model_gives_the_cheapest_dense_timeline(srv: InProcessServer, two_actions: Path) -> None:
+    """One forward per frame (every frame_stride-th), smoothed as a live stream is: causal, so it lags."""
+    t = timeline(srv, two_actions, model=ONLINE, top_k=1)["timeline"]
+    assert len(t["windows"]) == 10 and t["window_s"] == t["stride_s"] == 0.8, "8 s at 15 fps, every 12th frame"
+    labels = [s["label"] for s in t["segments"]]
+    assert "moving left to right" in labels and labels[-1] == "growing", t["segments"]
+    assert labels.index("moving left to right") < labels.index("growing")
