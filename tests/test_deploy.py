@@ -244,8 +244,12 @@ def test_compose_config_is_valid(profile: str) -> None:
 def test_compose_runs_the_server_with_prometheus_and_grafana(profile: str) -> None:
     config = json.loads(compose(profile, "config", "--format", "json"))
     services = config["services"]
-    assert set(services) == {PROFILES[profile], "prometheus", "grafana"}, "a profile starts one server"
+    assert set(services) == {PROFILES[profile], "redis", "prometheus", "grafana"}, "a profile starts one server"
     server = services[PROFILES[profile]]
+    # The result cache: the server finds Redis by its service name, and starts after it.
+    assert server["environment"]["TSM_CACHE_URL"] == "redis://redis:6379/0" and "redis" in server["depends_on"]
+    redis = services["redis"]
+    assert redis["read_only"] is True and "--save" in redis["command"] and "ports" not in redis, "internal only"
 
     settings = check_settings(server["environment"], f"compose {profile}")
     assert settings.host == "0.0.0.0"
@@ -422,7 +426,7 @@ def test_k8s_service_pdb_hpa_and_servicemonitor_point_at_the_pods(overlay: str) 
         return bool(selector) and all(pod_labels.get(k) == v for k, v in selector.items())
 
     assert selects(deployment["spec"]["selector"]["matchLabels"])
-    services = {name: d for (kind, name), d in m.items() if kind == "Service"}
+    services = {name: d for (kind, name), d in m.items() if kind == "Service" and name != "tsm-serve-redis"}
     for service in services.values():
         assert selects(service["spec"]["selector"])
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
@@ -448,6 +452,25 @@ def test_k8s_service_pdb_hpa_and_servicemonitor_point_at_the_pods(overlay: str) 
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]} and endpoint["path"] == "/metrics"
     assert seconds(endpoint["scrapeTimeout"]) < seconds(endpoint["interval"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_redis_is_the_shared_cache_of_the_server_pods_and_only_that(overlay: str) -> None:
+    m = manifests(overlay)
+    redis = m[("Deployment", "tsm-serve-redis")]
+    service = m[("Service", "tsm-serve-redis")]
+    pod = redis["spec"]["template"]
+    assert all(pod["metadata"]["labels"].get(k) == v for k, v in service["spec"]["selector"].items())
+    server_pod = m[("Deployment", "tsm-serve")]["spec"]["template"]["metadata"]["labels"]
+    for name in ("tsm-serve", "tsm-serve-grpc"):  # no server Service reaches Redis, nor Redis the servers
+        selector = m[("Service", name)]["spec"]["selector"]
+        assert not all(pod["metadata"]["labels"].get(k) == v for k, v in selector.items())
+    assert not all(server_pod.get(k) == v for k, v in service["spec"]["selector"].items())
+    url = container_env(overlay)["TSM_CACHE_URL"]
+    assert url == f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/0"
+    (c,) = pod["spec"]["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and pod["spec"]["securityContext"]["runAsNonRoot"]
+    assert "--maxmemory" in c["args"] and c["resources"]["limits"]["memory"]
 
 
 # ------------------------------------------------------------------------------------ Prometheus
