@@ -92,6 +92,23 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     raise ClassifyError(response.status_code, code, message, float(retry) if retry else None)
 
 
+def _window(window_s: float | None, stride_s: float | None) -> dict[str, float]:
+    return {k: v for k, v in (("window_s", window_s), ("stride_s", stride_s)) if v is not None}
+
+
+def _no_cache(no_cache: bool) -> dict[str, str]:
+    return {"Cache-Control": "no-cache"} if no_cache else {}
+
+
+def _timeline_line(line: dict[str, Any]) -> dict[str, Any]:
+    """An NDJSON line of a streamed timeline; an ``{"error": ...}`` line raises as an error answer does."""
+    if "error" in line:
+        error = line["error"]
+        status = next((kind.http_status for kind in ErrorKind if kind.value == error.get("code")), 0)
+        raise ClassifyError(status, str(error.get("code")), str(error.get("message")))
+    return line
+
+
 def _auth(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -132,12 +149,30 @@ class Client(_Closable):
     def classify(
         self, video: Video, *, top_k: int = 5, model: str | None = None, clips: int = 1, crops: int = 1,
         sampling: str = "uniform", timeout_s: float | None = None, request_id: str | None = None,
+        no_cache: bool = False,
     ) -> dict[str, Any]:  # fmt: skip
+        """``no_cache``: compute afresh instead of answering from the server's result cache."""
         response = self._http.post(
             "/classify", params=_params(top_k, model, clips, crops, sampling), content=_body(video),
-            headers=_headers(timeout_s, request_id),
+            headers={**_headers(timeout_s, request_id), **_no_cache(no_cache)},
         )  # fmt: skip
         return _answer(response)
+
+    def timeline(
+        self, video: Video, *, window_s: float | None = None, stride_s: float | None = None, top_k: int = 5,
+        model: str | None = None, timeout_s: float | None = None, no_cache: bool = False,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """Where each action happens: ``{"window": ...}`` per window as the server scores it, then
+        ``{"result": ...}`` (the whole answer: segments, the overall predictions, ``cache``)."""
+        params = {**_params(top_k, model, 1, 1, "uniform"), "timeline": "true", **_window(window_s, stride_s)}
+        headers = {**_headers(timeout_s, None), "Accept": "application/x-ndjson", **_no_cache(no_cache)}
+        with self._http.stream("POST", "/classify", params=params, content=_body(video), headers=headers) as r:
+            if r.status_code != 200:
+                r.read()
+                _answer(r)
+            for line in r.iter_lines():
+                if line:
+                    yield _timeline_line(json.loads(line))
 
     def models(self) -> list[dict[str, Any]]:
         return list(_answer(self._http.get("/v1/models"))["models"])
@@ -203,7 +238,7 @@ class GrpcClient(_Closable):
     def classify(
         self, video: Video, *, top_k: int = 5, model: str | None = None, clips: int = 1, crops: int = 1,
         sampling: str = "uniform", timeout_s: float | None = None, request_id: str | None = None,
-        stream: bool | None = None,
+        stream: bool | None = None, no_cache: bool = False,
     ) -> dict[str, Any]:  # fmt: skip
         """``timeout_s`` is the gRPC deadline (the server honours it; default: the client's timeout).
         ``stream``: force ``ClassifyStream`` (True) or ``Classify`` (False); default: stream files and
@@ -211,7 +246,7 @@ class GrpcClient(_Closable):
         options = pb.ClassifyOptions(
             top_k=top_k, model=model or "", clips=clips, crops=crops,
             sampling=pb.SAMPLING_KEYFRAMES if sampling == "keyframes" else pb.SAMPLING_UNIFORM,
-            filename="" if isinstance(video, bytes) else Path(video).name,
+            filename="" if isinstance(video, bytes) else Path(video).name, no_cache=no_cache,
         )  # fmt: skip
         metadata = self._metadata + ((("x-request-id", request_id),) if request_id else ())
         kwargs: dict[str, Any] = {"timeout": timeout_s or self._timeout_s, "metadata": metadata}
@@ -229,14 +264,39 @@ class GrpcClient(_Closable):
 
     def _stream_messages(self, options: pb.ClassifyOptions, video: Video) -> Iterator[pb.ClassifyStreamRequest]:
         yield pb.ClassifyStreamRequest(options=options)
-        if isinstance(video, bytes):
-            chunks: Iterator[bytes] = (
-                video[i : i + self._chunk_bytes] for i in range(0, len(video), self._chunk_bytes)
-            )
-        else:
-            chunks = _file_chunks(Path(video), self._chunk_bytes)
-        for chunk in chunks:
+        for chunk in self._chunks(video):
             yield pb.ClassifyStreamRequest(chunk=chunk)
+
+    def _chunks(self, video: Video) -> Iterator[bytes]:
+        if isinstance(video, bytes):
+            return (video[i : i + self._chunk_bytes] for i in range(0, len(video), self._chunk_bytes))
+        return _file_chunks(Path(video), self._chunk_bytes)
+
+    def timeline(
+        self, video: Video, *, window_s: float | None = None, stride_s: float | None = None, top_k: int = 5,
+        model: str | None = None, timeout_s: float | None = None, no_cache: bool = False,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """``ClassifyTimeline``: the same lines as :meth:`Client.timeline` (``window``, then ``result``)."""
+        options = pb.TimelineOptions(
+            options=pb.ClassifyOptions(top_k=top_k, model=model or "", no_cache=no_cache), window_s=window_s,
+            stride_s=stride_s,
+        )  # fmt: skip
+
+        def messages() -> Iterator[pb.ClassifyTimelineRequest]:
+            yield pb.ClassifyTimelineRequest(options=options)
+            for chunk in self._chunks(video):
+                yield pb.ClassifyTimelineRequest(chunk=chunk)
+
+        call = self._stub.ClassifyTimeline(messages(), timeout=timeout_s or self._timeout_s, metadata=self._metadata)
+        try:
+            for answer in call:
+                if answer.WhichOneof("payload") == "window":
+                    yield {"window": _window_dict(answer.window)}
+                else:
+                    cache = dict(call.trailing_metadata() or ()).get("tsm-cache", "")
+                    yield {"result": {**classification_dict(answer.classification), "cache": cache}}
+        except grpc.RpcError as e:
+            raise _grpc_error(e) from None
 
     def models(self) -> list[dict[str, Any]]:
         try:
@@ -332,7 +392,18 @@ def classification_dict(c: pb.Classification) -> dict[str, Any]:
             "upload": t.upload_ms, "decode": t.decode_ms, "queue": t.queue_ms, "inference": t.inference_ms,
             "total": t.total_ms,
         },
+        **({"timeline": {
+            "window_s": c.timeline.window_s, "stride_s": c.timeline.stride_s,
+            "windows": [_window_dict(w) for w in c.timeline.windows],
+            "segments": [{"label": g.label, "index": g.index, "start_s": g.start_s, "end_s": g.end_s,
+                          "score": g.score} for g in c.timeline.segments],
+        }} if c.HasField("timeline") else {}),
     }  # fmt: skip
+
+
+def _window_dict(w: pb.TimelineWindow) -> dict[str, Any]:
+    return {"index": w.index, "start_s": w.start_s, "end_s": w.end_s,
+            "predictions": [{"label": p.label, "index": p.index, "score": p.score} for p in w.predictions]}  # fmt: skip
 
 
 def _model_dict(m: pb.ModelInfo) -> dict[str, Any]:
@@ -363,6 +434,27 @@ def _print_result(path: str, result: dict[str, Any]) -> None:
     print(f"{path}: {model['name']}/{model['version']}, {result['timings_ms']['total']:.0f} ms{note}")
     for p in result["predictions"]:
         print(f"  {p['score']:7.2%}  {p['label']}")
+
+
+def _timeline(client: Client | GrpcClient, path: Path, args: argparse.Namespace) -> bool:
+    """``--timeline``: one line per window as it is scored, then the segments. False on an error."""
+    try:
+        for line in client.timeline(path, window_s=args.window_s, stride_s=args.stride_s, top_k=args.top_k,
+                                    model=args.model, timeout_s=args.timeout, no_cache=args.no_cache):  # fmt: skip
+            if args.json:
+                print(json.dumps({"file": str(path), **line}), flush=True)
+            elif "window" in line:
+                w = line["window"]
+                best = w["predictions"][0]
+                print(f"{path}: {w['start_s']:7.2f}-{w['end_s']:7.2f} s  {best['score']:7.2%}  {best['label']}",
+                      flush=True)  # fmt: skip
+            else:
+                for g in line["result"]["timeline"]["segments"]:
+                    print(f"  segment {g['start_s']:7.2f}-{g['end_s']:7.2f} s  {g['score']:7.2%}  {g['label']}")
+    except (ClassifyError, OSError, httpx.HTTPError) as e:
+        print(json.dumps({"file": str(path), "error": str(e)}) if args.json else f"{path}: error: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def _live(args: argparse.Namespace) -> int:
@@ -405,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, default=1)
     parser.add_argument("--timeout", type=float, help="deadline per video, seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON answer per line")
+    parser.add_argument("--timeline", action="store_true",
+                        help="where each action happens: each window as it is scored, then the segments")  # fmt: skip
+    parser.add_argument("--window-s", type=float, help="with --timeline: window length (default: the model's)")
+    parser.add_argument("--stride-s", type=float, help="with --timeline: seconds between windows (default: half)")
+    parser.add_argument("--no-cache", action="store_true", help="compute afresh, not from the server's result cache")
     args = parser.parse_args(argv)
     if args.live:
         return _live(args)
@@ -416,9 +513,12 @@ def main(argv: list[str] | None = None) -> int:
         client = Client(args.url, api_key=args.api_key, verify=str(args.ca_cert) if args.ca_cert else True)
     with client:
         for path in args.files:
+            if args.timeline:
+                failures += not _timeline(client, path, args)
+                continue
             try:
                 result = client.classify(path, top_k=args.top_k, model=args.model, clips=args.clips,
-                                         crops=args.crops, timeout_s=args.timeout)  # fmt: skip
+                                         crops=args.crops, timeout_s=args.timeout, no_cache=args.no_cache)  # fmt: skip
             except (ClassifyError, OSError, httpx.HTTPError) as e:
                 failures += 1
                 error = {"file": str(path), "error": str(e)}

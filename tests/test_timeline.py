@@ -19,6 +19,8 @@ from harness.media import make_video, two_actions_video
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.classifier import Prediction, TimelineWindow, segments
+from service.client import ClassifyError, Client, GrpcClient
+from service.client import main as client_main
 from service.sampling import sample_indices, timeline_windows, window_indices
 from tests.conftest import ROOT
 
@@ -64,7 +66,7 @@ def test_segments_merge_consecutive_windows_with_the_same_top1() -> None:
 @pytest.fixture(scope="module")
 def srv() -> Iterator[InProcessServer]:
     """The bundled default models, as served: the timeline of a real motion."""
-    with InProcessServer(ROOT / "model_store", default_model=DEFAULT, models=[DEFAULT, ONLINE], max_windows=40,
+    with InProcessServer(ROOT / "model_store", default_model=DEFAULT, models=[DEFAULT, ONLINE], max_windows=40, http_port=True,
                          max_batch_clips=8) as s:  # fmt: skip
         yield s
 
@@ -206,3 +208,24 @@ def test_the_online_model_gives_the_cheapest_dense_timeline(srv: InProcessServer
     labels = [s["label"] for s in t["segments"]]
     assert "moving left to right" in labels and labels[-1] == "growing", t["segments"]
     assert labels.index("moving left to right") < labels.index("growing")
+
+
+def test_the_python_clients_and_tsm_classify_stream_timelines(
+    srv: InProcessServer, two_actions: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(srv.url) as http, GrpcClient(srv.grpc_target) as rpc:
+        over_http = list(http.timeline(two_actions, window_s=2, stride_s=2, top_k=1))
+        over_grpc = list(rpc.timeline(two_actions, window_s=2, stride_s=2, top_k=1))
+        with pytest.raises(ClassifyError) as refused:
+            list(http.timeline(two_actions, window_s=0.5, stride_s=0.1))
+        assert refused.value.code == "too_many_windows"
+    for lines in (over_http, over_grpc):
+        assert [list(line) for line in lines] == [["window"]] * 4 + [["result"]]
+    assert [w["window"]["predictions"][0]["label"] for w in over_http[:4]] == [
+        w["window"]["predictions"][0]["label"] for w in over_grpc[:4]
+    ]
+    segments = over_grpc[-1]["result"]["timeline"]["segments"]
+    assert segments == over_http[-1]["result"]["timeline"]["segments"]
+    assert client_main([str(two_actions), "--url", srv.url, "--timeline", "--window-s", "4", "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "   0.00-   4.00 s" in out and "segment" in out and "growing" in out
