@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +55,8 @@ class ServerProcess:
                "TSM_DECODE_WORKERS": "2", "TSM_CPU_BUDGET": "2", "TSM_ENGINE": "torch",
                "TSM_LOG_LEVEL": "WARNING", "TSM_CACHE_ENTRIES": "0"}  # as harness.inproc.DEFAULTS  # fmt: skip
         env.update({f"TSM_{k.upper()}": str(v) for k, v in settings.items()})
-        self.log = open(store.parent / f"server-{self.http_port}.log", "w+")  # noqa: SIM115 - closed in stop()
+        # Its output, kept outside the store's folder (the bundled store's is the repository root).
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
