@@ -13,6 +13,9 @@ TRAIN_COMMAND = "python -m training.train"
 TSN_COMMAND = "python -m training.train --no-shift --out /tmp/tsn/tsm_mobilenetv2_synthetic_motion_tsn/1"
 
 
+ARCH_NAMES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "mobilenetv2": "MobileNetV2"}
+
+
 def _pct(x: object) -> str:
     return f"{float(x):.1%}" if isinstance(x, (int, float)) else "–"
 
@@ -28,10 +31,11 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         if config.resize == "stretch"
         else f"{config.input_size}² centre crop of frames scaled to a {config.scale_size}-pixel short side"
     )
+    backbone = f"MobileNetV2 ×{config.width_mult}" if config.arch == "mobilenetv2" else ARCH_NAMES[config.arch]
     lines = [
         f"# {config.name}, version {config.version}",
         "",
-        f"A {kind} MobileNetV2 (width ×{config.width_mult}, {config.num_segments} segments, {frames}) that "
+        f"A {kind} {backbone} ({config.num_segments} segments, {frames}) that "
         "tells 11 kinds of motion of one object apart in **synthetic** clips. It exists so the server answers "
         "something true out of the box; it is **not a general-purpose action recogniser**: on real videos "
         "its answers mean little.",

@@ -33,11 +33,14 @@ import time
 import types
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 from torch import nn
 
+from service.model.backbones import Arch
+from service.model.shift import ShiftPlace
 from service.runner import Normalise
 from service.sampling import SamplingSpec, crop_offsets
 from service.store import ModelConfig, build_model, load_entry, write_entry
@@ -70,6 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="entry folder to write (…/<name>/<version>); default: the bundled entry")
     p.add_argument("--no-shift", action="store_true", help="train the TSN baseline (no temporal shift)")
     p.add_argument("--online", action="store_true", help="train the uni-directional (online, live-stream) TSM")
+    p.add_argument("--arch", choices=get_args(Arch), default="mobilenetv2",
+                   help="backbone; --width-mult applies to mobilenetv2 only")  # fmt: skip
+    p.add_argument("--shift-div", type=int, default=8,
+                   help="fold = channels // shift-div move each way: 2/shift-div of the channels in all "
+                   "(online: 1/shift-div, from the past only)")  # fmt: skip
+    p.add_argument("--shift-place", choices=get_args(ShiftPlace), default="blockres",
+                   help="blockres: the residual branch's input; block: the block's input, skip connection "
+                   "included (the paper's in-place shift; ResNet only)")  # fmt: skip
     p.add_argument("--clips-per-class", type=int, default=400)
     p.add_argument("--val-per-class", type=int, default=8)
     p.add_argument("--epochs", type=int, default=17)
@@ -100,6 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.online and args.no_shift:
         p.error("--online is a temporal shift (one-sided): it cannot go with --no-shift")
+    if args.online and args.shift_place != "blockres":
+        p.error("--online shifts the residual branch only: it cannot go with --shift-place block")
+    if args.shift_place == "block" and args.arch == "mobilenetv2":  # as the official code: ResNet only
+        p.error("--shift-place block needs a ResNet (--arch resnet50): MobileNetV2 shifts its residual branch only")
     args.out = args.out or (DEFAULT_ONLINE_ENTRY if args.online else DEFAULT_ENTRY)
     return args
 
@@ -211,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
 
     name = args.out.parent.name if args.out.parent.name else ENTRY_NAME
     config = ModelConfig(
-        name=name, version=args.out.name, arch="mobilenetv2", num_segments=1 if args.online else args.segments,
-        shift=not args.no_shift, online=args.online,
-        width_mult=args.width_mult, num_classes=classes, input_size=args.input_size, scale_size=args.scale_size,
-        resize="stretch", weights_sha256="0" * 64, untrained=False,
+        name=name, version=args.out.name, arch=args.arch, num_segments=1 if args.online else args.segments,
+        shift=not args.no_shift, online=args.online, shift_div=args.shift_div, shift_place=args.shift_place,
+        width_mult=args.width_mult if args.arch == "mobilenetv2" else 1.0, num_classes=classes,
+        input_size=args.input_size, scale_size=args.scale_size, resize="stretch", weights_sha256="0" * 64,
+        untrained=False,
         source=f"trained on synthetic motion clips by training/train.py (seed {args.seed})",
     )  # fmt: skip
     model = build_model(config)
