@@ -366,7 +366,14 @@ class Classifier:
         if options.timeline and config.online:
             result, timeline = await self._frame_timeline(admission, decoded.frames[:, 0], decoded.windows, on_window)
         elif options.timeline:
-            admission.reservation.grow(len(decoded.frames) - admission.reservation.clips)  # 429 when over
+            if len(decoded.frames) > model.batcher.max_queue:  # never admissible, however idle the server
+                raise ServiceError(
+                    ErrorKind.too_many_windows,
+                    f"the timeline has {len(decoded.windows)} windows ({len(decoded.frames)} clips with its crops); "
+                    f"this server admits at most {model.batcher.max_queue} clips at once: raise stride_s or "
+                    "window_s, or send a shorter video",
+                )
+            admission.reservation.grow(len(decoded.frames) - admission.reservation.clips)  # 429 when busy
             result, timeline = await self._timeline(admission, decoded.frames, decoded.windows, on_window)
         else:
             result = await model.batcher.infer(decoded.frames, admission.reservation, admission.deadline)
@@ -409,12 +416,7 @@ class Classifier:
             for chunk in chunks:
                 view_logits.append((await chunk).view_logits)
                 scored = np.concatenate(view_logits).reshape(-1, crops, view_logits[0].shape[-1]).mean(axis=1)
-                for i in range(len(done), len(scored)):
-                    start_s, end_s = windows[i]
-                    done.append(TimelineWindow(i, round(start_s, 3), round(end_s, 3),
-                                               top_k(scored[i], labels, options.top_k)))  # fmt: skip
-                    if on_window is not None:
-                        on_window(done[-1])
+                answer_new(done, list(scored), windows, labels, options.top_k, on_window)
         finally:
             for chunk in chunks:
                 chunk.cancel()
@@ -450,17 +452,30 @@ class Classifier:
             self._remaining(admission)
             chunk, state = await hub.run_frames(frames[i : i + _FRAME_CHUNK], state)
             logits.extend(chunk)
-            for t in range(len(done), len(logits)):
-                smoothed.append(np.sum(logits[max(0, t - config.smoothing + 1) : t + 1], axis=0))
-                start_s, end_s = times[t]
-                done.append(TimelineWindow(t, round(start_s, 3), round(end_s, 3),
-                                           top_k(smoothed[t], model.entry.labels, options.top_k)))  # fmt: skip
-                if on_window is not None:
-                    on_window(done[-1])
+            smoothed += [np.sum(logits[max(0, t - config.smoothing + 1) : t + 1], axis=0)
+                         for t in range(len(smoothed), len(logits))]  # fmt: skip
+            answer_new(done, smoothed, times, model.entry.labels, options.top_k, on_window)
         every = np.stack(smoothed)
         inference_ms = (time.monotonic() - started) * 1000
         step_s = round(times[0][1] - times[0][0], 6)
         return InferResult(every.mean(axis=0), every, 0.0, inference_ms), Timeline(step_s, step_s, done, segments(done))
+
+
+def answer_new(
+    done: list[TimelineWindow],
+    scored: list[np.ndarray],
+    times: list[tuple[float, float]],
+    labels: list[str],
+    k: int,
+    on_window: WindowCallback | None,
+) -> None:
+    """Appends to ``done`` the answers of the timeline entries scored since (``scored`` past its
+    length), in order, each handed to ``on_window`` as it is made."""
+    for i in range(len(done), len(scored)):
+        start_s, end_s = times[i]
+        done.append(TimelineWindow(i, round(start_s, 3), round(end_s, 3), top_k(scored[i], labels, k)))
+        if on_window is not None:
+            on_window(done[-1])
 
 
 def segments(windows: list[TimelineWindow]) -> list[TimelineSegment]:

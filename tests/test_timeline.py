@@ -66,8 +66,8 @@ def test_segments_merge_consecutive_windows_with_the_same_top1() -> None:
 @pytest.fixture(scope="module")
 def srv() -> Iterator[InProcessServer]:
     """The bundled default models, as served: the timeline of a real motion."""
-    with InProcessServer(ROOT / "model_store", default_model=DEFAULT, models=[DEFAULT, ONLINE], max_windows=40, http_port=True,
-                         max_batch_clips=8) as s:  # fmt: skip
+    with InProcessServer(ROOT / "model_store", default_model=DEFAULT, models=[DEFAULT, ONLINE], max_windows=40,
+                         http_port=True, max_batch_clips=8) as s:  # fmt: skip
         yield s
 
 
@@ -229,3 +229,19 @@ def test_the_python_clients_and_tsm_classify_stream_timelines(
     assert client_main([str(two_actions), "--url", srv.url, "--timeline", "--window-s", "4", "--top-k", "1"]) == 0
     out = capsys.readouterr().out
     assert "   0.00-   4.00 s" in out and "segment" in out and "growing" in out
+
+
+def test_a_timeline_is_admitted_as_its_windows_are_clips(tiny_store: Path, tmp_path: Path) -> None:
+    """Windows count against the admission budget like clips: more than it holds is refused."""
+    video = make_video(tmp_path / "ten_seconds.mp4", width=96, height=64, frames=100, fps=10)
+    with InProcessServer(tiny_store, max_queue_clips=6) as small:
+        fits = small.http.post("/classify", params={"timeline": "true", "window_s": 4, "stride_s": 2},
+                               content=video.read_bytes(), headers=MP4)  # fmt: skip
+        assert fits.status_code == 200 and len(fits.json()["timeline"]["windows"]) == 4
+        over = small.http.post("/classify", params={"timeline": "true", "window_s": 2, "stride_s": 1},
+                               content=video.read_bytes(), headers=MP4)  # fmt: skip
+        assert over.status_code == 422 and over.json()["error"]["code"] == "too_many_windows"
+        assert (
+            "has 9 windows" in over.json()["error"]["message"] and "at most 6 clips" in over.json()["error"]["message"]
+        )
+        assert small.server.require_classifier().models["tiny"].batcher.pending_clips == 0, "nothing leaked"
