@@ -97,14 +97,16 @@ def test_available_cores_follow_affinity() -> None:
 def test_each_part_gets_its_own_settings_and_nothing_else() -> None:
     s = Settings(device="cpu", dtype="float32", torch_threads=2, channels_last=False, max_batch_clips=4,
                  max_delay_ms=7, max_queue_clips=9, request_timeout_s=11, max_upload_bytes=1234, max_clips=3,
-                 decode_timeout_s=5, decode_memory_mb=1024, decode_max_jobs=17)  # fmt: skip
+                 decode_timeout_s=5, decode_memory_mb=1024, decode_max_jobs=17, max_windows=21)  # fmt: skip
     assert RunnerConfig.from_settings(s) == RunnerConfig(
         device="cpu", dtype="float32", torch_threads=2, channels_last=False, engine="auto", cuda_graphs=False,
         max_batch_clips=4,
     )  # fmt: skip
     assert RunnerConfig.from_settings(Settings(torch_threads=0), torch_threads=3).torch_threads == 3
     assert BatcherConfig.from_settings(s) == BatcherConfig(max_delay_ms=7, max_queue_clips=9, request_timeout_s=11)
-    assert RequestLimits.from_settings(s) == RequestLimits(max_upload_bytes=1234, max_clips=3, request_timeout_s=11)
+    assert RequestLimits.from_settings(s) == RequestLimits(
+        max_upload_bytes=1234, max_clips=3, request_timeout_s=11, max_windows=21
+    )
     limits = DecodeLimits.from_settings(s)
     assert (limits.timeout_s, limits.memory_mb, limits.max_jobs) == (5, 1024, 17)
 
