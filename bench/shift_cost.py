@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.e2e import machine
+from service.model import shift as shift_module
 from service.model.backbones import Arch
 from service.model.shift import ShiftPlace, TemporalShift
 from service.model.tsm import TSM
@@ -217,6 +218,72 @@ def measure_latency(models: dict[Variant, TSM], batches: list[int], segments: in
     return result
 
 
+def zero_filled_shift(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
+    """The shift as the official code (and ours before 2026-12-02) writes it: a zero-filled new
+    tensor, then every channel copied in. The same values as ``shift_offline``; the A/B baseline."""
+    nt, c, h, w = x.shape
+    x5 = x.view(nt // num_segments, num_segments, c, h, w)
+    fold = c // shift_div
+    out = torch.zeros_like(x5)
+    out[:, :-1, :fold] = x5[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = x5[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = x5[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+@dataclass
+class Implementations:
+    """Ours against the zero-filled shift, rounds alternating: the shift alone and the whole forward."""
+
+    variant: Variant
+    batch: int
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # "shift ours" ... -> per round
+
+
+@torch.inference_mode()
+def measure_implementations(model: TSM, v: Variant, batch: int, segments: int, size: int, rounds: int,
+                            device: torch.device, channels_last: bool) -> Implementations:  # fmt: skip
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)  # type: ignore[call-overload]
+    x = torch.randn(batch, segments, 3, size, size, generator=torch.Generator().manual_seed(3)).to(device)
+    inputs: list[Tensor] = []
+    with hooks(model, lambda m, inp: inputs.append(inp.clone())):
+        model(x)
+    assert v.shift_div is not None
+    div = v.shift_div
+
+    def shifts(fn: Callable[[Tensor, int, int], Tensor]) -> None:
+        for t in inputs:
+            fn(t, segments, div)
+
+    def forward(fn: Callable[[Tensor, int, int], Tensor]) -> None:
+        original = shift_module.shift_offline
+        shift_module.shift_offline = fn  # type: ignore[assignment]  # TemporalShift.forward looks it up per call
+        try:
+            model(x)
+        finally:
+            shift_module.shift_offline = original
+
+    runs: dict[str, Callable[[], None]] = {
+        "shift ours": lambda: shifts(shift_module.shift_offline),
+        "shift zero-filled": lambda: shifts(zero_filled_shift),
+        "forward ours": lambda: forward(shift_module.shift_offline),
+        "forward zero-filled": lambda: forward(zero_filled_shift),
+    }  # fmt: skip
+    for run_once in runs.values():
+        run_once()
+    result = Implementations(v, batch, {name: [] for name in runs})
+    names = list(runs)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            _sync(device)
+            started = time.perf_counter()
+            runs[name]()
+            _sync(device)
+            result.seconds[name].append(time.perf_counter() - started)
+    return result
+
+
 @dataclass
 class Report:
     args: argparse.Namespace
@@ -228,6 +295,7 @@ class Report:
     flops: dict[Variant, int] = field(default_factory=dict)
     traffic: dict[Variant, Traffic] = field(default_factory=dict)
     latency: dict[Arch, Latency] = field(default_factory=dict)
+    implementations: list[Implementations] = field(default_factory=list)
     wall_s: float = 0.0
 
 
@@ -248,6 +316,12 @@ def run(args: argparse.Namespace, command: str) -> Report:
         print(f"{NAMES[arch]}: latency, {args.rounds} rounds", file=sys.stderr, flush=True)
         report.latency[arch] = measure_latency(models, args.batches, args.segments, args.size, args.rounds,
                                                args.warmup, device, args.memory_format == "channels_last")  # fmt: skip
+        default = Variant(arch, 8)
+        if default in models:
+            print(f"{NAMES[arch]}: our shift against the zero-filled one", file=sys.stderr, flush=True)
+            report.implementations.append(measure_implementations(
+                models[default], default, max(args.batches), args.segments, args.size, args.rounds, device,
+                args.memory_format == "channels_last"))  # fmt: skip
         del models
     report.load_after = os.getloadavg()
     report.wall_s = time.perf_counter() - started
@@ -293,6 +367,19 @@ def latency_table(r: Report) -> list[str]:
                 over = f"{_pct(om)} [{_pct(o1)}, {_pct(o3)}]"
             lines.append(f"| {NAMES[arch]} | {b} | {v.placement} | {v.moved} | {med:.1f} | {q1:.1f}–{q3:.1f} | "
                          f"{min(ms):.1f} | {over} |")  # fmt: skip
+    return lines
+
+
+def implementations_table(r: Report) -> list[str]:
+    lines = ["| backbone | batch (clips) | what is timed | ours: written once, ms median | zero-filled, ms median | "
+             "ours / zero-filled, median [IQR] of rounds |", "| --- | ---: | --- | ---: | ---: | --- |"]  # fmt: skip
+    for imp in r.implementations:
+        for what, label in (("shift", f"the shift alone, its {NAMES[imp.variant.arch]} block inputs"),
+                            ("forward", "the whole TSM forward")):  # fmt: skip
+            ours, zeroed = imp.seconds[f"{what} ours"], imp.seconds[f"{what} zero-filled"]
+            q1, med, q3 = _quartiles([a / b for a, b in zip(ours, zeroed, strict=True)])
+            lines.append(f"| {NAMES[imp.variant.arch]} | {imp.batch} | {label} | {1000 * _quartiles(ours)[1]:.1f} | "
+                         f"{1000 * _quartiles(zeroed)[1]:.1f} | {med:.2f} [{q1:.2f}, {q3:.2f}] |")  # fmt: skip
     return lines
 
 
@@ -349,6 +436,13 @@ def markdown(r: Report, level: int = 2) -> str:
         "2026-12-02, zero-fills the output first: ≈3×).",
         "",
         *traffic_table(r),
+        "",
+        f"{h} Our shift against the zero-filled one (the default proportion, residual)",
+        "",
+        "The same values; ours writes every output element once, the official code's zero-fills its new "
+        "tensor first. Rounds alternate the four timings; the ratio is taken per round.",
+        "",
+        *implementations_table(r),
         "",
     ]  # fmt: skip
     return "\n".join(lines)

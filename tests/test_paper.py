@@ -154,8 +154,10 @@ def test_shift_cost_quick_prints_the_three_tables_and_replaces_only_its_sections
     assert shift_cost.main(["--quick", "--write", "--results", str(results), "--doc", str(doc)]) == 0
     printed = capsys.readouterr().out
     for title in ("Parameters and counted FLOPs", "Forward latency by shifted proportion and placement",
-                  "Bytes the shift moves per clip"):  # fmt: skip
+                  "Bytes the shift moves per clip", "Our shift against the zero-filled one"):  # fmt: skip
         assert f"### {title}" in printed
+    assert "| ResNet-50 | 2 | the shift alone, its ResNet-50 block inputs |" in printed
+    assert "| MobileNetV2 ×1.0 | 2 | the whole TSM forward |" in printed
     assert "| ResNet-50 | 1 | in-place | 1/4 |" in printed and "| MobileNetV2 ×1.0 | 2 | residual | all |" in printed
     assert "identical" in printed and "load average" in printed and "--quick" in printed
     text = results.read_text()
@@ -169,6 +171,12 @@ def test_shift_cost_quick_prints_the_three_tables_and_replaces_only_its_sections
     assert replace_section("# R\n", shift_cost.SECTION, f"{shift_cost.SECTION}\nnew\n") == (
         f"# R\n\n{shift_cost.SECTION}\nnew\n"
     )
+
+
+@pytest.mark.parametrize("div", [2, 4, 8, 16])
+def test_the_zero_filled_baseline_of_the_bench_shifts_exactly_as_ours(div: int) -> None:
+    x = torch.randn(3 * T, 48, 5, 5).to(memory_format=torch.channels_last)
+    assert torch.equal(shift_cost.zero_filled_shift(x, T, div), shift_offline(x, T, div))
 
 
 # Tiny data for training.train (passed on by the ablation): a handful of short, small clips.
