@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,6 +226,26 @@ class Classifier:
                 "request", extra={"request_id": request_id, "protocol": protocol, "model": known_model,
                                   "outcome": code, "timings_ms": timings},
             )  # fmt: skip
+
+    async def timeline(
+        self,
+        protocol: str,
+        options: ClassifyOptions,
+        upload: AsyncIterable[bytes],
+        request_id: str,
+        timeout_s: float | None = None,
+    ) -> AsyncGenerator[TimelineWindow | Classification, None]:
+        """``run`` for a streamed timeline: each window as it is scored, then the whole answer. An
+        error raises where it happens (before the first window, or between two)."""
+        windows: asyncio.Queue[TimelineWindow | None] = asyncio.Queue()
+        task = asyncio.create_task(self.run(protocol, options, upload, request_id, timeout_s, windows.put_nowait))
+        task.add_done_callback(lambda _: windows.put_nowait(None))
+        try:
+            while (window := await windows.get()) is not None:
+                yield window
+            yield await task
+        finally:
+            task.cancel()
 
     def _admit(self, options: ClassifyOptions, timeout_s: float | None) -> Admission:
         """Cheap checks before any byte of the upload is read."""

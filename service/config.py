@@ -118,10 +118,19 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
 
-    def versions_to_serve(self, name: str, versions: list[str]) -> list[str]:
-        """The versions of ``name`` the policy serves, oldest first (``versions``: the store's, oldest first)."""
+    def version_rule(self, name: str) -> tuple[str, str]:
+        """``name``'s version policy: ("latest", "N") or ("specific", "V1,V2"); default latest:1."""
         rules = dict(rule.split("=", 1) for rule in self.version_policy)
         kind, _, arg = rules.get(name, rules.get("*", "latest:1")).partition(":")
+        return kind, arg
+
+    def serves_one_version(self, name: str) -> bool:
+        kind, arg = self.version_rule(name)
+        return arg == "1" if kind == "latest" else "," not in arg
+
+    def versions_to_serve(self, name: str, versions: list[str]) -> list[str]:
+        """The versions of ``name`` the policy serves, oldest first (``versions``: the store's, oldest first)."""
+        kind, arg = self.version_rule(name)
         if kind == "latest":
             return versions[-int(arg) :]
         wanted = arg.split(",")

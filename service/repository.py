@@ -296,10 +296,7 @@ class Repository:
     def _metric_name(self, name: str, version: str) -> str:
         """The ``model`` label of its metrics and batcher: the bare name when its policy serves one
         version at a time (the label stays across reloads), NAME:VERSION when it serves several."""
-        rules = dict(rule.split("=", 1) for rule in self.settings.version_policy)
-        policy = rules.get(name, rules.get("*", "latest:1"))
-        one = policy == "latest:1" or (policy.startswith("specific:") and "," not in policy)
-        return name if one else f"{name}:{version}"
+        return name if self.settings.serves_one_version(name) else f"{name}:{version}"
 
     def _batch_observer(self, label: str) -> Callable[[BatchInfo], None]:
         clips = self.metrics.batch_clips.labels(label)

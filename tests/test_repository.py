@@ -163,6 +163,16 @@ def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(store: Pa
         assert served(srv) == [("other", "1"), ("tiny", "1")]
 
 
+def test_a_load_that_the_version_policy_cannot_satisfy_is_refused(store: Path) -> None:
+    with InProcessServer(store, version_policy=["other=specific:1"]) as srv:
+        shutil.rmtree(store / "other" / "1")
+        add_version(store, "other", "2", seed=6)
+        refused = srv.http.post("/v2/repository/models/other/load")
+        assert refused.status_code == 422, refused.text
+        assert "asks for version(s) 1 of other; the store has 2" in refused.json()["error"]
+        assert served(srv) == [("other", "1"), ("tiny", "1")], "what serves keeps serving"
+
+
 def test_polling_picks_up_new_and_removed_entries(store: Path, clip: Path) -> None:
     def wait_for(srv: InProcessServer, expected: list[tuple[str, str]]) -> None:
         for _ in range(200):

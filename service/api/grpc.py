@@ -122,18 +122,13 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
                 _options(o.options), timeline=True, window_s=o.window_s if o.HasField("window_s") else None,
                 stride_s=o.stride_s if o.HasField("stride_s") else None,
             )  # fmt: skip
-            windows: asyncio.Queue[TimelineWindow | None] = asyncio.Queue()
-            task = asyncio.create_task(classifier.run("grpc", options, _chunks(messages), request_id,
-                                                      call_timeout(context), on_window=windows.put_nowait))  # fmt: skip
-            task.add_done_callback(lambda _: windows.put_nowait(None))
-            try:
-                while (window := await windows.get()) is not None:
-                    yield pb.ClassifyTimelineResponse(window=_window(window))
-                result = await task
-            finally:
-                task.cancel()
-            context.set_trailing_metadata(_trailers(request_id, result))
-            yield pb.ClassifyTimelineResponse(classification=_classification(result))
+            async for event in classifier.timeline("grpc", options, _chunks(messages), request_id,
+                                                   call_timeout(context)):  # fmt: skip
+                if isinstance(event, TimelineWindow):
+                    yield pb.ClassifyTimelineResponse(window=_window(event))
+                else:  # the last event: the whole answer
+                    context.set_trailing_metadata(_trailers(request_id, event))
+                    yield pb.ClassifyTimelineResponse(classification=_classification(event))
 
     async def ClassifyLive(
         self, request_iterator: AsyncIterable[pb.LiveRequest], context: grpc.aio.ServicerContext

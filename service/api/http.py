@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -258,8 +257,7 @@ async def classify(
     if timeline and media_type(accept or "") == NDJSON:
         return await _stream_timeline(classifier, options, upload, rid, timeout_s)
     result = await classifier.run("http", options, upload, rid, timeout_s)
-    headers = {"X-Request-ID": rid, **({"X-Cache": result.cache} if result.cache else {})}
-    return JSONResponse(_response(result).model_dump(mode="json", exclude_none=True), headers=headers)
+    return JSONResponse(_response(result).model_dump(mode="json", exclude_none=True), headers=_headers(result))
 
 
 async def _stream_timeline(
@@ -268,32 +266,30 @@ async def _stream_timeline(
     """One JSON line per window as it is scored (``{"window": ...}``), then ``{"result": ...}`` (the JSON
     answer, its ``cache`` too), or ``{"error": ...}``. An error before the first window is an ordinary
     error response, with its status."""
-    lines: asyncio.Queue[TimelineWindow | None] = asyncio.Queue()
-    task = asyncio.create_task(classifier.run("http", options, upload, rid, timeout_s, on_window=lines.put_nowait))
-    task.add_done_callback(lambda _: lines.put_nowait(None))
-    first = await lines.get()
-    if first is None:
-        result = await task  # raises the request's error as a normal response
-        headers = {"X-Request-ID": rid, **({"X-Cache": result.cache} if result.cache else {})}
-        return JSONResponse(_response(result).model_dump(mode="json", exclude_none=True), headers=headers)
+    events = classifier.timeline("http", options, upload, rid, timeout_s)
+    first = await anext(events)  # raises the request's error as a normal response
+    if isinstance(first, Classification):  # (every timeline has a window: defensive)
+        return JSONResponse(_response(first).model_dump(mode="json", exclude_none=True), headers=_headers(first))
 
     async def body() -> AsyncIterator[bytes]:
-        window: TimelineWindow | None = first
+        event: TimelineWindow | Classification = first
         try:
-            while window is not None:
-                yield _line({"window": TypeAdapter(TimelineWindow).dump_python(window, mode="json")})
-                window = await lines.get()
-            try:
-                result = await task
-            except ServiceError as e:
-                yield _line({"error": {"code": e.code, "message": e.message}})
-                return
-            answer = _response(result).model_dump(mode="json", exclude_none=True)
-            yield _line({"result": {**answer, "cache": result.cache}})
+            while isinstance(event, TimelineWindow):
+                yield _line({"window": TypeAdapter(TimelineWindow).dump_python(event, mode="json")})
+                event = await anext(events)
+        except ServiceError as e:
+            yield _line({"error": {"code": e.code, "message": e.message}})
+            return
         finally:
-            task.cancel()
+            await events.aclose()
+        answer = _response(event).model_dump(mode="json", exclude_none=True)
+        yield _line({"result": {**answer, "cache": event.cache}})
 
     return StreamingResponse(body(), media_type=NDJSON, headers={"X-Request-ID": rid})
+
+
+def _headers(result: Classification) -> dict[str, str]:
+    return {"X-Request-ID": result.request_id, **({"X-Cache": result.cache} if result.cache else {})}
 
 
 def _line(obj: object) -> bytes:
