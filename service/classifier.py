@@ -3,6 +3,11 @@
 A request is admitted before its upload is read (so an overloaded or draining server refuses in
 microseconds), decoded in a worker process, scored in batches shared with other requests, and
 answered with the top-k labels. Every failure is a :class:`ServiceError` from ``service.errors``.
+A repeated upload is answered from the result cache (``service.cache``); a timeline is the same
+request answered per window (or per frame of an online model) as well as for the whole video.
+
+Why one module of this length: the cache, timelines and streaming all sit inside the one request's
+life (admission, its reservation, its deadline, its metrics); split, each would need that state passed in.
 """
 
 from __future__ import annotations

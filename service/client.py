@@ -6,6 +6,8 @@ result = GrpcClient("127.0.0.1:50051").classify("video.mp4", top_k=3)  # the sam
 result["predictions"][0]["label"]
 for answer in LiveClient("127.0.0.1:50051").stream(video_frames("video.mp4")):  # one per processed frame
     print(answer["frame_index"], answer["predictions"][0]["label"])
+for line in Client().timeline("long.mp4"):  # {"window": ...} as each is scored, then {"result": ...}
+    print(line)
 
 Why one module of this length: it is what a user imports or copies; the clients share the error
 type, the answer shapes and the helpers the ``tsm-classify`` command prints them with.
