@@ -41,7 +41,7 @@ LEFT_TO_RIGHT, RIGHT_TO_LEFT, UP, DOWN, CW, CCW, GROW, SHRINK, FADE_IN, FADE_OUT
 # Splits keep training, validation and evaluation clips apart whatever seeds are passed.
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_EVAL, SPLIT_EXAMPLE, SPLIT_EASY = 1, 2, 3, 4, 5
 # Bumped whenever a clip's pixels change for the same (split, seed, index): it keys the clip caches.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 ASPECTS = [(4, 3), (16, 9), (1, 1), (3, 4), (9, 16)]
 BACKGROUNDS = ["flat", "gradient", "noise", "textured"]
@@ -60,7 +60,9 @@ class Ranges:
     curriculum's first stage) show one big, sharp object on a plain background that moves, turns,
     scales or fades a lot over the whole clip, whatever the motion ranges say. ``hard`` clips (the
     ``STRESS`` split) take the hardest of what is not a range: noise or textured backgrounds, three
-    distractors, portrait frames."""
+    distractors, portrait frames. ``hardest`` pushes each setting on its own to its hard end now and then
+    (smallest object, shortest travel, turn and scale, shortest clip, lowest rate, busiest background,
+    three distractors, portrait)."""
 
     duration_s: tuple[float, float] = (1.0, 10.0)
     fps: tuple[int, int] = (8, 30)
@@ -71,11 +73,14 @@ class Ranges:
     turn_deg: tuple[float, float] = (80.0, 380.0)
     scale: tuple[float, float] = (1.4, 4.2)
     hard: bool = False
+    # Share of draws that take the hardest end of their range, each setting on its own (training covers
+    # every range at its hardest without making every clip hard at once).
+    hardest: float = 0.0
 
 
 FULL = Ranges()
 ISSUE = Ranges(object_size=(0.10, 0.40), travel=(0.20, 0.80), turn_deg=(90.0, 360.0), scale=(1.5, 4.0))
-TRAIN = Ranges(duration_s=(1.0, 3.0), long_side=(128, 360))
+TRAIN = Ranges(duration_s=(1.0, 3.0), long_side=(128, 360), hardest=0.2)
 # The hardest value of every range at once (evaluation only): short, low-rate, small clips of small
 # objects that barely move, turn or scale, on busy backgrounds with distractors, in portrait frames.
 STRESS = Ranges(duration_s=(1.0, 1.5), fps=(8, 10), long_side=(128, 160), object_size=(0.10, 0.12),
@@ -105,17 +110,29 @@ def clip_rng(split: int, seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([split, seed, index])
 
 
+def draw(rng: np.random.Generator, bounds: tuple[float, float], hardest: float, hard_end: int = 0) -> float:
+    """Uniform within ``bounds``, or with probability ``hardest`` within the 5% of the range at its hard end
+    (``bounds[hard_end]``)."""
+    lo, hi = bounds
+    if hardest and rng.uniform() < hardest:
+        edge = 0.05 * (hi - lo)
+        return float(rng.uniform(lo, lo + edge) if hard_end == 0 else rng.uniform(hi - edge, hi))
+    return float(rng.uniform(lo, hi))
+
+
 def sample_clip(split: int, seed: int, index: int, ranges: Ranges = FULL, label: int | None = None) -> ClipSpec:
     """The settings of clip ``index``; classes cycle with the index unless ``label`` is given."""
     rng = clip_rng(split, seed, index)
     label = index % len(LABELS) if label is None else label
-    aspects = [a for a in ASPECTS if a[1] > a[0]] if ranges.hard else ASPECTS
+    hardest = 0.0 if ranges.easy else ranges.hardest
+    portrait = ranges.hard or bool(hardest and rng.uniform() < hardest)
+    aspects = [a for a in ASPECTS if a[1] > a[0]] if portrait else ASPECTS
     aw, ah = aspects[rng.integers(len(aspects))]
-    long_side = rng.uniform(*ranges.long_side)
+    long_side = draw(rng, ranges.long_side, hardest)
     scale = long_side / max(aw, ah)
     width, height = (max(2 * round(aw * scale / 2), 16), max(2 * round(ah * scale / 2), 16))
-    fps = int(rng.integers(ranges.fps[0], ranges.fps[1] + 1))
-    frames = max(round(rng.uniform(*ranges.duration_s) * fps), 1)
+    fps = round(draw(rng, (ranges.fps[0] - 0.49, ranges.fps[1] + 0.49), hardest))
+    frames = max(round(draw(rng, ranges.duration_s, hardest) * fps), 1)
     pick = rng.uniform()
     container, encoder, suffix = FORMATS[-1][:3]
     for fmt in FORMATS:
@@ -244,15 +261,18 @@ def _colour(rng: np.random.Generator, away_from: np.ndarray | None = None, min_d
 
 
 def make_sprite(
-    rng: np.random.Generator, kind: str, colour: np.ndarray, marker: bool, size: int = SPRITE
-) -> list[np.ndarray]:
-    """Premultiplied RGBA levels (float32 [L+2, L+2, 4], zero border), finest first."""
+    rng: np.random.Generator, kind: str, colour: np.ndarray, marker: bool, size: int = SPRITE,
+    texture: str | None = None,
+) -> list[np.ndarray]:  # fmt: skip
+    """Premultiplied RGBA levels (float32 [L+2, L+2, 4], zero border), finest first; ``texture`` (flat,
+    gradient, stripes, checker, noise) drawn at random unless given."""
     g = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     u, v = np.meshgrid(g, g)
     cover = _shape_mask(kind, rng, u, v).astype(np.float32)
-    texture = rng.choice(["flat", "gradient", "stripes", "checker", "noise"], p=[0.4, 0.15, 0.15, 0.1, 0.2])
-    if kind == "patch":
-        texture = "noise" if rng.uniform() < 0.6 else rng.choice(["stripes", "checker"])
+    if texture is None:
+        texture = str(rng.choice(["flat", "gradient", "stripes", "checker", "noise"], p=[0.4, 0.15, 0.15, 0.1, 0.2]))
+        if kind == "patch":
+            texture = "noise" if rng.uniform() < 0.6 else str(rng.choice(["stripes", "checker"]))
     second = _colour(rng, colour, 70)
     mix = _pattern(rng, str(texture), u, v)[..., None]
     rgb = colour * (1 - mix) + second * mix
@@ -308,25 +328,79 @@ def draw_sprite(
 # --- the scene -------------------------------------------------------------------------------------
 
 
-def _background(rng: np.random.Generator, width: int, height: int, families: list[str]) -> tuple[np.ndarray, str]:
-    """The background image and its family (flat, gradient, noise, textured), drawn from ``families``."""
+def _fractal(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Natural-looking texture in [0, 1]: octaves of value noise (1/f weights), sometimes banded like wood."""
+    out = np.zeros_like(u)
+    total = 0.0
+    for octave in range(int(rng.integers(3, 6))):
+        weight = 0.55**octave
+        out += weight * _value_noise(rng, 4 * 2**octave, u, v)
+        total += weight
+    out /= total
+    if rng.uniform() < 0.3:
+        out = 0.5 + 0.5 * np.sin(out * rng.uniform(10, 30))
+    lo, hi = np.percentile(out, [2, 98])
+    return np.asarray(np.clip((out - lo) / max(hi - lo, 1e-6), 0, 1))
+
+
+def _texture(rng: np.random.Generator, kind: str, period_px: float, long_side: int, u: np.ndarray, v: np.ndarray
+             ) -> np.ndarray:  # fmt: skip
+    """Mixing weight in [0, 1] of a background texture with cells of ``period_px`` pixels; checks and
+    stripes axis-aligned half the time (as tiles and fabrics mostly are), turned otherwise."""
+    p = 2 * period_px / long_side  # u, v span 2 over the long side
+    a = 0.0 if rng.uniform() < 0.5 else rng.uniform(0, math.pi)
+    along, across = u * math.cos(a) + v * math.sin(a), -u * math.sin(a) + v * math.cos(a)
+    if kind == "checker":
+        return ((np.floor(along / p) + np.floor(across / p)) % 2).astype(np.float32)
+    if kind == "stripes":
+        return (np.sin(along * 2 * math.pi / p + rng.uniform(0, 6.3)) > 0).astype(np.float32)
+    if kind == "dots":
+        fx, fy = along / p % 1 - 0.5, across / p % 1 - 0.5
+        return (fx * fx + fy * fy < rng.uniform(0.04, 0.15)).astype(np.float32)
+    return _fractal(rng, u, v)  # "natural"
+
+
+@dataclass(frozen=True)
+class Backdrop:
+    image: np.ndarray  # float32 [H, W, 3]
+    family: str  # flat, gradient, noise, textured
+    texture: str  # flat, gradient; pixel, blob, pixel and blob (noise); checker, stripes, dots, natural
+    cell_px: float  # a textured background's cell size, px (0 otherwise)
+    colours: tuple[np.ndarray, np.ndarray]
+
+
+def _background(rng: np.random.Generator, width: int, height: int, families: list[str], hardest: float = 0.0
+                ) -> Backdrop:  # fmt: skip
+    """The background drawn from ``families``, with what evaluation reports it by. Noise comes at pixel
+    scale (static grain), blob scale or both; textures are checks, stripes, dots or natural-looking
+    patches with cells from 3 px to a third of the frame; both at contrasts from faint to full
+    (``hardest``: fine and full-contrast)."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    u = xs / max(width, height) * 2 - 1
-    v = ys / max(width, height) * 2 - 1
+    long_side = max(width, height)
+    u = xs / long_side * 2 - 1
+    v = ys / long_side * 2 - 1
     kind = str(rng.choice(families))
-    a, b = _colour(rng), _colour(rng)
+    a = _colour(rng)
+    contrast = draw(rng, (0.15, 1.0), hardest, hard_end=1)
+    b = np.clip(a + contrast * (_colour(rng, a, 150) - a), 0, 255)
+    texture, period = kind, 0.0
     if kind == "flat":
         mix = np.zeros_like(u)
     elif kind == "gradient":
         mix = _pattern(rng, "gradient", u, v)
+        b = _colour(rng)
     elif kind == "noise":
-        mix = 0.7 * _value_noise(rng, int(rng.integers(3, 12)), u, v) + 0.3 * rng.uniform(0, 1, u.shape)
-        b = a + rng.uniform(-80, 80, 3)
+        grain = rng.uniform(0, 1, u.shape).astype(np.float32)
+        blobs = _value_noise(rng, int(rng.integers(3, 40)), u, v)
+        texture = str(rng.choice(["pixel", "blob", "pixel and blob"]))
+        mix = grain if texture == "pixel" else blobs if texture == "blob" else 0.5 * grain + 0.5 * blobs
     else:
-        mix = _pattern(rng, str(rng.choice(["stripes", "checker", "noise"])), u, v)
-        b = a + rng.uniform(-60, 60, 3)  # textures stay low-contrast next to the main object
-    img = a * (1 - mix[..., None]) + np.clip(b, 0, 255) * mix[..., None]
-    return img.astype(np.float32), kind
+        texture = str(rng.choice(["checker", "stripes", "dots", "natural"]))
+        fine = hardest and rng.uniform() < hardest
+        period = math.exp(rng.uniform(math.log(3), math.log(8 if fine else max(min(width, height) / 3, 4))))
+        mix = _texture(rng, texture, period, long_side, u, v)
+    img = a * (1 - mix[..., None]) + b * mix[..., None]
+    return Backdrop(img.astype(np.float32), kind, texture, period, (a, b))
 
 
 def _ease(rng: np.random.Generator) -> str:
@@ -362,40 +436,55 @@ class Scene:
     background_kind: str = "flat"
     distractors: int = 0
     object_size: float = 0.0  # the object's diameter, share of the short side
+    texture: str = "flat"  # the background's texture (Backdrop.texture)
+    cell_px: float = 0.0
+    shares_colour: bool = False  # the object is in one of the background's colours
 
 
 def build_scene(spec: ClipSpec) -> Scene:
     rng = np.random.default_rng(spec.scene_seed)
     w, h, label, ranges = spec.width, spec.height, spec.label, spec.ranges
-    easy = ranges.easy
+    easy, hardest = ranges.easy, 0.0 if ranges.easy else ranges.hardest
     short = min(w, h)
     jitter = 0 if easy else int(rng.integers(0, 3))
     families = ["flat", "gradient"] if easy else ["noise", "textured"] if ranges.hard else BACKGROUNDS
-    background, background_kind = _background(rng, w + 2 * jitter, h + 2 * jitter, families)
-    distractors = 0 if easy else 3 if ranges.hard else int(rng.integers(0, 4))
-    for _ in range(distractors):  # static distractors
-        sprite = make_sprite(rng, str(rng.choice(SHAPES)), _colour(rng), False, 128)
-        drawn = draw_sprite(sprite, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.12) * short,
+    if hardest and rng.uniform() < hardest:
+        families = ["noise", "textured"]
+    backdrop = _background(rng, w + 2 * jitter, h + 2 * jitter, families, hardest)
+    background = backdrop.image
+
+    kind = str(rng.choice(SHAPES))
+    marker = label in (CW, CCW) and kind not in ASYMMETRIC
+    # A quarter of the objects share a colour with the background (then a texture keeps them visible).
+    shares = not easy and rng.uniform() < 0.25
+    if shares:
+        colour = backdrop.colours[int(rng.integers(2))]
+        levels = make_sprite(rng, kind, colour, marker, texture=str(rng.choice(["stripes", "checker", "noise"])))
+    else:
+        mean_bg = background.reshape(-1, 3).mean(axis=0)
+        colour = _colour(rng, mean_bg, 110)
+        levels = make_sprite(rng, kind, colour, marker)
+    size = (0.25, 0.45) if easy else ranges.object_size
+    r = draw(rng, size, hardest) * short / 2
+
+    distractors = 0 if easy else 3 if ranges.hard or (hardest and rng.uniform() < hardest) else int(rng.integers(0, 4))
+    for _ in range(distractors):  # static, of the object's own kinds of shape, size and (sometimes) colour
+        tint = colour if rng.uniform() < 0.3 else _colour(rng)
+        sprite = make_sprite(rng, str(rng.choice(SHAPES)), tint, False, 128)
+        drawn = draw_sprite(sprite, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(*ranges.object_size) * short / 2,
                             rng.uniform(0, 2 * math.pi), w + 2 * jitter, h + 2 * jitter)  # fmt: skip
         if drawn is not None:
             rows, cols, rgba = drawn
             background[rows, cols] = background[rows, cols] * (1 - rgba[..., 3:]) + rgba[..., :3]
 
-    kind = str(rng.choice(SHAPES))
-    marker = label in (CW, CCW) and kind not in ASYMMETRIC
-    mean_bg = background.reshape(-1, 3).mean(axis=0)
-    levels = make_sprite(rng, kind, _colour(rng, mean_bg, 110), marker)
-
-    span = rng.uniform(0.8 if easy else 0.3, 1.0)
+    span = draw(rng, (0.8 if easy else 0.3, 1.0), hardest)
     start = rng.uniform(0, 1 - span)
-    size = (0.25, 0.45) if easy else ranges.object_size
-    r = rng.uniform(*size) * short / 2
     angle = rng.uniform(0, 2 * math.pi)
     centre = (rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h)
     xy, radius, angles, opacity = (centre, centre), (r, r), (angle, angle), (1.0, 1.0)
     if label in (LEFT_TO_RIGHT, RIGHT_TO_LEFT, UP, DOWN):
         along, across = (w, h) if label in (LEFT_TO_RIGHT, RIGHT_TO_LEFT) else (h, w)
-        travel = rng.uniform(0.45 if easy else ranges.travel[0], ranges.travel[1])
+        travel = draw(rng, (0.45 if easy else ranges.travel[0], ranges.travel[1]), hardest)
         lo, hi = 0.06 + travel / 2, 0.94 - travel / 2  # where the path's middle may lie
         mid = rng.uniform(lo, hi) if lo < hi else 0.5
         b0 = rng.uniform(0.2, 0.8) * across
@@ -407,11 +496,11 @@ def build_scene(spec: ClipSpec) -> Scene:
             path = [(q, p) for p, q in path]
         xy = (path[0], path[1])
     elif label in (CW, CCW):
-        turn = math.radians(rng.uniform(180 if easy else ranges.turn_deg[0], ranges.turn_deg[1]))
+        turn = math.radians(draw(rng, (180 if easy else ranges.turn_deg[0], ranges.turn_deg[1]), hardest))
         turn *= 1 if label == CW else -1
         angles = (angle, angle + turn)
     elif label in (GROW, SHRINK):
-        factor = rng.uniform(2.5 if easy else ranges.scale[0], ranges.scale[1])
+        factor = draw(rng, (2.5 if easy else ranges.scale[0], ranges.scale[1]), hardest)
         if rng.uniform() < 0.5:  # the drawn size is either end's
             small, big = r, min(r * factor, 0.48 * short)
         else:
@@ -422,10 +511,10 @@ def build_scene(spec: ClipSpec) -> Scene:
         opacity = (low, high) if label == FADE_IN else (high, low)
     else:
         opacity = (1.0, 1.0)
-    noise = rng.uniform(0, 8) if rng.uniform() < 0.7 and not easy else 0.0
+    noise = draw(rng, (0.0, 12.0), hardest, hard_end=1) if rng.uniform() < 0.7 and not easy else 0.0
     blur = 0 if easy else int(rng.choice([0, 0, 1, 2]))
     return Scene(levels, background, jitter, start, span, _ease(rng), xy, radius, angles, opacity, noise, blur,
-                 background_kind, distractors, 2 * r / short)  # fmt: skip
+                 backdrop.family, distractors, 2 * r / short, backdrop.texture, backdrop.cell_px, shares)  # fmt: skip
 
 
 def _blur(img: np.ndarray, passes: int) -> np.ndarray:
@@ -503,6 +592,30 @@ def write_clip(spec: ClipSpec, out_dir: Path, name: str | None = None) -> Path:
 
 # --- command line ----------------------------------------------------------------------------------
 
+
+def aspect_name(width: int, height: int) -> str:
+    return "square" if width == height else "portrait" if height > width else "landscape"
+
+
+# tests/data/hard_clips: one clip per background family and aspect, at the busy end of the ranges.
+HARD_SET_RANGES = Ranges(duration_s=(1.5, 3.0), fps=(10, 20), long_side=(160, 240), object_size=(0.12, 0.3),
+                         hardest=0.3)  # fmt: skip
+
+
+def hard_set() -> list[tuple[str, ClipSpec]]:
+    """(name, clip) for each background family × aspect: the first clip of its own seed with that family
+    and aspect, labels cycling. Picked by conditions only, never by how a model answers."""
+    out = []
+    for k, (family, aspect) in enumerate(itertools.product(BACKGROUNDS, ("landscape", "square", "portrait"))):
+        label = k % len(LABELS)
+        for index in itertools.count():
+            spec = sample_clip(SPLIT_EXAMPLE, 100 + k, index, HARD_SET_RANGES, label=label)
+            if aspect_name(spec.width, spec.height) == aspect and build_scene(spec).background_kind == family:
+                break
+        out.append((f"{family}_{aspect}_" + LABELS[label].replace(" ", "_"), spec))
+    return out
+
+
 # Example clips: label, index in FORMATS, seed (picked by eye for a motion that is easy to see).
 EXAMPLES = [("moving left to right", 0, 5), ("rotating clockwise", 1, 0), ("growing", 2, 0), ("fading out", 0, 0),
             ("moving up", 0, 1)]  # fmt: skip
@@ -523,7 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=22, help="clips (classes cycle)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--examples", action="store_true", help="write the examples/ clips (named by label), not --count")
+    p.add_argument("--hard-set", action="store_true", help="write tests/data/hard_clips (family_aspect_label)")
     args = p.parse_args(argv)
+    if args.hard_set:
+        for name, spec in hard_set():
+            print(write_clip(spec, args.out, name + spec.suffix))
+        return 0
     if args.examples:
         for label, fmt, seed in EXAMPLES:
             spec = example_spec(label, fmt, seed)
