@@ -1,12 +1,14 @@
 """Top-1 of a store entry on fresh synthetic clips (evaluation split: never used in training).
 
-    python -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/1 --clips-per-class 20 --seed 0
+    python -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/2 --clips-per-class 20 --seed 0
 
 Clips cover the issue's full ranges (1-10 s, 8-30 fps, 128-640 px) with the generator's motions
-(``--ranges full``: a little wider than the issue's) or exactly the issue's
-(``--ranges issue``: object 10-40% of the short side, travel 20-80%, turns 90-360°, scale 1.5-4×).
+(``--ranges full``: a little wider than the issue's), exactly the issue's (``--ranges issue``: object
+10-40% of the short side, travel 20-80%, turns 90-360°, scale 1.5-4×), the hardest value of every range
+at once (``--ranges stress``), or come from ``training/second_renderer.py`` (``--ranges second-renderer``:
+the same specification drawn by code written apart from the generator, never trained on).
 They go through exactly what the server does: ``decode_file`` with the entry's segments, resize and
-crop, then the entry's network.
+crop, then the entry's network. Besides top-1 per class it reports top-1 by condition and calibration.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -21,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.decode import decode_file
 from service.sampling import SamplingSpec
 from service.store import ModelConfig, load_entry
 from training.card import entry_records, write_card
-from training.common import DEFAULT_CACHE, decoded_clips
+from training.common import DEFAULT_CACHE, LIMITS, decoded_clips
+from training.second_renderer import render_clip
 from training.synthetic import (
     FULL,
     GENERATOR_VERSION,
@@ -33,12 +38,15 @@ from training.synthetic import (
     SPLIT_EVAL,
     STRESS,
     Ranges,
+    aspect_name,
     build_scene,
     sample_clip,
 )  # fmt: skip
 from training.train import to_input
 
 RANGES = {"full": FULL, "issue": ISSUE, "stress": STRESS}
+# Clips of training/second_renderer.py: the same specification drawn by code written apart from the generator.
+SECOND = "second-renderer"
 
 
 def evaluate(
@@ -53,7 +61,11 @@ def evaluate(
     c = entry.config
     spec = SamplingSpec(c.num_segments, c.scale_size, c.input_size, resize=c.resize)
     count = clips_per_class * len(LABELS)
-    frames, labels = decoded_clips(SPLIT_EVAL, seed, count, RANGES[ranges], cache, spec, workers)
+    if ranges == SECOND:
+        frames, labels, conds = second_renderer_clips(seed, count, cache, spec, workers)
+    else:
+        frames, labels = decoded_clips(SPLIT_EVAL, seed, count, RANGES[ranges], cache, spec, workers)
+        conds = conditions(SPLIT_EVAL, seed, count, RANGES[ranges])
     probs = probabilities(entry.model, frames, c)
     predicted = probs.argmax(1)
     per_class = {name: float((predicted[labels == k] == k).mean()) for k, name in enumerate(entry.labels)}
@@ -67,9 +79,30 @@ def evaluate(
         "clips": len(labels),
         "generator_version": GENERATOR_VERSION, "top1": float((predicted == labels).mean()),
         "per_class": per_class, "confusion": confusion.tolist(),
-        "per_condition": per_condition(conditions(SPLIT_EVAL, seed, count, RANGES[ranges]), predicted == labels),
+        "per_condition": per_condition(conds, predicted == labels),
         "calibration": calibration(probs, labels),
     }  # fmt: skip
+
+
+def _second_one(job: tuple[int, int, str, SamplingSpec]) -> tuple[np.ndarray, int, dict[str, str]]:
+    seed, index, cache, sampling = job
+    path, label, conds = render_clip(index, seed, Path(cache) / "second_renderer")
+    return decode_file(path, sampling, LIMITS).frames[0], label, conds
+
+
+def second_renderer_clips(
+    seed: int, count: int, cache: Path, sampling: SamplingSpec, workers: int = 2
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """Clips ``0..count-1`` of the second renderer (videos cached on disk), decoded by the server's
+    ``decode_file``: uint8 frames, labels and each clip's conditions."""
+    jobs = [(seed, i, str(cache), sampling) for i in range(count)]
+    if workers > 1:
+        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+            results = pool.map(_second_one, jobs, chunksize=4)
+    else:
+        results = [_second_one(j) for j in jobs]
+    return (np.stack([f for f, _, _ in results]), np.array([label for _, label, _ in results], np.int64),
+            [c for _, _, c in results])  # fmt: skip
 
 
 @torch.no_grad()
@@ -87,11 +120,11 @@ def conditions(split: int, seed: int, count: int, ranges: Ranges) -> list[dict[s
         spec = sample_clip(split, seed, i, ranges)
         scene = build_scene(spec)
         seconds = spec.frames / spec.fps
-        aspect = "square" if spec.width == spec.height else "portrait" if spec.height > spec.width else "landscape"
         size = scene.object_size
         out.append({
             "background": scene.background_kind,
-            "aspect": aspect,
+            "texture": scene.texture,
+            "aspect": aspect_name(spec.width, spec.height),
             "duration": "under 3 s" if seconds < 3 else "3-6 s" if seconds < 6 else "6 s and over",
             "object size": "under 20%" if size < 0.2 else "20-30%" if size < 0.3 else "30% and over",
             "codec": spec.encoder,
@@ -154,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--entry", type=Path, required=True, help="store entry folder (…/<name>/<version>)")
     p.add_argument("--clips-per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ranges", choices=sorted(RANGES), default="full",
+    p.add_argument("--ranges", choices=[*sorted(RANGES), SECOND], default="full",
                    help="full: the generator's, wider than the issue's; issue: exactly the issue's; "
-                   "stress: the hardest value of every range at once")  # fmt: skip
+                   "stress: the hardest value of every range at once; second-renderer: clips of "
+                   "training/second_renderer.py, written apart from the generator")  # fmt: skip
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the result here")
