@@ -23,7 +23,7 @@ from service.decode import decode_file
 from service.sampling import SamplingSpec
 from service.store import load_entry, sha256_file
 from tests.conftest import ROOT
-from training import evaluate, evaluate_online, train
+from training import evaluate, evaluate_online, second_renderer, train
 from training.common import DEFAULT_ENTRY, DEFAULT_ONLINE_ENTRY, ENTRY_NAME, LABEL_MAPS, LIMITS
 from training.synthetic import (
     CCW,
@@ -40,15 +40,18 @@ from training.synthetic import (
     SPLIT_TRAIN,
     STILL,
     STRESS,
+    TRAIN,
     UP,
     Ranges,
     build_scene,
+    hard_set,
     render,
     sample_clip,
     write_clip,
 )
 
 EXAMPLES = ROOT / "examples"
+HARD_CLIPS = ROOT / "tests" / "data" / "hard_clips"
 # Many frames per second, so a turn between two frames stays well under the search range below.
 QUICK = Ranges(duration_s=(1.5, 2.5), fps=(24, 30), long_side=(128, 176))
 
@@ -115,7 +118,10 @@ def test_generator_labels_match_what_is_drawn(label: int) -> None:
     # The stress split's families (busy backgrounds, distractors, portrait, small objects and motions),
     # at QUICK's frame rate: two end frames of a 10-frame clip would average across the motion.
     stress = replace(STRESS, duration_s=QUICK.duration_s, fps=QUICK.fps)
-    for index, ranges in ((0, QUICK), (1, QUICK), (2, replace(QUICK, easy=True)), (3, stress)):
+    # and training's hardest draws (fine full-contrast textures, shared colours, distractors like the object)
+    hardest = replace(QUICK, hardest=1.0, long_side=(320, 360))  # frames big enough to measure an 8% object's turn
+    for index, ranges in ((0, QUICK), (1, QUICK), (2, replace(QUICK, easy=True)), (3, stress), (4, hardest),
+                          (5, hardest)):  # fmt: skip
         m = measure(label, index, ranges)
         what = f"{LABELS[label]} clip {index}: {m}"
         moves = {LEFT_TO_RIGHT: m["dx"] > 0.1, RIGHT_TO_LEFT: m["dx"] < -0.1, DOWN: m["dy"] > 0.1, UP: m["dy"] < -0.1}
@@ -172,6 +178,34 @@ def test_stress_clips_take_the_hardest_value_of_every_range() -> None:
         assert spec.height > spec.width and max(spec.width, spec.height) <= 160
         assert scene.background_kind in ("noise", "textured") and scene.distractors == 3
         assert 0.10 <= scene.object_size <= 0.12 and 8 <= spec.fps <= 10 and spec.frames / spec.fps <= 1.6
+
+
+def test_training_draws_cover_every_texture_family_and_the_hard_ends() -> None:
+    """Issue 20's families, each on its own: busy textures at several scales, objects in a background colour,
+    distractors of the object's size, portrait frames, short low-rate clips."""
+    textures, cells, shared, portrait, short = set(), [], 0, 0, 0
+    for index in range(80):
+        spec = sample_clip(SPLIT_TRAIN, 4, index, TRAIN)
+        scene = build_scene(spec)
+        textures.add(scene.texture)
+        cells += [scene.cell_px] if scene.background_kind == "textured" else []
+        shared += scene.shares_colour
+        portrait += spec.height > spec.width
+        short += spec.frames / spec.fps < 1.2 and spec.fps <= 9
+    assert textures >= {"checker", "stripes", "dots", "natural", "pixel", "blob", "pixel and blob", "flat", "gradient"}
+    assert min(cells) < 8 and max(cells) > 24  # fine and coarse textures
+    assert 10 <= shared <= 35 and portrait >= 25 and short >= 3
+
+
+def test_second_renderer_clips_decode_and_cycle_the_labels(tmp_path: Path) -> None:
+    """The renderer evaluation uses to estimate generalisation: deterministic, conditions as the generator's."""
+    for index in (0, 4, 10):
+        path, label, conds = second_renderer.render_clip(index, 3, tmp_path)
+        again = second_renderer.render_clip(index, 3, tmp_path)  # cached: same answer, no new file
+        assert again == (path, label, conds) and label == index % len(LABELS)
+        assert set(conds) == {"background", "aspect", "duration", "object size", "codec", "distractors"}
+        video = decode_file(path, SamplingSpec(8, 110, 96, resize="stretch"), LIMITS)
+        assert video.frames.shape == (1, 8, 96, 96, 3) and video.frames.std() > 3
 
 
 def test_label_maps_are_involutions_that_keep_still_still() -> None:
@@ -260,7 +294,7 @@ def _examples() -> list[Path]:
 def test_shipped_entry_loads_and_matches_its_checksum() -> None:
     entry = load_entry(DEFAULT_ENTRY)  # verifies the sha256 of the weights
     assert entry.config.weights_sha256 == sha256_file(DEFAULT_ENTRY / entry.config.weights_file)
-    assert entry.config.name == ENTRY_NAME and entry.config.version == "1"
+    assert entry.config.name == ENTRY_NAME and entry.config.version == DEFAULT_ENTRY.name == "2"
     assert entry.labels == LABELS and entry.config.shift
     assert (DEFAULT_ENTRY / entry.config.weights_file).stat().st_size <= 20 * 1024 * 1024
 
@@ -278,7 +312,7 @@ def test_shipped_entry_has_a_model_card() -> None:
 
 def test_evaluate_reports_and_writes_the_card_on_the_issue_ranges(tmp_path: Path) -> None:
     _trained_entry()
-    entry = tmp_path / ENTRY_NAME / "1"
+    entry = tmp_path / ENTRY_NAME / DEFAULT_ENTRY.name
     shutil.copytree(DEFAULT_ENTRY, entry)
     out = tmp_path / "result.json"
     args = ["--entry", str(entry), "--clips-per-class", "1", "--seed", "9", "--ranges", "issue", "--workers", "1",
@@ -314,19 +348,40 @@ def _expected(clip: Path) -> str:
     return clip.stem.replace("_", " ")
 
 
+def _hard_clips() -> list[Path]:
+    return sorted(p for p in HARD_CLIPS.iterdir() if p.suffix in (".mp4", ".webm", ".avi"))
+
+
+def test_hard_clips_are_the_generators_one_per_background_family_and_aspect() -> None:
+    """tests/data/hard_clips is what ``python -m training.synthetic --hard-set`` writes."""
+    made = dict(hard_set())
+    clips = _hard_clips()
+    assert sorted(c.stem for c in clips) == sorted(made)
+    assert {tuple(name.split("_")[:2]) for name in made} == set(
+        itertools.product(("flat", "gradient", "noise", "textured"), ("landscape", "square", "portrait"))
+    )
+    for clip in clips:
+        spec = made[clip.stem]
+        facts = decode_file(clip, SamplingSpec(8, 110, 96, resize="stretch"), LIMITS).facts
+        assert (facts.width, facts.height, facts.frames, clip.suffix) == (spec.width, spec.height, spec.frames,
+                                                                           spec.suffix)  # fmt: skip
+
+
 @pytest.mark.slow
-def test_server_classifies_every_example_correctly(tmp_path: Path) -> None:
+def test_server_classifies_every_example_and_hard_clip_correctly(tmp_path: Path) -> None:
     _trained_entry()
     store = tmp_path / "store"
-    shutil.copytree(DEFAULT_ENTRY, store / ENTRY_NAME / "1")
+    shutil.copytree(DEFAULT_ENTRY, store / ENTRY_NAME / DEFAULT_ENTRY.name)
     with InProcessServer(store, default_model=ENTRY_NAME) as server:
-        for clip in _examples():
+        for clip, expected in [*((c, _expected(c)) for c in _examples()),
+                               *((c, " ".join(c.stem.split("_")[2:])) for c in _hard_clips())]:  # fmt: skip
             with clip.open("rb") as f:
                 r = server.http.post("/classify", params={"top_k": 3}, files={"file": f})
             assert r.status_code == 200, r.text
             answer = r.json()
             assert answer["model"]["name"] == ENTRY_NAME and not answer["model"]["untrained"]
-            assert answer["predictions"][0]["label"] == _expected(clip), (clip.name, answer["predictions"])
+            assert answer["model"]["version"] == DEFAULT_ENTRY.name
+            assert answer["predictions"][0]["label"] == expected, (clip.name, answer["predictions"])
 
 
 def test_calibration_figures_on_known_cases() -> None:
@@ -392,7 +447,7 @@ def test_the_online_entry_answers_every_example_through_classify(tmp_path: Path)
     front), and each is answered right."""
     store = tmp_path / "store"
     for entry in (DEFAULT_ENTRY, DEFAULT_ONLINE_ENTRY):
-        shutil.copytree(entry, store / entry.parent.name / "1")
+        shutil.copytree(entry, store / entry.parent.name / entry.name)
     with InProcessServer(store, default_model=ENTRY_NAME) as server:
         for clip in _examples():
             with clip.open("rb") as f:

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from service.store import ModelConfig
-from training.synthetic import FULL, GENERATOR_VERSION, ISSUE, LABELS
+from training.synthetic import FULL, GENERATOR_VERSION, ISSUE, LABELS, TRAIN
 
 TRAIN_COMMAND = "python -m training.train"
 TSN_COMMAND = "python -m training.train --no-shift --out /tmp/tsn/tsm_mobilenetv2_synthetic_motion_tsn/1"
+# What each evaluation's clips were, as the card's column heads say it.
+RANGES_NOTES = {"issue": ", issue #7 ranges", "stress": ", stress split", "second-renderer": ", second renderer"}
 
 
 ARCH_NAMES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "mobilenetv2": "MobileNetV2"}
@@ -22,7 +24,7 @@ def _pct(x: object) -> str:
 
 def render_card(config: ModelConfig, training: dict[str, Any], results: list[dict[str, Any]]) -> str:
     command = str(training.get("command", TRAIN_COMMAND)).strip()
-    evaluate = "python -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/1"
+    evaluate = f"python -m training.evaluate --entry model_store/{config.name}/{config.version}"
     if results:
         evaluate += f" --clips-per-class {results[0]['clips'] // len(LABELS)} --seed {results[0]['seed']}"
     kind = "TSM (temporal shift)" if config.shift else "TSN (no shift) baseline"
@@ -55,18 +57,26 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "WebM 15%, MPEG-4 AVI 15%): one main object (circle, ellipse, square, rectangle, triangle, star, "
         "polygon, glyph-like strokes, textured patch, arrow; flat, gradient, striped, checked or noise "
         "texture; shapes that would hide a turn carry an off-centre marker when rotating), "
-        f"{_span(FULL.object_size, '%', 100)} of the short side, over a flat, gradient, noise or textured "
-        "background with 0-3 static distractors; camera jitter up to ±2 px, sensor noise, blur; the motion "
-        "starts and ends anywhere in the clip (30-100% of it). Translation "
-        f"{_span(FULL.travel, '%', 100)} of the frame along its axis with small drift, rotation "
-        f"{_span(FULL.turn_deg, '°')}, scale change {_span(FULL.scale, '×')}, fades between 0-10% and "
-        "90-100% opacity. Aspect 4:3, 16:9, 1:1, 3:4, 9:16.",
+        f"{_span(FULL.object_size, '%', 100)} of the short side, a quarter of them in a colour of the "
+        "background (then textured, so still visible), over a flat, gradient, noise or textured background: "
+        "noise at pixel scale (static grain), blob scale or both; textures of checks, stripes, dots or "
+        "natural-looking patches with cells from 3 px to a third of the frame; both at contrasts from faint "
+        "to full. 0-3 static distractors of the object's own kinds of shape and size (sometimes its colour); "
+        "camera jitter up to ±2 px, sensor noise, blur; the motion starts and ends anywhere in the clip "
+        f"(30-100% of it). Translation {_span(FULL.travel, '%', 100)} of the frame along its axis with small "
+        f"drift, rotation {_span(FULL.turn_deg, '°')}, scale change {_span(FULL.scale, '×')}, fades between "
+        "0-10% and 90-100% opacity. Aspect 4:3, 16:9, 1:1, 3:4, 9:16. Training clips take each setting's "
+        f"hardest value on its own {TRAIN.hardest:.0%} of the time (smallest object, shortest motion, "
+        "shortest clip, lowest rate, finest full-contrast texture, three distractors, portrait).",
         "",
         f"- training: {training.get('easy_clips', 0)} easy clips (one big, sharp object on a flat or gradient "
         "background, no distractors, noise or jitter, motion over 80-100% of the clip: translation ≥ 45%, "
         f"turn ≥ 180°, scale ≥ 2.5×), then {training.get('train_clips', '?')} clips of the full variety "
         f"(seed {training.get('seed', '?')}), {_range(training.get('ranges', {}))}; validation: "
         f"{training.get('val_clips', '?')} clips; generator version {training.get('generator_version', '?')}",
+        "- second renderer: `training/second_renderer.py` draws the same specification with code written "
+        "apart from the generator (its own shapes, textures, timing and encoder settings), never trained on: "
+        "an estimate of how the model does on clips it was not shaped by (`--ranges second-renderer`)",
         "- evaluation: fresh clips from a separate split of the generator, full ranges "
         f"{_range(_full())}; generator version {results[0].get('generator_version', '?') if results else '?'}; "
         "with the motions above (`--ranges full`, the default) or exactly those of the model's specification "
@@ -82,15 +92,16 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         "## Training",
         "",
         f"- command: `{command}`",
-        f"- a curriculum: {training.get('easy_epochs', 0)} epochs over the easy clips, then "
-        f"{training.get('epochs', '?')} epochs over the full variety, clips that turn or stand still seen "
-        f"{training.get('hard_repeats', 1)}× per epoch (learnt last); {training.get('steps', '?')} steps of "
-        f"{training.get('batch_size', '?')} clips, AdamW (lr {training.get('lr', '?')}, cosine), label "
-        f"smoothing {training.get('label_smoothing', 0.1)}, dropout {training.get('dropout', 0.3)}, "
+        f"- {_start(training)} {training.get('epochs', '?')} epochs over the full variety, clips that turn or "
+        f"stand still seen {training.get('hard_repeats', 1)}× per epoch (learnt last); "
+        f"{training.get('steps', '?')} steps of {training.get('batch_size', '?')} clips, AdamW "
+        f"(lr {training.get('lr', '?')}, cosine), label smoothing {training.get('label_smoothing', 0.1)}, "
+        f"dropout {training.get('dropout', 0.3)}, "
         f"{training.get('precision', 'fp32')}, seeded (python, numpy, torch)",
         f"- wall time {_minutes(training.get('wall_s'))} (of which data {_minutes(training.get('data_s'))}) "
         f"on {training.get('machine', 'a 2-core CPU')}, shared with other jobs",
         f"- validation top-1 by epoch: {', '.join(_pct(h['val_top1']) for h in training.get('history', []))}",
+        *_temperature_line(training),
         "",
         "## Accuracy on fresh clips",
         "",
@@ -114,7 +125,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
             "| ---: |" + " ---: |" * len(LABELS),
             *[f"| {i} | " + " | ".join(str(n) for n in row) + " |" for i, row in enumerate(results[0]["confusion"])],
             "",
-            *_condition_lines(results[0]),
+            *_condition_lines(results),
             "The TSN baseline is trained by the same script without the shift (`--no-shift`; how each "
             "entry was trained is listed below). It scores each frame on its own "
             "and averages the scores, so it sees no motion at all: only what single frames show (a "
@@ -157,24 +168,51 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
     return "\n".join(lines)
 
 
-def _condition_lines(result: dict[str, Any]) -> list[str]:
-    """Top-1 by condition and the calibration figures, where the evaluation recorded them."""
-    table, cal = result.get("per_condition"), result.get("calibration")
-    if not table or not cal:
-        return []
-    rows = [f"| {name} | {value} | {_pct(r['top1'])} | {r['clips']} |"
-            for name, values in table.items() for value, r in values.items()]  # fmt: skip
-    return [
-        f"By condition ({_kind(result)}): a weakness shows as a row, not in the average.",
-        "",
-        "| condition | value | top-1 | clips |",
-        "| --- | --- | ---: | ---: |",
-        *rows,
-        "",
-        f"Calibration: expected calibration error {cal['ece']:.3f} (top-1 confidence, 10 bins); "
-        f"{cal['wrong']} wrong answers, {cal['wrong_above_0.9']:.0%} of them scored above 0.9.",
-        "",
+def _condition_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Top-1 by condition and the calibration figures, a column per evaluation of this (shifting) model."""
+    measured = [
+        r for r in results if r.get("per_condition") and r.get("calibration") and r["shift"] == results[0]["shift"]
     ]
+    if not measured:
+        return []
+    rows: dict[tuple[str, str], list[str]] = {}
+    for i, r in enumerate(measured):
+        for name, values in r["per_condition"].items():
+            for value, cell in values.items():
+                row = rows.setdefault((name, value), ["–"] * len(measured))
+                row[i] = f"{_pct(cell['top1'])} ({cell['clips']})"
+    heads = [_kind(r) + _ranges_note(r) for r in measured]
+    return [
+        "By condition (top-1, clips in brackets): a weakness shows as a row, not in the average.",
+        "",
+        "| condition | value | " + " | ".join(heads) + " |",
+        "| --- | --- |" + " ---: |" * len(measured),
+        *[f"| {name} | {value} | " + " | ".join(cells) + " |" for (name, value), cells in rows.items()],
+        "",
+        "Calibration (top-1 confidence against accuracy, 10 bins):",
+        "",
+        *[f"- {head}: expected calibration error {r['calibration']['ece']:.3f}; {r['calibration']['wrong']} wrong "
+          f"answers, {r['calibration']['wrong_above_0.9']:.0%} of them scored above 0.9"
+          for head, r in zip(heads, measured, strict=True)],
+        "",
+    ]  # fmt: skip
+
+
+def _start(training: dict[str, Any]) -> str:
+    """How the run began: a curriculum from scratch, or another entry's weights."""
+    if training.get("init"):
+        return f"fine-tuned from the weights of `{training['init']}`:"
+    return f"a curriculum: {training.get('easy_epochs', 0)} epochs over the easy clips, then"
+
+
+def _temperature_line(training: dict[str, Any]) -> list[str]:
+    history = training.get("history") or [{}]
+    t = history[-1].get("temperature")
+    if t is None:
+        return []
+    return [f"- calibrated: temperature {t:.2f} fitted on the validation clips (negative log-likelihood) and "
+            "folded into the classifier (its weights and bias divided by it), so the served scores are "
+            "calibrated and no answer changes"]  # fmt: skip
 
 
 def _generator_note(trained_on: object) -> str:
@@ -207,7 +245,7 @@ def _kind(result: dict[str, Any]) -> str:
 
 
 def _ranges_note(result: dict[str, Any]) -> str:
-    return ", issue #7 ranges" if result.get("ranges") == "issue" else ""
+    return RANGES_NOTES.get(str(result.get("ranges")), "")
 
 
 def _full() -> dict[str, object]:

@@ -186,12 +186,37 @@ def clip_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, frames: np.ndarray, config: ModelConfig, batch: int = 32) -> np.ndarray:
+def logits_of(model: nn.Module, frames: np.ndarray, config: ModelConfig, batch: int = 32) -> torch.Tensor:
+    """``[N, classes]`` clip logits of uint8 frames, in eval mode, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    out = [clip_logits(model, to_input(frames[i : i + batch], config.mean, config.std).to(device)).argmax(1)
-           .cpu().numpy() for i in range(0, len(frames), batch)]  # fmt: skip
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    out = [clip_logits(model, to_input(frames[i : i + batch], config.mean, config.std).to(device)).float().cpu()
+           for i in range(0, len(frames), batch)]  # fmt: skip
+    return torch.cat(out) if out else torch.zeros(0, config.num_classes)
+
+
+def predict(model: nn.Module, frames: np.ndarray, config: ModelConfig, batch: int = 32) -> np.ndarray:
+    return logits_of(model, frames, config, batch).argmax(1).numpy()
+
+
+def fit_temperature(logits: torch.Tensor, labels: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of ``softmax(logits / T)`` (a grid over
+    0.3-5): one number that makes the scores' confidence match how often they are right, without
+    changing any answer (Guo et al., 2017, "On calibration of modern neural networks")."""
+    target = torch.from_numpy(labels)
+    grid = np.exp(np.linspace(math.log(0.3), math.log(5.0), 121))
+    losses = [float(nn.functional.cross_entropy(logits / t, target)) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+@torch.no_grad()
+def fold_temperature(model: nn.Module, temperature: float) -> None:
+    """Divides the classifier's weights and bias by ``temperature``: the served logits are ``logits / T``
+    (the average over segments is linear), so the server needs no new setting."""
+    fc = model.new_fc
+    assert isinstance(fc, nn.Linear)
+    fc.weight.mul_(1 / temperature)
+    fc.bias.mul_(1 / temperature)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals run 3-4x slower on CPU
     seed_everything(args.seed)
-    ranges = Ranges(duration_s=(TRAIN.duration_s[0], args.max_duration),
-                    long_side=(TRAIN.long_side[0], args.max_long_side))  # fmt: skip
+    ranges = replace(TRAIN, duration_s=(TRAIN.duration_s[0], args.max_duration),
+                     long_side=(TRAIN.long_side[0], args.max_long_side))  # fmt: skip
     classes = len(LABELS)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
@@ -213,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     train_spec = SamplingSpec(args.segments, args.scale_size, args.scale_size, resize="stretch")
     val_spec = SamplingSpec(args.segments, args.scale_size, args.input_size, resize="stretch")
     # A curriculum: motion has to be found before it can be told apart; big, long, sharp motions first.
-    easy_x, easy_y = decoded_clips(SPLIT_EASY, args.seed, args.easy_clips_per_class * classes,
-                                   replace(ranges, easy=True), args.cache, train_spec, args.workers)  # fmt: skip
+    easy_x, easy_y = np.zeros(0, np.uint8), np.zeros(0, np.int64)  # none when fine-tuning (--easy-epochs 0)
+    if args.easy_epochs:
+        easy_x, easy_y = decoded_clips(SPLIT_EASY, args.seed, args.easy_clips_per_class * classes,
+                                       replace(ranges, easy=True), args.cache, train_spec, args.workers)  # fmt: skip
     train_x, train_y = decoded_clips(
         SPLIT_TRAIN, args.seed, args.clips_per_class * classes, ranges, args.cache, train_spec, args.workers
     )
@@ -235,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     model = build_model(config)
     if args.init:
-        model.load_state_dict(load_entry(args.init).model.state_dict())
+        load_init(model, args.init)
     model.dropout.p = args.dropout
     model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # faster on CPU
     if bf16 and device.type == "cpu":
@@ -288,10 +315,25 @@ def main(argv: list[str] | None = None) -> int:
         save(model, config, args, argv, started, data_s, step, history, len(train_y), len(val_y), ranges, bf16)
         if step >= total:
             break
+    if history and len(val_y):
+        # Calibrated last: the validation clips' temperature, folded into the classifier.
+        temperature = fit_temperature(logits_of(model, val_x, config), val_y)
+        fold_temperature(model, temperature)
+        history[-1]["temperature"] = temperature
+        print(f"calibrated: temperature {temperature:.3f} (validation negative log-likelihood)", flush=True)
+        save(model, config, args, argv, started, data_s, step, history, len(train_y), len(val_y), ranges, bf16)
     # --epochs 0 --easy-epochs 0 only renders and caches the clips (bench/train_sweep.sh does that first)
     done = f"wrote {args.out}" if history else "no epochs: clips cached, nothing trained or written,"
     print(f"{done} in {time.monotonic() - started:.0f} s (data {data_s:.0f} s)", flush=True)
     return 0
+
+
+def load_init(model: nn.Module, entry_dir: Path) -> None:
+    """Starts from an entry's weights, also a TSM's into a TSN: the shift wraps each shifted
+    convolution (``….net.weight``), the TSN holds the same tensor as ``….weight``."""
+    own = model.state_dict().keys()
+    state = load_entry(entry_dir).model.state_dict()
+    model.load_state_dict({k if k in own else k.replace(".net.", "."): v for k, v in state.items()})
 
 
 def machine(device: str) -> str:
@@ -314,7 +356,9 @@ def save(
         "shift": not args.no_shift, "online": args.online, "segments": args.segments, "seed": args.seed,
         "train_clips": train_clips, "val_clips": val_clips,
         "epochs": args.epochs, "easy_epochs": args.easy_epochs, "hard_repeats": args.hard_repeats,
-        "easy_clips": args.easy_clips_per_class * len(LABELS), "steps": step, "batch_size": args.batch_size,
+        "easy_clips": args.easy_clips_per_class * len(LABELS) if args.easy_epochs else 0,
+        "steps": step, "batch_size": args.batch_size,
+        "init": str(args.init) if args.init else None,
         "lr": args.lr, "label_smoothing": args.label_smoothing, "dropout": args.dropout,
         "precision": "bf16 autocast" if bf16 else "fp32", "device": str(args.device),
         "data_s": round(data_s), "wall_s": round(wall_s), "threads": args.threads,
