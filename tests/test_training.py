@@ -323,7 +323,7 @@ def test_evaluate_reports_and_writes_the_card_on_the_issue_ranges(tmp_path: Path
     assert sum(map(sum, result["confusion"])) == len(LABELS)
     # A weakness shows as a row: every condition splits the same clips, and rows agree with top-1.
     table = result["per_condition"]
-    assert set(table) == {"background", "aspect", "duration", "object size", "codec", "distractors"}
+    assert set(table) == {"background", "texture", "aspect", "duration", "object size", "codec", "distractors"}
     for values in table.values():
         assert sum(v["clips"] for v in values.values()) == len(LABELS)
         right = sum(v["top1"] * v["clips"] for v in values.values())
@@ -332,7 +332,8 @@ def test_evaluate_reports_and_writes_the_card_on_the_issue_ranges(tmp_path: Path
     assert 0 <= result["calibration"]["ece"] <= 1
     card = (entry / "README.md").read_text()
     assert f"| **overall** | **{result['top1']:.1%}** |" in card and "TSM, issue #7 ranges" in card
-    assert "| condition | value | top-1 | clips |" in card and "Calibration: expected calibration error" in card
+    assert "| condition | value | TSM, issue #7 ranges |" in card
+    assert f"- TSM, issue #7 ranges: expected calibration error {result['calibration']['ece']:.3f}" in card
 
 
 def test_examples_readme_lists_every_clip_with_its_answer() -> None:
