@@ -71,9 +71,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         f"hardest value on its own {TRAIN.hardest:.0%} of the time (smallest object, shortest motion, "
         "shortest clip, lowest rate, finest full-contrast texture, three distractors, portrait).",
         "",
-        f"- training: {training.get('easy_clips', 0)} easy clips (one big, sharp object on a flat or gradient "
-        "background, no distractors, noise or jitter, motion over 80-100% of the clip: translation ≥ 45%, "
-        f"turn ≥ 180°, scale ≥ 2.5×), then {training.get('train_clips', '?')} clips of the full variety "
+        f"- training: {_easy(training)}{training.get('train_clips', '?')} clips of the full variety "
         f"(seed {training.get('seed', '?')}), {_range(training.get('ranges', {}))}; validation: "
         f"{training.get('val_clips', '?')} clips; generator version {training.get('generator_version', '?')}",
         "- second renderer: `training/second_renderer.py` draws the same specification with code written "
@@ -199,6 +197,14 @@ def _condition_lines(results: list[dict[str, Any]]) -> list[str]:
           for head, r in zip(heads, measured, strict=True)],
         "",
     ]  # fmt: skip
+
+
+def _easy(training: dict[str, Any]) -> str:
+    if not training.get("easy_clips"):
+        return ""
+    return (f"{training['easy_clips']} easy clips (one big, sharp object on a flat or gradient background, no "
+            "distractors, noise or jitter, motion over 80-100% of the clip: translation ≥ 45%, turn ≥ 180°, "
+            "scale ≥ 2.5×), then ")  # fmt: skip
 
 
 def _start(training: dict[str, Any]) -> str:
