@@ -10,6 +10,9 @@ loads or unloads the difference (``TSM_MODEL_POLL_S``).
 
 Every change runs under one lock, on the event loop; the tables are changed without an await in
 between, so a request sees the old tables or the new ones, never a mix.
+
+Why one module of this length: load, unload, retire and poll change the same tables under the same lock;
+split apart, each would reach into the others' state.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ import hashlib
 import multiprocessing
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,6 +25,8 @@ DEFAULT_ONLINE_ENTRY = DEFAULT_ENTRY.parent.parent / f"{ENTRY_NAME}_online" / "1
 DEFAULT_CACHE = Path(os.environ.get("TSM_SYNTH_CACHE", "/tmp/tsm_synth"))
 # The server's default limits (Settings' defaults, not the environment), but no decode timeout and
 # room for long runs: these files are ours.
+J = TypeVar("J")
+R = TypeVar("R")
 LIMITS = replace(
     DecodeLimits.from_settings(Settings.model_construct()), timeout_s=600.0, memory_mb=4096, max_jobs=1_000_000
 )
@@ -55,6 +58,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def pool_map(fn: Callable[[J], R], jobs: list[J], workers: int) -> list[R]:
+    """``[fn(j) for j in jobs]``, in ``workers`` processes when more than one."""
+    if workers <= 1:
+        return [fn(j) for j in jobs]
+    # forkserver: workers stay free of torch's thread pools (see DESIGN.md on forking)
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        return pool.map(fn, jobs, chunksize=4)
 
 
 def _make_one(job: tuple[int, int, int, Ranges, str, SamplingSpec]) -> tuple[np.ndarray, int]:
@@ -92,13 +104,7 @@ def decoded_clips(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clips ``0..count-1`` of a split, rendered, encoded and decoded once through the server's
     ``decode_file`` (cached on disk): uint8 [N, T, S, S, 3] and labels [N]."""
-    jobs = [(split, seed, i, ranges, str(cache), sampling) for i in range(count)]
-    if workers > 1:
-        # forkserver: workers stay free of torch's thread pools (see DESIGN.md on forking)
-        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-            results = pool.map(_make_one, jobs, chunksize=4)
-    else:
-        results = [_make_one(j) for j in jobs]
+    results = pool_map(_make_one, [(split, seed, i, ranges, str(cache), sampling) for i in range(count)], workers)
     frames = np.stack([f for f, _ in results])
     labels = np.array([label for _, label in results], dtype=np.int64)
     return frames, labels

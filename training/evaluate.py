@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from service.decode import decode_file
 from service.sampling import SamplingSpec
 from service.store import ModelConfig, load_entry
 from training.card import entry_records, write_card
-from training.common import DEFAULT_CACHE, LIMITS, decoded_clips
+from training.common import DEFAULT_CACHE, LIMITS, decoded_clips, pool_map
 from training.second_renderer import render_clip
 from training.synthetic import (
     FULL,
@@ -95,12 +94,7 @@ def second_renderer_clips(
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Clips ``0..count-1`` of the second renderer (videos cached on disk), decoded by the server's
     ``decode_file``: uint8 frames, labels and each clip's conditions."""
-    jobs = [(seed, i, str(cache), sampling) for i in range(count)]
-    if workers > 1:
-        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-            results = pool.map(_second_one, jobs, chunksize=4)
-    else:
-        results = [_second_one(j) for j in jobs]
+    results = pool_map(_second_one, [(seed, i, str(cache), sampling) for i in range(count)], workers)
     return (np.stack([f for f, _, _ in results]), np.array([label for _, label, _ in results], np.int64),
             [c for _, _, c in results])  # fmt: skip
 

@@ -77,6 +77,11 @@ class Ranges:
     # every range at its hardest without making every clip hard at once).
     hardest: float = 0.0
 
+    @property
+    def hard_share(self) -> float:
+        """``hardest`` as drawn: easy clips are never pushed to a hard end."""
+        return 0.0 if self.easy else self.hardest
+
 
 FULL = Ranges()
 ISSUE = Ranges(object_size=(0.10, 0.40), travel=(0.20, 0.80), turn_deg=(90.0, 360.0), scale=(1.5, 4.0))
@@ -124,7 +129,7 @@ def sample_clip(split: int, seed: int, index: int, ranges: Ranges = FULL, label:
     """The settings of clip ``index``; classes cycle with the index unless ``label`` is given."""
     rng = clip_rng(split, seed, index)
     label = index % len(LABELS) if label is None else label
-    hardest = 0.0 if ranges.easy else ranges.hardest
+    hardest = ranges.hard_share
     portrait = ranges.hard or bool(hardest and rng.uniform() < hardest)
     aspects = [a for a in ASPECTS if a[1] > a[0]] if portrait else ASPECTS
     aw, ah = aspects[rng.integers(len(aspects))]
@@ -444,7 +449,7 @@ class Scene:
 def build_scene(spec: ClipSpec) -> Scene:
     rng = np.random.default_rng(spec.scene_seed)
     w, h, label, ranges = spec.width, spec.height, spec.label, spec.ranges
-    easy, hardest = ranges.easy, 0.0 if ranges.easy else ranges.hardest
+    easy, hardest = ranges.easy, ranges.hard_share
     short = min(w, h)
     jitter = 0 if easy else int(rng.integers(0, 3))
     families = ["flat", "gradient"] if easy else ["noise", "textured"] if ranges.hard else BACKGROUNDS

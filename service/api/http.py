@@ -1,4 +1,7 @@
-"""HTTP front door: FastAPI routes and schemas. Every error has one JSON shape, declared in OpenAPI."""
+"""HTTP front door: FastAPI routes and schemas. Every error has one JSON shape, declared in OpenAPI.
+
+Why one module of this length: the response schemas, the error handlers and the routes that use them are
+one OpenAPI document; the Open Inference Protocol (``oip_http``) and live (``live``) routes live beside it."""
 
 from __future__ import annotations
 
