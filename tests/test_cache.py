@@ -1,6 +1,6 @@
 """The result cache: a repeated upload is answered without decoding or inference, identical requests in
 flight are computed once, options, models and versions never share an answer, and Redis shares it
-between server processes without ever failing a request when it goes away."""
+between servers without ever failing a request when it goes away."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from harness.inproc import InProcessServer
-from harness.process import RedisProcess, ServerProcess
+from harness.process import RedisProcess
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.cache import LocalLru
@@ -148,29 +148,27 @@ def test_the_local_cache_is_bounded_by_entries_and_bytes() -> None:
     assert lru.get("huge") is None, "a value larger than the whole cache is not kept"
 
 
-def test_redis_shares_answers_between_processes_and_its_loss_fails_no_request(
-    tiny_store: Path, clip: Path, tmp_path: Path
+def test_redis_shares_answers_between_servers_and_its_loss_fails_no_request(
+    tiny_store: Path, clip: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Two servers, each with its own Redis client and local tier, share answers through a real Redis
+    (in this process: what is shared is Redis, not memory; the process is not what is under test)."""
     video = clip.read_bytes() + b"\x03"
-    with RedisProcess(tmp_path) as redis:
-        a = ServerProcess(tiny_store, cache_entries=64, cache_url=redis.url)
-        b = ServerProcess(tiny_store, cache_entries=64, cache_url=redis.url)
-        try:
-            first = httpx.post(f"{a.url}/classify", content=video, headers=MP4, timeout=60)
-            shared = httpx.post(f"{b.url}/classify", content=video, headers=MP4, timeout=60)
-            assert (first.headers["X-Cache"], shared.headers["X-Cache"]) == ("miss", "hit"), "b has a's answer"
-            assert same_answer(first.json(), shared.json())
+    with (RedisProcess(tmp_path) as redis, caplog.at_level("WARNING", logger="tsm.cache"),
+          InProcessServer(tiny_store, cache_entries=64, cache_url=redis.url) as a,
+          InProcessServer(tiny_store, cache_entries=64, cache_url=redis.url) as b):  # fmt: skip
+        first = post(a.http, video)
+        shared = post(b.http, video)
+        assert (first.headers["X-Cache"], shared.headers["X-Cache"]) == ("miss", "hit"), "b has a's answer"
+        assert same_answer(first.json(), shared.json())
 
-            redis.stop()  # the shared cache crashes mid-test: answers go on, computed
-            for i in range(3):
-                down = httpx.post(f"{b.url}/classify", content=video + bytes([i]), headers=MP4, timeout=60)
-                assert down.status_code == 200 and down.headers["X-Cache"] == "miss"
-            local = httpx.post(f"{b.url}/classify", content=video, headers=MP4, timeout=60)
-            assert local.status_code == 200 and local.headers["X-Cache"] == "hit", "the local tier still answers"
-            metrics = httpx.get(f"{b.url}/metrics").text
-            assert 'tsm_cache_backend_up{backend="redis"} 0.0' in metrics
-            assert 'tsm_cache_backend_errors_total{backend="redis"}' in metrics
-        finally:
-            a.stop()
-            b.stop()
-        assert "serving without it" in b.final_output
+        redis.stop()  # the shared cache crashes mid-test: answers go on, computed
+        for i in range(3):
+            down = post(b.http, video + bytes([i]))
+            assert down.status_code == 200 and down.headers["X-Cache"] == "miss"
+        local = post(b.http, video)
+        assert local.status_code == 200 and local.headers["X-Cache"] == "hit", "the local tier still answers"
+        metrics = b.metrics()
+        assert 'tsm_cache_backend_up{backend="redis"} 0.0' in metrics
+        assert 'tsm_cache_backend_errors_total{backend="redis"}' in metrics
+    assert "serving without it" in caplog.text
