@@ -110,6 +110,7 @@ class LiveStream:
     pending: _Pending | None = None
     in_flight: bool = False
     input_done: bool = False
+    answered: bool = False  # the answers have ended: the frame reader stops (see ``LiveStreams.answers``)
     # answers, then None (the stream ended) or the error that ends it
     outbox: asyncio.Queue[LiveResult | ServiceError | None] = field(default_factory=asyncio.Queue)
     end_reason: str = "client closed"
@@ -351,6 +352,10 @@ class LiveService:
                     raise item
                 yield item
         finally:
+            # The flag as well as the cancel: asyncio.wait_for (Python 3.10, 3.11) swallows a cancel that
+            # lands as a frame arrives, and the reader would go on reading a client that keeps sending
+            # (seen: a drained stream held open until the server's stop cancelled it).
+            stream.answered = True
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             self.close(stream)
@@ -359,6 +364,8 @@ class LiveService:
         hub, limits = stream.hub, self.limits
         try:
             while True:
+                if stream.answered:
+                    return  # cancelled, though the cancel was swallowed (see answers)
                 left = limits.max_duration_s - (time.monotonic() - stream.started)
                 if left <= 0:
                     raise ServiceError(

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, LiveClient, LiveFrame, live_dict
 from service.decode import DecodeLimits, decode_file
 from service.engines import cpu_has_native_bf16
+from service.errors import ServiceError, shutting_down
 from service.frames import Frame, Preprocess, frame_size
+from service.live import LiveOptions
 from service.live_engine import choose_live_engine, torch_step
 from service.model.online import OnlineTSM
 from service.runner import Normalise
@@ -346,6 +348,34 @@ def test_a_client_that_vanishes_mid_stream_frees_its_state(srv: InProcessServer)
 
     srv.run(go())
     assert not streams
+    assert metric(srv, "tsm_live_streams", model="live") == 0
+
+
+def test_a_stream_ended_while_its_client_keeps_sending_stops_reading_and_closes(srv: InProcessServer) -> None:
+    """What the drain does to an open stream, against a client that never stops sending: the stream's
+    answers end with the error and its state is freed, every time. (asyncio.wait_for, Python 3.10 and
+    3.11, swallows the reader's cancel when a frame arrives with it: the reader then read on.)"""
+    live = srv.server.live
+    assert live is not None
+    frame = Frame(moving_frames(1, SIZE)[0].tobytes(), "rgb24", SIZE, SIZE)
+
+    async def endless() -> AsyncIterator[Frame]:
+        while True:
+            yield frame
+            await asyncio.sleep(0)
+
+    async def one_stream() -> None:
+        stream = live.open(LiveOptions(model="live"))
+        with pytest.raises(ServiceError) as ended:
+            async for _ in live.answers(stream, endless()):
+                stream.end(shutting_down())  # after the first answer, as the drain would
+        assert ended.value.code == "draining" and stream.id not in live.hubs["live"].streams
+
+    async def go() -> None:
+        for _ in range(30):
+            await one_stream()
+
+    srv.run(go(), timeout_s=60)  # before the fix, the reader read on and this waited for ever
     assert metric(srv, "tsm_live_streams", model="live") == 0
 
 
