@@ -487,8 +487,8 @@ def test_sigterm_ends_live_streams_with_a_final_message_within_the_drain_budget(
             with pytest.raises(ClassifyError) as ended:
                 for _ in answers:
                     pass
-            # the message says what ended the stream if it was not our drain (once, under a heavy load: a
-            # bare UNAVAILABLE without our trailers; not reproduced since)
+            # a bare UNAVAILABLE ("Cancelling all calls") was the server's stop cancelling a stream the drain
+            # had ended but whose reader read on (test_a_stream_ended_while_its_client_keeps_sending_...)
             assert ended.value.grpc_status == "UNAVAILABLE" and ended.value.code == "draining", str(ended.value)
             assert time.monotonic() - started < 20
             assert json.loads(ws.recv())["error"]["code"] == "draining"
