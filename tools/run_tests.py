@@ -37,30 +37,36 @@ def pytest_argv(files: list[str], extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "pytest", "--cov", "--cov-report=", "-p", "no:cacheprovider", *extra, *files]
 
 
-def main(extra: list[str]) -> int:
-    for stale in [*ROOT.glob(".coverage"), *ROOT.glob(".coverage.*")]:
+def main(extra: list[str], root: Path = ROOT, groups: list[list[str]] = GROUPS) -> int:
+    for stale in [*root.glob(".coverage"), *root.glob(".coverage.*")]:
         stale.unlink()
-    rest = [f"--ignore={name}" for group in GROUPS for name in group]
-    data = [ROOT / f".coverage.group{i}" for i in range(len(GROUPS) + 1)]
+    rest = [f"--ignore={name}" for group in groups for name in group]
+    data = [root / f".coverage.group{i}" for i in range(len(groups) + 1)]
 
     def env(data_file: Path) -> dict[str, str]:
         # absolute: the servers the tests start write their coverage from other working directories
         return {**os.environ, "COVERAGE_FILE": str(data_file)}
 
+    codes: dict[str, int] = {}
     with ExitStack() as stack:
-        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in GROUPS]
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in groups]
         background = [
-            subprocess.Popen(pytest_argv(group, extra), cwd=ROOT, env=env(path), stdout=log, stderr=subprocess.STDOUT)
-            for group, path, log in zip(GROUPS, data, logs, strict=False)
+            subprocess.Popen(pytest_argv(group, extra), cwd=root, env=env(path), stdout=log, stderr=subprocess.STDOUT)
+            for group, path, log in zip(groups, data[:-1], logs, strict=True)
         ]
-        codes = {"the rest": subprocess.run(pytest_argv(rest, extra), cwd=ROOT, env=env(data[-1])).returncode}
-        for group, proc, log in zip(GROUPS, background, logs, strict=True):
+        try:
+            codes["the rest"] = subprocess.run(pytest_argv(rest, extra), cwd=root, env=env(data[-1])).returncode
+        except BaseException:  # Ctrl-C or an error here: no pytest process outlives the run
+            for proc in background:
+                proc.terminate()
+            raise
+        for group, proc, log in zip(groups, background, logs, strict=True):
             codes[", ".join(group)] = proc.wait()
             log.seek(0)
             print(f"\n==== the pytest process of {', '.join(group)} ====", flush=True)
             print(log.read(), flush=True)
 
-    combined = coverage.Coverage(data_file=str(ROOT / ".coverage"))
+    combined = coverage.Coverage(data_file=str(root / ".coverage"))
     combined.combine([str(path) for path in data if path.exists()])
     combined.save()
     print("==== coverage of service/, over every pytest process and every process they started ====", flush=True)
