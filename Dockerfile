@@ -1,10 +1,12 @@
-# tsm-serve image. GPU (the default base, CUDA build of PyTorch):
-#   docker build -t tsm-serve:gpu .
+# tsm-serve image, built from the wheel `make wheel` writes to dist/ (the package users pip install,
+# bundled models included). GPU (the default base, CUDA build of PyTorch):
+#   make wheel && docker build -t tsm-serve:gpu .
 # CPU only (slim Python, torch from PyTorch's CPU wheel index, no multi-GB CUDA libraries):
 #   docker build -t tsm-serve:cpu --build-arg BASE_IMAGE=python:3.11-slim \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
 # Run: docker run --gpus all -p 8000:8000 -p 50051:50051 tsm-serve:gpu
-# Other models: mount a store over the baked one: -v /srv/models:/opt/tsm/model_store:ro
+# Other models: mount a store where the server looks first: -v /srv/models:/opt/tsm/model_store:ro
+# (./model_store of the working directory; or set TSM_MODEL_STORE). Without one, the bundled models serve.
 ARG BASE_IMAGE=pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
@@ -21,21 +23,20 @@ WORKDIR /opt/tsm
 
 RUN if [ -n "${TORCH_INDEX_URL}" ]; then pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.3"; fi
 
-# Dependencies first, from pyproject alone (an empty package stands in for the code), so a code
-# change does not reinstall grpcio, av and openvino. torch is already there and is kept.
+# Dependencies first, from pyproject alone (the package's __init__ stands in for the code: it holds the
+# version), so a code change does not reinstall grpcio, av and openvino. torch is already there and is kept.
 COPY pyproject.toml README.md /opt/tsm/src/
-RUN mkdir -p /opt/tsm/src/service \
-    && touch /opt/tsm/src/service/__init__.py \
-    && pip install /opt/tsm/src \
-    && pip uninstall -y tsm-serve
+COPY service/__init__.py /opt/tsm/src/service/
+RUN pip install /opt/tsm/src \
+    && pip uninstall -y tsm-serve \
+    && rm -rf /opt/tsm/src
 
-COPY service /opt/tsm/src/service
-RUN pip install --no-deps /opt/tsm/src \
-    && rm -rf /opt/tsm/src \
+# The wheel, as users install it: code, bundled models, label lists and pages (tests/test_installed.py
+# checks that wheel from an empty folder).
+COPY dist/tsm_serve-*.whl /tmp/wheels/
+RUN pip install --no-deps /tmp/wheels/tsm_serve-*.whl \
+    && rm -rf /tmp/wheels \
     && python -c "import torch, av, openvino, onnx, service.__main__"
-
-# Baked-in models; a volume mounted here replaces them.
-COPY model_store /opt/tsm/model_store
 
 # Numeric uid/gid, so Kubernetes' runAsNonRoot can verify it. The code and models stay root-owned:
 # the server cannot change them.
@@ -48,8 +49,7 @@ USER 10001:10001
 ENV HOME=/tmp \
     TSM_HOST=0.0.0.0 \
     TSM_HTTP_PORT=8000 \
-    TSM_GRPC_PORT=50051 \
-    TSM_MODEL_STORE=/opt/tsm/model_store
+    TSM_GRPC_PORT=50051
 
 EXPOSE 8000 50051
 

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps triton-client serve test lint typecheck unit clean
+.PHONY: install system-deps triton-client serve test lint typecheck unit wheel clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ $(TRITON_STAMP):
 
 triton-client: $(TRITON_STAMP)
 
+# The wheel users install and the Dockerfile installs: dist/tsm_serve-<version>-py3-none-any.whl.
+wheel: install
+	$(PY) tools/build_wheel.py
+
 serve: install
 	$(VENV)/bin/tsm-serve serve
 
@@ -61,4 +65,4 @@ test:
 	$(MAKE) --no-print-directory unit
 
 clean:
-	rm -rf $(VENV) .venv-triton .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) .venv-triton dist .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*

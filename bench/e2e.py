@@ -78,11 +78,12 @@ def make_videos(directory: Path) -> list[Path]:
 
 def make_store(directory: Path) -> Path:
     """The default entry (copied) plus MobileNetV2 and ResNet-50 TSMs at 8×224² with random weights."""
+    from service.resources import bundled_labels, bundled_store
     from service.store import write_random_entry
 
     store = directory / "store"
-    shutil.copytree(ROOT / "model_store" / DEFAULT_MODEL, store / DEFAULT_MODEL)
-    labels = (ROOT / "model_store" / "labels" / "kinetics400.txt").read_text().split("\n")
+    shutil.copytree(bundled_store() / DEFAULT_MODEL, store / DEFAULT_MODEL)
+    labels = bundled_labels()["kinetics400"].read_text().split("\n")
     labels = [label for label in labels if label.strip()]
     write_random_entry(store, name="mbv2_224", labels=labels, width_mult=1.0, input_size=224, scale_size=256)
     write_random_entry(store, name="resnet50_224", labels=labels, arch="resnet50", input_size=224, scale_size=256)
@@ -91,9 +92,10 @@ def make_store(directory: Path) -> Path:
 
 def default_model_name() -> str:
     """As the tables name it: results of an older default model keep their own row label."""
-    from service.store import ModelConfig
+    from service.resources import bundled_store
+    from service.store import ModelConfig, find_entries
 
-    c = ModelConfig.model_validate_json((ROOT / "model_store" / DEFAULT_MODEL / "1" / "model.json").read_text())
+    c = ModelConfig.model_validate_json((find_entries(bundled_store())[DEFAULT_MODEL] / "model.json").read_text())
     return f"default (MobileNetV2 ×{c.width_mult:g}, {c.num_segments}×{c.input_size}²)"
 
 

@@ -88,10 +88,10 @@ def agreement(a: argparse.Namespace) -> list[str]:
     top-1 accuracy, and how often its top-1 is the float32 reference's."""
     from service.sampling import SamplingSpec
     from service.store import load_entry
-    from training.common import DEFAULT_CACHE, decoded_clips
+    from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, decoded_clips
     from training.synthetic import FULL, LABELS, SPLIT_EVAL
 
-    entry = load_entry(ROOT / "model_store" / "tsm_mobilenetv2_synthetic_motion" / "1")
+    entry = load_entry(DEFAULT_ENTRY)
     c = entry.config
     spec = SamplingSpec(c.num_segments, c.scale_size, c.input_size, resize=c.resize)
     frames, labels = decoded_clips(SPLIT_EVAL, 0, a.agreement * len(LABELS), FULL, DEFAULT_CACHE, spec, 2)

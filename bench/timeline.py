@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from harness.process import RedisProcess, ServerProcess  # noqa: E402
+from service.resources import bundled_store  # noqa: E402
 from training import synthetic  # noqa: E402
 
 MODEL = "tsm_mobilenetv2_synthetic_motion"
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds, repeats = (1, 3) if args.quick else (args.rounds, args.repeats)
     seconds_each = 2.0 if args.quick else 6.0
     fps, size = 15, (320, 240)
-    store = ROOT / "model_store"
+    store = bundled_store()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         frames = long_video(seconds_each, fps, size)

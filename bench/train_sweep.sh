@@ -40,7 +40,7 @@ for v in "${VARIANTS[@]}"; do
     >"$WORK/$name.log" 2>&1 &
 done
 echo "== ${#VARIANTS[@]} variants training at ${SECONDS}s; the shipped model renders the evaluation clips meanwhile"
-"$PY" -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/1 --workers $((CORES / 2)) \
+"$PY" -m training.evaluate --entry training/history/tsm_mobilenetv2_synthetic_motion/1 --workers $((CORES / 2)) \
   --clips-per-class "$EVAL_PER_CLASS" --seed 0 --json "$WORK/shipped.eval.json" | tail -n 2
 wait
 echo "== evaluating at ${SECONDS}s"

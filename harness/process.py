@@ -42,23 +42,37 @@ def free_port() -> int:
 
 class ServerProcess:
     """``python -m service`` on free loopback ports, as a user would run it (``module``: another
-    server that reads the same ``TSM_*`` variables, such as bench.plain_server)."""
+    server that reads the same ``TSM_*`` variables, such as bench.plain_server).
 
-    def __init__(self, store: Path, module: str = "service", **settings: object):
+    ``store`` None: no ``TSM_MODEL_STORE`` (the server chooses, from ``cwd``); ``command`` replaces
+    ``python -m module`` (an installed ``tsm-serve``); ``environ`` replaces this process's environment."""
+
+    def __init__(
+        self,
+        store: Path | None,
+        module: str = "service",
+        *,
+        command: list[str] | None = None,
+        cwd: Path = ROOT,
+        environ: dict[str, str] | None = None,
+        **settings: object,
+    ):
         self.http_port = free_port()
         self.grpc_port = free_port()
         cert = settings.get("http_tls_cert_file")
         self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.http_port}"
         self.verify: bool | ssl.SSLContext = ssl.create_default_context(cafile=str(cert)) if cert else True
-        env = {**os.environ, "TSM_HOST": "127.0.0.1", "TSM_HTTP_PORT": str(self.http_port),
-               "TSM_GRPC_PORT": str(self.grpc_port), "TSM_MODEL_STORE": str(store), "TSM_DEFAULT_MODEL": "tiny",
+        env = {**(os.environ if environ is None else environ), "TSM_HOST": "127.0.0.1",
+               "TSM_HTTP_PORT": str(self.http_port), "TSM_GRPC_PORT": str(self.grpc_port),
                "TSM_DECODE_WORKERS": "2", "TSM_CPU_BUDGET": "2", "TSM_ENGINE": "torch",
                "TSM_LOG_LEVEL": "WARNING", "TSM_CACHE_ENTRIES": "0"}  # as harness.inproc.DEFAULTS  # fmt: skip
+        if store is not None:
+            env.update(TSM_MODEL_STORE=str(store), TSM_DEFAULT_MODEL="tiny")
         env.update({f"TSM_{k.upper()}": str(v) for k, v in settings.items()})
         # Its output, kept outside the store's folder (the bundled store's is the repository root).
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            command or [sys.executable, "-m", module], cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         self.wait_ready()
 

@@ -20,6 +20,7 @@ import grpc
 import uvicorn
 from pydantic import ValidationError
 
+from service import __version__
 from service.config import Settings
 from service.logs import configure_logging
 
@@ -165,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tsm-serve",
         description="Serve TSM video classification over HTTP (and gRPC). With no command, runs the server.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_settings_flags(parser)
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the server (the default)")
+    # The server's flags work before and after `serve` (`tsm-serve serve --http-port 9000`).
+    _add_settings_flags(commands.add_parser("serve", help="run the server (the default)"))
 
     imp = commands.add_parser(
         "import-checkpoint",
@@ -177,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("checkpoint", type=Path, help=".pth/.pt file (loaded with weights_only=True)")
     imp.add_argument("--arch", required=True, choices=["resnet50", "resnet101", "mobilenetv2"])
     imp.add_argument("--num-segments", type=int, help="frames per clip the model was trained on (offline models)")
-    imp.add_argument("--labels", required=True, help="labels file, or kinetics400 / something_something_v2 / jester")
+    imp.add_argument("--labels", required=True,
+                     help="labels file, or a bundled list: kinetics400, something-something-v2, jester")  # fmt: skip
     imp.add_argument("--name", required=True, help="model name in the store and in requests")
     imp.add_argument("--version", default="1")
-    imp.add_argument("--store", type=Path, default=Path("model_store"))
+    imp.add_argument("--store", type=Path, default=Path("model_store"),
+                     help="the store to write into (created if missing); serve it with TSM_MODEL_STORE, or from "
+                     "the folder that holds it")  # fmt: skip
     imp.add_argument("--shift-div", type=int, default=8)
     imp.add_argument("--shift-place", choices=["blockres", "block"], default="blockres")
     imp.add_argument("--no-shift", action="store_true", help="a plain TSN checkpoint (no temporal shift)")

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.resources import StoreChoice, choose_store
 
 MiB = 1024 * 1024
 
@@ -42,7 +44,11 @@ class Settings(BaseSettings):
     )
 
     # --- models
-    model_store: Path = Field(default=Path("model_store"), description="folder of <name>/<version>/model.json")
+    model_store: Path | None = Field(
+        default=None,
+        description="folder of <name>/<version>/model.json; unset: ./model_store if it exists, else the models "
+        "bundled with the package",
+    )
     default_model: str = Field(default="tsm_mobilenetv2_synthetic_motion", description="model used when none is named")
     models: list[str] = Field(default_factory=list, description="models to load; empty: every store entry")
     version_policy: list[str] = Field(
@@ -117,6 +123,18 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, ge=0, description="in-flight work may finish this long on SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
+
+    _store: StoreChoice = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _choose_store(self) -> Settings:
+        self._store = choose_store(self.model_store)
+        return self
+
+    @property
+    def store(self) -> StoreChoice:
+        """The model store in use, chosen once when the settings are built (rules: service.resources)."""
+        return self._store
 
     def version_rule(self, name: str) -> tuple[str, str]:
         """``name``'s version policy: ("latest", "N") or ("specific", "V1,V2"); default latest:1."""

@@ -41,6 +41,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from service.store import sha256_file
 log = logging.getLogger("tsm.engines")
 
 # Bumped when what we write into a cache entry changes: older entries then never match.
+NETWORK_PACKAGE = "service.model"  # the code the converted graph is traced from
 CACHE_FORMAT = 2  # 2: converted through ONNX
 FP32_TOLERANCE = {"resnet50": 1e-3, "resnet101": 1e-3, "mobilenetv2": 1e-4}
 HALF_TOLERANCE = 5e-2
@@ -174,9 +176,16 @@ def model_code_sha256() -> str:
     a fixed shift) must never be served from a conversion of the old code, whose random-clip
     verification could still pass (it did once: OnlineAnswer's padding rule)."""
     h = hashlib.sha256()
-    for path in sorted((Path(__file__).parent / "model").glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name, code in model_code().items():
+        h.update(name.encode() + b"\0" + code)
     return h.hexdigest()
+
+
+def model_code() -> dict[str, bytes]:
+    """File name -> bytes of every module of the network code, read as package data (an installed,
+    zipped or read-only package has them too)."""
+    package = files(NETWORK_PACKAGE)
+    return {f.name: f.read_bytes() for f in sorted(package.iterdir(), key=lambda f: f.name) if f.name.endswith(".py")}
 
 
 class EngineCache:

@@ -105,7 +105,7 @@ class Repository:
 
     def index(self, ready_only: bool = False) -> list[VersionState]:
         """Every version in the store or known to this server, with its state."""
-        keys = {(n, f.name) for n, folders in find_versions(self.settings.model_store).items() for f in folders}
+        keys = {(n, f.name) for n, folders in find_versions(self.settings.store.path).items() for f in folders}
         keys |= set(self._states)
         out = []
         for name, version in sorted(keys, key=lambda k: (k[0], version_key(k[1]))):
@@ -126,7 +126,7 @@ class Repository:
         """Stop serving every version of ``name``; its in-flight requests and live streams finish first."""
         async with self._lock:
             if name not in self.served:
-                if name in find_versions(self.settings.model_store) or name in self._unloaded:
+                if name in find_versions(self.settings.store.path) or name in self._unloaded:
                     return  # not serving: nothing to do (as Triton)
                 raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}: not in the store, not served")
             self._check_removable(name)
@@ -137,7 +137,7 @@ class Repository:
         """Load what the store added or changed, unload what it removed (models unloaded by a call stay
         unloaded; a refused version is retried when its files change)."""
         async with self._lock:
-            found = find_versions(self.settings.model_store)
+            found = find_versions(self.settings.store.path)
             wanted = set(self.settings.models or found)
             for name in sorted(wanted | set(self.served)):
                 if name in self._unloaded:
@@ -210,10 +210,13 @@ class Repository:
             )
 
     async def _load(self, name: str) -> list[str]:
-        folders = find_versions(self.settings.model_store).get(name)
+        folders = find_versions(self.settings.store.path).get(name)
         if not folders:
-            have = ", ".join(sorted(find_versions(self.settings.model_store))) or "none"
-            raise ServiceError(ErrorKind.unknown_model, f"model {name!r} is not in the model store (found: {have})")
+            have = ", ".join(sorted(find_versions(self.settings.store.path))) or "none"
+            raise ServiceError(
+                ErrorKind.unknown_model,
+                f"model {name!r} is not in the model store {self.settings.store.path} (found: {have})",
+            )
         by_version = {f.name: f for f in folders}
         try:
             wanted = self.settings.versions_to_serve(name, list(by_version))

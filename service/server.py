@@ -17,6 +17,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
+from service import __version__
 from service.auth import Access
 from service.batching import Batcher
 from service.cache import CacheConfig, ResultCache
@@ -29,6 +30,7 @@ from service.live import LiveService
 from service.metrics import Metrics
 from service.repository import Repository, VersionState
 from service.request import RequestLimits
+from service.resources import STORE_SETTING
 from service.runner import resolve_device
 from service.store import StoreError, find_versions
 from service.uploads import default_spool_dir
@@ -112,13 +114,15 @@ class Server:
 
     async def _start(self) -> None:
         s = self.settings
-        found = find_versions(s.model_store)
+        log.info("tsm-serve %s starting; model store: %s", __version__, s.store.describe())
+        found = find_versions(s.store.path)
         wanted = s.models or sorted(found)
         missing = [name for name in [*wanted, s.default_model] if name not in found]
         if missing:
             raise StoreError(
-                f"model(s) {', '.join(sorted(set(missing)))} not found in {s.model_store} "
-                f"(found: {', '.join(sorted(found)) or 'none'})"
+                f"model(s) {', '.join(sorted(set(missing)))} not found in the model store {s.store.describe()}; "
+                f"models found there: {', '.join(sorted(found)) or 'none'}. Set {STORE_SETTING} to a folder of "
+                "<name>/<version>/model.json entries, or TSM_DEFAULT_MODEL / TSM_MODELS to models it has"
             )
         if s.default_model not in wanted:
             wanted.append(s.default_model)

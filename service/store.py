@@ -21,10 +21,10 @@ from service.model.backbones import Arch
 from service.model.online import OnlineTSM
 from service.model.shift import ShiftPlace
 from service.model.tsm import TSM, CheckpointError, load_state_strict, read_checkpoint
+from service.resources import bundled_labels
 from service.sampling import Resize
 
 MODEL_JSON = "model.json"
-BUNDLED_LABELS = Path(__file__).resolve().parent.parent / "model_store" / "labels"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -191,15 +191,19 @@ def find_entries(store: Path) -> dict[str, Path]:
 
 
 def resolve_labels(labels: str | Path) -> Path:
-    """A labels file path, or the name of a bundled list (``kinetics400``, ``something_something_v2``, ``jester``)."""
+    """A labels file path, or the name of a bundled list: ``kinetics400``, ``something_something_v2``
+    (or ``something-something-v2``), ``jester``."""
     p = Path(labels)
     if p.is_file():
         return p
-    bundled = BUNDLED_LABELS / f"{labels}.txt"
-    if bundled.is_file():
-        return bundled
-    names = ", ".join(sorted(f.stem for f in BUNDLED_LABELS.glob("*.txt")))
-    raise StoreError(f"labels file {labels} not found (bundled lists: {names})")
+    bundled = bundled_labels()
+    found = bundled.get(str(labels).lower().replace("-", "_"))
+    if found is not None:
+        return found
+    raise StoreError(
+        f"labels file {labels} not found, and it is not the name of a bundled list ({', '.join(bundled)}): "
+        "give a text file with one class name per line, in the model's class order"
+    )
 
 
 def import_checkpoint(

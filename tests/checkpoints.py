@@ -61,9 +61,12 @@ def fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def write_checkpoint(arch: str, path: Path, fmt: str = "official") -> Path:
-    """Save in the official training-script layout or the mmaction2 layout (renamed by the fixture keymap)."""
+def write_checkpoint(arch: str, path: Path, fmt: str = "official", classes: int | None = None) -> Path:
+    """Save in the official training-script layout or the mmaction2 layout (renamed by the fixture keymap);
+    ``classes``: keep that many of the classifier's 400 rows (another data set's label list)."""
     state = synthetic_state_dict(arch)
+    if classes is not None:
+        state["new_fc.weight"], state["new_fc.bias"] = state["new_fc.weight"][:classes], state["new_fc.bias"][:classes]
     if fmt == "official":
         ckpt = {"epoch": 1, "arch": arch, "state_dict": {"module." + k: v for k, v in state.items()}, "best_prec1": 0.0}
     elif fmt == "mmaction2":

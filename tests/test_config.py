@@ -7,10 +7,12 @@ import json
 import logging
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from service import __version__
 from service.__main__ import build_parser, settings_from_args
 from service.batching import BatcherConfig
 from service.config import Settings, available_cores
@@ -39,6 +41,20 @@ def test_a_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.max_delay_ms == 25.0 and settings.models == ["a", "b"], "the environment fills the rest"
     assert settings.channels_last is False
     assert settings_from_args(build_parser().parse_args([])).http_port == 8100
+
+
+def test_server_flags_work_after_the_serve_command_too(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["--http-port", "8300", "serve", "--grpc-port", "0", "--model-store", str(tmp_path)]
+    )
+    settings = settings_from_args(args)
+    assert (settings.http_port, settings.grpc_port, settings.store.path) == (8300, 0, tmp_path)
+
+
+def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"tsm-serve {__version__}"
 
 
 def test_every_setting_has_a_flag_with_its_env_name_and_default() -> None:

@@ -43,6 +43,7 @@ from harness.inproc import InProcessServer
 from harness.process import ServerProcess, free_port, tool
 from service.client import GrpcClient
 from service.config import Settings
+from service.resources import bundled_store
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -182,8 +183,12 @@ def test_dockerfile_builds_a_non_root_server_image_from_a_cuda_base() -> None:
     settings = check_settings(env, "Dockerfile ENV")
     assert settings.host == "0.0.0.0"
     assert {int(p) for p in expose.value} == {settings.http_port, settings.grpc_port}
-    copies = {c.value[-1]: c.value[:-1] for c in instructions("COPY")}
-    assert copies.get(str(settings.model_store)) == ("model_store",), "the bundled store is baked in where TSM_ looks"
+    copies = [source for c in instructions("COPY") for source in c.value[:-1]]
+    assert "dist/tsm_serve-*.whl" in copies, "the image installs the wheel `make wheel` builds"
+    assert not any(c.startswith(("service/", "model_store")) for c in copies if c != "service/__init__.py")
+    assert "TSM_MODEL_STORE" not in env, "the bundled store serves unless a store is mounted"
+    (workdir,) = instructions("WORKDIR")
+    assert workdir.value[0] == "/opt/tsm", "docs/deploy.md: a store mounted at /opt/tsm/model_store serves"
     assert env["HOME"] == "/tmp", "caches go to the writable /tmp when the root filesystem is read-only"
 
     (entrypoint,) = instructions("ENTRYPOINT")
@@ -225,8 +230,10 @@ def test_dockerignore_sends_only_what_the_image_copies() -> None:
     wanted = {f for f in files if any(f == s or f.startswith(s.rstrip("/") + "/") for s in sources)}
     sent = {f for f in files if dockerignore_included(f, rules)}
     assert sent == wanted
-    for junk in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "service/__pycache__/x.pyc", "a.pth"):
+    for junk in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "service/__pycache__/x.pyc", "a.pth",
+                 "service/server.py", "dist/other-1.0-py3-none-any.whl"):  # fmt: skip
         assert not dockerignore_included(junk, rules), junk
+    assert dockerignore_included("dist/tsm_serve-0.1.0-py3-none-any.whl", rules), "the wheel reaches the build"
 
 
 # -------------------------------------------------------------------------------- docker compose
@@ -255,7 +262,7 @@ def test_compose_runs_the_server_with_prometheus_and_grafana(profile: str) -> No
     assert settings.host == "0.0.0.0"
     assert {p["target"] for p in server["ports"]} == {settings.http_port, settings.grpc_port}
     assert seconds(server["stop_grace_period"]) >= settings.drain_timeout_s + STOP_GRACE_S
-    assert any(v["target"] == str(settings.model_store) for v in server["volumes"]), "the model store override"
+    assert settings.model_store is None and not server.get("volumes"), "the bundled store serves by default"
     assert server["read_only"] is True
     assert settings.spool_dir is not None
     assert any(str(settings.spool_dir).startswith(t.split(":")[0] + "/") for t in server["tmpfs"])
@@ -823,6 +830,6 @@ def test_kserve_runtime_serves_what_the_inference_service_asks(server: InProcess
     env = {e["name"]: e["value"] for e in [*c["env"], *model.get("env", [])] if "value" in e}
     assert env["TSM_HTTP_PORT"] == str(c["ports"][0]["containerPort"]) and env["TSM_MODEL_STORE"] == "/mnt/models"
     settings = Settings(**{k.removeprefix("TSM_").lower(): v for k, v in env.items()})  # every variable is ours
-    assert settings.default_model in {p.name for p in (ROOT / "model_store").iterdir()}
+    assert settings.default_model in {p.name for p in bundled_store().iterdir()}
     for probe in ("readinessProbe", "livenessProbe"):  # the probes' routes answer on a ready server
         assert httpx.get(f"{server.url}{c[probe]['httpGet']['path']}", timeout=5).status_code == 200, probe

@@ -46,7 +46,9 @@ async def start_then_stop(server: Server) -> None:
 def test_a_missing_model_fails_the_start_with_its_name(tiny_store: Path) -> None:
     server = Server(Settings(model_store=tiny_store, default_model="absent", models=["tiny", "ghost"]))
 
-    with pytest.raises(StoreError, match=r"model\(s\) absent, ghost not found"):
+    with pytest.raises(
+        StoreError, match=rf"model\(s\) absent, ghost not found in the model store {tiny_store} .*tiny, tiny4"
+    ):
         asyncio.run(start_then_stop(server))
     assert server.startup_error is not None and "absent" in server.startup_error
     assert not server.ready

@@ -21,8 +21,8 @@ from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.classifier import Prediction, TimelineWindow, segments
 from service.client import ClassifyError, Client, GrpcClient
 from service.client import main as client_main
+from service.resources import bundled_store
 from service.sampling import sample_indices, timeline_windows, window_indices
-from tests.conftest import ROOT
 
 DEFAULT = "tsm_mobilenetv2_synthetic_motion"
 ONLINE = "tsm_mobilenetv2_synthetic_motion_online"
@@ -66,7 +66,7 @@ def test_segments_merge_consecutive_windows_with_the_same_top1() -> None:
 @pytest.fixture(scope="module")
 def srv() -> Iterator[InProcessServer]:
     """The bundled default models, as served: the timeline of a real motion."""
-    with InProcessServer(ROOT / "model_store", default_model=DEFAULT, models=[DEFAULT, ONLINE], max_windows=40,
+    with InProcessServer(bundled_store(), default_model=DEFAULT, models=[DEFAULT, ONLINE], max_windows=40,
                          http_port=True, max_batch_clips=8) as s:  # fmt: skip
         yield s
 

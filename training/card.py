@@ -10,7 +10,7 @@ from service.store import ModelConfig
 from training.synthetic import FULL, GENERATOR_VERSION, ISSUE, LABELS, TRAIN
 
 TRAIN_COMMAND = "python -m training.train"
-TSN_COMMAND = ("python -m training.train --no-shift --init model_store/tsm_mobilenetv2_synthetic_motion/1 --out "
+TSN_COMMAND = ("python -m training.train --no-shift --init training/history/tsm_mobilenetv2_synthetic_motion/1 --out "
                "/tmp/tsn/tsm_mobilenetv2_synthetic_motion_tsn/2 --easy-epochs 0 --epochs 12 --clips-per-class 600 "
                "--val-per-class 16 --lr 5e-4")  # fmt: skip
 # What each evaluation's clips were, as the card's column heads say it.
@@ -26,7 +26,7 @@ def _pct(x: object) -> str:
 
 def render_card(config: ModelConfig, training: dict[str, Any], results: list[dict[str, Any]]) -> str:
     command = str(training.get("command", TRAIN_COMMAND)).strip()
-    evaluate = f"python -m training.evaluate --entry model_store/{config.name}/{config.version}"
+    evaluate = f"python -m training.evaluate --entry service/bundled/model_store/{config.name}/{config.version}"
     if results:
         evaluate += f" --clips-per-class {results[0]['clips'] // len(LABELS)} --seed {results[0]['seed']}"
     kind = "TSM (temporal shift)" if config.shift else "TSN (no shift) baseline"

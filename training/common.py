@@ -15,12 +15,14 @@ import numpy as np
 
 from service.config import Settings
 from service.decode import DecodeLimits, decode_file
+from service.resources import bundled_store
 from service.sampling import SamplingSpec
 from training.synthetic import GENERATOR_VERSION, LABELS, Ranges, sample_clip, write_clip
 
 ENTRY_NAME = "tsm_mobilenetv2_synthetic_motion"
-# The shipped default model's newest version (version 1, trained on generator version 3, stays beside it).
-DEFAULT_ENTRY = Path(__file__).resolve().parent.parent / "model_store" / ENTRY_NAME / "2"
+# The shipped default model's newest version (version 1, trained on generator version 3, is in
+# training/history/: version 2 was fine-tuned from it).
+DEFAULT_ENTRY = bundled_store() / ENTRY_NAME / "2"
 DEFAULT_ONLINE_ENTRY = DEFAULT_ENTRY.parent.parent / f"{ENTRY_NAME}_online" / "1"
 DEFAULT_CACHE = Path(os.environ.get("TSM_SYNTH_CACHE", "/tmp/tsm_synth"))
 # The server's default limits (Settings' defaults, not the environment), but no decode timeout and

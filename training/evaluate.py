@@ -1,6 +1,7 @@
 """Top-1 of a store entry on fresh synthetic clips (evaluation split: never used in training).
 
-    python -m training.evaluate --entry model_store/tsm_mobilenetv2_synthetic_motion/2 --clips-per-class 20 --seed 0
+    python -m training.evaluate --entry service/bundled/model_store/tsm_mobilenetv2_synthetic_motion/2 \\
+        --clips-per-class 20 --seed 0
 
 Clips cover the issue's full ranges (1-10 s, 8-30 fps, 128-640 px) with the generator's motions
 (``--ranges full``: a little wider than the issue's), exactly the issue's (``--ranges issue``: object

@@ -1,8 +1,8 @@
 """An online entry, streamed: accuracy of the smoothed answer at a clip's last frame, for several frame
 strides, as a function of the frames seen, and beside it the offline model on the same clips.
 
-    python -m training.evaluate_online --entry model_store/tsm_mobilenetv2_synthetic_motion_online/1 \\
-        --offline model_store/tsm_mobilenetv2_synthetic_motion/1 --card --set-stride
+    python -m training.evaluate_online --entry service/bundled/model_store/tsm_mobilenetv2_synthetic_motion_online/1 \\
+        --offline training/history/tsm_mobilenetv2_synthetic_motion/1 --card --set-stride
 
 Each evaluation clip (the split ``training.evaluate`` uses) is decoded as ``/classify`` decodes it for
 an online entry: its last ``window`` frames ``stride`` apart, through ``decode_file``. A stream starts

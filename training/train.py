@@ -1,9 +1,9 @@
 """Train the bundled TSM (or, with ``--no-shift``, the TSN baseline) on synthetic motion clips.
 
-    python -m training.train                      # -> model_store/tsm_mobilenetv2_synthetic_motion/1
+    python -m training.train            # -> service/bundled/model_store/tsm_mobilenetv2_synthetic_motion/2
     python -m training.train --no-shift --out /tmp/tsn_entry
     python -m training.train --device cuda --workers 16     # a GPU trains ~9x faster than 2 CPU cores
-    python -m training.train --online             # -> model_store/tsm_mobilenetv2_synthetic_motion_online/1
+    python -m training.train --online   # -> service/bundled/model_store/tsm_mobilenetv2_synthetic_motion_online/1
 
 Clips are rendered, encoded and decoded once through the server's own ``decode_file`` (the whole
 frame stretched to a ``scale_size`` square, the entry's ``resize="stretch"``), cached as uint8, then

@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -326,7 +327,7 @@ async def metrics(server: ServerDep) -> Response:
 def create_app(server: Server) -> FastAPI:
     """The FastAPI app over ``server``. Auth guards every route when keys are configured (the probes
     too, unless ``auth_public_probes``), and OpenAPI then declares the schemes and the 401."""
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI (/docs) and ReDoc (/redoc) from the package, not a CDN
         title="tsm-serve",
         version=__version__,
         description="Video action recognition with the Temporal Shift Module (TSM).",

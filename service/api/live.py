@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
@@ -34,7 +34,6 @@ from service.frames import FORMATS, Frame, bad_frame
 from service.live import LiveOptions, LiveResult
 from service.server import Server
 
-PAGE = Path(__file__).with_name("live.html")
 # WebSocket close codes (RFC 6455 §7.4.1) by error kind; anything else closes with 1008 (policy).
 CLOSE_CODES = {
     ErrorKind.draining: 1001,  # going away
@@ -54,7 +53,7 @@ def add_live_routes(app: FastAPI, server: Server, error_response: Callable[[Serv
         await _serve_socket(websocket, server, error_response)
 
     async def live_page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(files("service.api").joinpath("live.html").read_text(encoding="utf-8"))
 
     app.add_api_websocket_route("/v1/live", live_socket)
     app.add_api_route("/live", live_page, response_class=HTMLResponse,
