@@ -57,8 +57,9 @@ async def serve(settings: Settings) -> int:
 
     server = Server(settings)
     loop = asyncio.get_running_loop()
+    app = create_app(server)
     config = uvicorn.Config(
-        create_app(server), host=settings.host, port=settings.http_port, lifespan="off", log_config=None,
+        app, host=settings.host, port=settings.http_port, lifespan="off", log_config=None,
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=_STOP_GRACE_S,
         ssl_certfile=settings.http_tls_cert_file, ssl_keyfile=settings.http_tls_key_file,
     )  # fmt: skip
@@ -76,6 +77,7 @@ async def serve(settings: Settings) -> int:
         await rpc.drain()
         await server.drain()
         await server.abort_in_flight()  # budget spent: answer what is left with 503 draining, not a 500
+        await app.state.open_requests.settled(_STOP_GRACE_S)  # refusals answered before connections close
         web.should_exit = True
 
     def on_signal() -> None:
