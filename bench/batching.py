@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from service.batching import Batcher, BatcherConfig, BatchInfo
-from service.model.tsm import TSM
-from service.runner import Runner, RunnerConfig
+from service.inference.batching import Batcher, BatcherConfig, BatchInfo
+from service.inference.runner import Runner, RunnerConfig
+from service.models.nn.tsm import TSM
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -8,7 +8,7 @@ its own) on 8 TSN-sampled frames resized to 256 and centre-cropped to 224. Repor
 ms (user + system: core·s) per video, best of ``--repeat``, and frames decoded.
 
 Methods:
-- ours:       service.decode.decode_file (PyAV: from the keyframe before each sampled frame, packets
+- ours:       service.video.decode.decode_file (PyAV: from the keyframe before each sampled frame, packets
               between GOPs never decoded, frames nothing refers to skipped; resized while converting)
 - sequential: PyAV, every frame up to the last sampled one (exact decoding, the tests' reference)
 - decord:     the decoder we served with before: decord get_batch of the sampled frames, resized at decode
@@ -70,8 +70,8 @@ def run_one(method: str, path: str, repeat: int) -> dict[str, float]:
     """Runs in a fresh process: one warm-up, then ``repeat`` timed decodes."""
     import numpy as np
 
-    from service.decode import DecodeLimits, decode_file
-    from service.sampling import SamplingSpec, assemble, sample_indices, scaled_size
+    from service.video.decode import DecodeLimits, decode_file
+    from service.video.sampling import SamplingSpec, assemble, sample_indices, scaled_size
 
     limits = DecodeLimits(4096 * 2304, 8192, 3600.0, 60.0, 4096, 1000)
     spec = SamplingSpec(**SPEC)  # type: ignore[arg-type]
@@ -139,8 +139,8 @@ def frame_counts(path: Path) -> dict[str, int]:
     """Frames each approach decodes for the 8 sampled frames (see the module docstring)."""
     import av
 
-    from service.decode import Convert, decode_plan, demux, sparse_decode
-    from service.sampling import sample_indices
+    from service.video.decode import Convert, decode_plan, demux, sparse_decode
+    from service.video.sampling import sample_indices
 
     packets = demux(str(path))
     order = sample_indices(len(packets.pts), SPEC["num_segments"])[0]

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 from bench.decode import CLIPS, make_clip  # noqa: E402
 from harness.load import HttpTarget, Record, Sampler, closed_loop, load_average, load_videos, metric, summarize  # noqa: E402
 from harness.process import ServerProcess  # noqa: E402
-from service.metrics import STAGES  # noqa: E402
+from service.core.metrics import STAGES  # noqa: E402
 
 DEFAULT_MODEL = "tsm_mobilenetv2_synthetic_motion"
 MODELS = {"mbv2_224": "MobileNetV2 ×1.0, 8×224²", "resnet50_224": "ResNet-50, 8×224²"}
@@ -78,8 +78,8 @@ def make_videos(directory: Path) -> list[Path]:
 
 def make_store(directory: Path) -> Path:
     """The default entry (copied) plus MobileNetV2 and ResNet-50 TSMs at 8×224² with random weights."""
-    from service.resources import bundled_labels, bundled_store
-    from service.store import write_random_entry
+    from service.core.resources import bundled_labels, bundled_store
+    from service.models.store import write_random_entry
 
     store = directory / "store"
     shutil.copytree(bundled_store() / DEFAULT_MODEL, store / DEFAULT_MODEL)
@@ -92,8 +92,8 @@ def make_store(directory: Path) -> Path:
 
 def default_model_name() -> str:
     """As the tables name it: results of an older default model keep their own row label."""
-    from service.resources import bundled_store
-    from service.store import ModelConfig, find_entries
+    from service.core.resources import bundled_store
+    from service.models.store import ModelConfig, find_entries
 
     c = ModelConfig.model_validate_json((find_entries(bundled_store())[DEFAULT_MODEL] / "model.json").read_text())
     return f"default (MobileNetV2 ×{c.width_mult:g}, {c.num_segments}×{c.input_size}²)"

@@ -28,9 +28,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from harness.load import load_average  # noqa: E402
-from service.engines import ModelIdentity  # noqa: E402
-from service.runner import Normalise, Runner, RunnerConfig  # noqa: E402
-from service.store import ModelConfig, build_model  # noqa: E402
+from service.inference.engines import ModelIdentity  # noqa: E402
+from service.inference.runner import Normalise, Runner, RunnerConfig  # noqa: E402
+from service.models.store import ModelConfig, build_model  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ARCHS = {"mobilenetv2": "MobileNetV2 ×1.0", "resnet50": "ResNet-50"}
@@ -86,8 +86,8 @@ def onnxruntime_forward(model: torch.nn.Module, a: argparse.Namespace, work: Pat
 def agreement(a: argparse.Namespace) -> list[str]:
     """Each engine on the bundled model's fresh evaluation clips (decoded by the server's decoder):
     top-1 accuracy, and how often its top-1 is the float32 reference's."""
-    from service.sampling import SamplingSpec
-    from service.store import load_entry
+    from service.models.store import load_entry
+    from service.video.sampling import SamplingSpec
     from training.common import DEFAULT_CACHE, DEFAULT_ENTRY, decoded_clips
     from training.synthetic import FULL, LABELS, SPLIT_EVAL
 

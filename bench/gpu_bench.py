@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from bench.batching import MEAN, STD, build_model, measure, report
-from service.batching import BatcherConfig
-from service.runner import Runner, RunnerConfig
+from service.inference.batching import BatcherConfig
+from service.inference.runner import Runner, RunnerConfig
 
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from service.sampling import sample_indices  # noqa: E402
-from service.store import StoreEntry, find_entries, load_entry  # noqa: E402
+from service.models.store import StoreEntry, find_entries, load_entry  # noqa: E402
+from service.video.sampling import sample_indices  # noqa: E402
 
 torch.set_num_threads(2)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as a plain handler would

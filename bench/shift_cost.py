@@ -9,7 +9,7 @@ and the bytes the shift moves against the convolutions'.
     .venv/bin/python -m bench.shift_cost --quick    # 64², 4 segments, 2 rounds: a smoke test, not a measurement
 
 Proportions are named by the share of channels that move in all. ``shift_div`` d moves ``C // d``
-channels one frame forward and as many back (``service.model.shift.shift_offline``), so d = 16, 8,
+channels one frame forward and as many back (``service.models.nn.shift.shift_offline``), so d = 16, 8,
 4, 2 move 1/8, 1/4, 1/2 and all of them; the default d = 8 is the paper's "1/8 each way". Where
 ``C`` is not a multiple of d the share that really moves is smaller; the tables measure it.
 
@@ -39,11 +39,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.e2e import machine
-from service.model import shift as shift_module
-from service.model.backbones import Arch
-from service.model.shift import ShiftPlace, TemporalShift
-from service.model.tsm import TSM
-from service.store import calibrate_batchnorm
+from service.models.nn import shift as shift_module
+from service.models.nn.backbones import Arch
+from service.models.nn.shift import ShiftPlace, TemporalShift
+from service.models.nn.tsm import TSM
+from service.models.store import calibrate_batchnorm
 from training.ablation import replace_marked
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from harness.process import RedisProcess, ServerProcess  # noqa: E402
-from service.resources import bundled_store  # noqa: E402
+from service.core.resources import bundled_store  # noqa: E402
 from training import synthetic  # noqa: E402
 
 MODEL = "tsm_mobilenetv2_synthetic_motion"

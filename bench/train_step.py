@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from service.store import ModelConfig, build_model
+from service.models.store import ModelConfig, build_model
 from training.train import strided_depthwise_in_fp32
 
 VARIANTS = ["fp32", "bf16", "bf16, strided dw fp32"]

@@ -25,7 +25,7 @@ import uvicorn
 
 from service.api.grpc import GrpcFrontDoor, build_grpc_server
 from service.api.http import create_app
-from service.config import Settings
+from service.core.config import Settings
 from service.server import Server
 
 T = TypeVar("T")

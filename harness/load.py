@@ -22,7 +22,7 @@ import httpx
 
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
-from service.metrics import STAGES
+from service.core.metrics import STAGES
 
 MAX_REQUESTS = 100_000
 MAX_SECONDS = 3600.0

@@ -21,8 +21,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from service import __version__
-from service.config import Settings
-from service.logs import configure_logging
+from service.core.config import Settings
+from service.core.logs import configure_logging
 
 log = logging.getLogger("tsm")
 _STOP_GRACE_S = 5  # after the drain: the last moments for connections of both servers to close
@@ -146,8 +146,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    from service.model.tsm import CheckpointError
-    from service.store import StoreError, import_checkpoint
+    from service.models.nn.tsm import CheckpointError
+    from service.models.store import StoreError, import_checkpoint
 
     try:
         entry = import_checkpoint(

@@ -18,22 +18,22 @@ import torch
 from pydantic import Field
 
 from service import __version__
-from service.auth import Access
-from service.batching import Batcher
-from service.cache import CacheConfig, ResultCache
-from service.classifier import Classifier, LoadedModel
-from service.config import Settings
-from service.decode import DecodeLimits
-from service.decode_pool import DecodePool
-from service.errors import ErrorKind, ServiceError, shutting_down
-from service.live import LiveService
-from service.metrics import Metrics
-from service.repository import Repository, VersionState
-from service.request import RequestLimits
-from service.resources import STORE_SETTING
-from service.runner import resolve_device
-from service.store import StoreError, find_versions
-from service.uploads import default_spool_dir
+from service.classify.cache import CacheConfig, ResultCache
+from service.classify.classifier import Classifier, LoadedModel
+from service.classify.options import RequestLimits
+from service.core.auth import Access
+from service.core.config import Settings
+from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.core.metrics import Metrics
+from service.core.resources import STORE_SETTING
+from service.inference.batching import Batcher
+from service.inference.runner import resolve_device
+from service.live.hub import LiveService
+from service.management.repository import Repository, VersionState
+from service.models.store import StoreError, find_versions
+from service.video.decode import DecodeLimits
+from service.video.pool import DecodePool
+from service.video.spool import default_spool_dir
 
 log = logging.getLogger("tsm.server")
 

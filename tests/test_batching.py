@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from service.batching import Batcher, BatcherConfig, BatchInfo, InferResult
-from service.errors import ErrorKind, ServiceError
+from service.core.errors import ErrorKind, ServiceError
+from service.inference.batching import Batcher, BatcherConfig, BatchInfo, InferResult
 from tests.test_runner import make_runner, random_clips, small_tsm
 
 T = TypeVar("T")

@@ -15,10 +15,10 @@ import pytest
 from harness.inproc import InProcessServer
 from harness.load import metric
 from harness.media import truncate
-from service.classifier import Classification, Classifier, top_k
-from service.errors import ErrorKind, ServiceError
-from service.metrics import STAGES
-from service.request import ClassifyOptions
+from service.classify.classifier import Classification, Classifier, top_k
+from service.classify.options import ClassifyOptions
+from service.core.errors import ErrorKind, ServiceError
+from service.core.metrics import STAGES
 from tests.conftest import TINY_LABELS
 
 

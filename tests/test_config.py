@@ -14,12 +14,12 @@ from pydantic import ValidationError
 
 from service import __version__
 from service.__main__ import build_parser, settings_from_args
-from service.batching import BatcherConfig
-from service.config import Settings, available_cores
-from service.decode import DecodeLimits
-from service.logs import configure_logging
-from service.request import RequestLimits
-from service.runner import RunnerConfig
+from service.classify.options import RequestLimits
+from service.core.config import Settings, available_cores
+from service.core.logs import configure_logging
+from service.inference.batching import BatcherConfig
+from service.inference.runner import RunnerConfig
+from service.video.decode import DecodeLimits
 from tests.conftest import ROOT
 
 

@@ -26,10 +26,10 @@ from harness.media import (
     make_video,
     truncate,
 )
-from service.decode import DecodedVideo, DecodeLimits, decode_file
-from service.decode_pool import DecodePool
-from service.errors import ServiceError
-from service.sampling import SamplingSpec, sample_indices
+from service.core.errors import ServiceError
+from service.video.decode import DecodedVideo, DecodeLimits, decode_file
+from service.video.pool import DecodePool
+from service.video.sampling import SamplingSpec, sample_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = Path(__file__).parent / "data" / "videos"
@@ -381,7 +381,7 @@ def test_long_videos_are_refused(tmp_path: Path) -> None:
 
 
 def test_settings_map_onto_limits() -> None:
-    from service.config import Settings
+    from service.core.config import Settings
 
     settings = Settings(decode_timeout_s=3.0, decode_memory_mb=1024, max_duration_s=60.0)
     limits = DecodeLimits.from_settings(settings)

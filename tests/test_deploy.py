@@ -42,8 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.inproc import InProcessServer
 from harness.process import ServerProcess, free_port, tool
 from service.client import GrpcClient
-from service.config import Settings
-from service.resources import bundled_store
+from service.core.config import Settings
+from service.core.resources import bundled_store
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"

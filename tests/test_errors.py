@@ -8,7 +8,7 @@ import sys
 import grpc
 
 from service.api.grpc import GRPC_STATUS, grpc_status
-from service.errors import HTTP_STATUS, ErrorKind, ServiceError
+from service.core.errors import HTTP_STATUS, ErrorKind, ServiceError
 from tests.conftest import ROOT
 
 
@@ -34,6 +34,6 @@ def test_http_to_grpc_mapping_follows_the_design() -> None:
 
 
 def test_the_error_table_and_the_decode_worker_load_neither_grpc_nor_torch() -> None:
-    probe = "import sys, service.errors, service.decode_worker; print(sorted({'grpc', 'torch'} & set(sys.modules)))"
+    probe = "import sys, service.core.errors, service.video.worker; print(sorted({'grpc', 'torch'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"

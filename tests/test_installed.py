@@ -26,7 +26,7 @@ import pytest
 from harness.inproc import InProcessServer
 from harness.process import ServerProcess, tool
 from service import __version__
-from service.resources import bundled_labels, bundled_store
+from service.core.resources import bundled_labels, bundled_store
 from tests.checkpoints import write_checkpoint
 from tests.conftest import ROOT
 from tools.build_wheel import build_wheel

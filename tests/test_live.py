@@ -37,16 +37,16 @@ from harness.process import ROOT, ServerProcess, tool
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, LiveClient, LiveFrame, live_dict
-from service.decode import DecodeLimits, decode_file
-from service.engines import cpu_has_native_bf16
-from service.errors import ServiceError, shutting_down
-from service.frames import Frame, Preprocess, frame_size
-from service.live import LiveOptions
-from service.live_engine import choose_live_engine, torch_step
-from service.model.online import OnlineTSM
-from service.runner import Normalise
-from service.sampling import SamplingSpec
-from service.store import load_entry, write_random_entry
+from service.core.errors import ServiceError, shutting_down
+from service.inference.engines import cpu_has_native_bf16
+from service.inference.runner import Normalise
+from service.live.engine import choose_live_engine, torch_step
+from service.live.hub import LiveOptions
+from service.models.nn.online import OnlineTSM
+from service.models.store import load_entry, write_random_entry
+from service.video.decode import DecodeLimits, decode_file
+from service.video.frames import Frame, Preprocess, frame_size
+from service.video.sampling import SamplingSpec
 from tests.conftest import TINY_LABELS
 
 SIZE = 64

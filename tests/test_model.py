@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.model.shift import TemporalShift
-from service.store import build_model, load_entry
+from service.models.nn.shift import TemporalShift
+from service.models.store import build_model, load_entry
 from tests.checkpoints import FIXTURES, fingerprint, golden, golden_input, key_spec, normalise, synthetic_state_dict
 
 TOLERANCE = {"resnet50": 1e-3, "mobilenetv2": 1e-4}
@@ -27,7 +27,7 @@ def test_parameter_names_match_the_official_model(arch: str) -> None:
     """Same keys, order and shapes as the official TSN state dict: no renaming table needed."""
     spec = key_spec(arch)
     entry_config = {"arch": arch, "num_segments": 8, "num_classes": 400}
-    from service.store import ModelConfig
+    from service.models.store import ModelConfig
 
     model = build_model(ModelConfig(name="x", version="1", weights_sha256="0" * 64, **entry_config))
     ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]
@@ -70,7 +70,7 @@ def test_golden_input_is_the_recorded_one() -> None:
 
 
 def test_wrong_frame_count_is_a_clear_error() -> None:
-    from service.model.tsm import TSM
+    from service.models.nn.tsm import TSM
 
     with pytest.raises(ValueError, match="expected 8 frames per clip, got 4"):
         TSM("mobilenetv2", 10, 8)(torch.zeros(1, 4, 3, 64, 64))
@@ -78,7 +78,7 @@ def test_wrong_frame_count_is_a_clear_error() -> None:
 
 def test_keymaps_are_inverted_by_our_rules() -> None:
     """Every mmaction2 key of the fixture keymaps maps back to its official key."""
-    from service.model.tsm import to_official_names
+    from service.models.nn.tsm import to_official_names
 
     for arch in ("resnet50", "mobilenetv2"):
         pairs = json.loads((FIXTURES / f"keymap_{arch}_official_to_mmaction2.json").read_text())

@@ -15,7 +15,7 @@ import pytest
 
 from harness.inproc import InProcessServer
 from harness.load import metric
-from service.logs import JsonFormatter
+from service.core.logs import JsonFormatter
 
 
 def test_metrics_pass_promtool_and_move_with_requests(server: InProcessServer, clip: Path) -> None:

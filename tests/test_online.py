@@ -16,13 +16,13 @@ from torch import nn
 from harness.inproc import InProcessServer
 from service.__main__ import main
 from service.client import GrpcClient
-from service.decode import DecodeLimits, decode_file
-from service.model.online import OnlineAnswer, OnlineTSM
-from service.model.shift import OnlineShift
-from service.model.tsm import ONLINE_MARK, load_state_strict, to_official_names
-from service.runner import Normalise
-from service.sampling import SamplingSpec, stride_indices
-from service.store import StoreError, import_checkpoint, load_entry, write_random_entry
+from service.inference.runner import Normalise
+from service.models.nn.online import OnlineAnswer, OnlineTSM
+from service.models.nn.shift import OnlineShift
+from service.models.nn.tsm import ONLINE_MARK, load_state_strict, to_official_names
+from service.models.store import StoreError, import_checkpoint, load_entry, write_random_entry
+from service.video.decode import DecodeLimits, decode_file
+from service.video.sampling import SamplingSpec, stride_indices
 from tests.checkpoints import FIXTURES, MEAN, STD, synthetic_state_dict, write_checkpoint
 
 LIMITS = DecodeLimits(4096 * 2304, 8192, 3600.0, 20.0, 2048, 200)

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from bench import shift_cost
 from bench.shift_cost import Variant, copy_weights, count_flops, count_parameters, replace_section, variants
-from service.model.backbones import Arch, Bottleneck, InvertedResidual, MobileNetV2, ResNet
-from service.model.shift import TemporalShift, shift_offline
-from service.model.tsm import TSM
+from service.models.nn.backbones import Arch, Bottleneck, InvertedResidual, MobileNetV2, ResNet
+from service.models.nn.shift import TemporalShift, shift_offline
+from service.models.nn.tsm import TSM
 from tests.conftest import ROOT
 from training import ablation, train
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import service.model
-from service.config import Settings
-from service.engines import model_code, model_code_sha256
-from service.resources import bundled_labels, bundled_store
+import service.models.nn
+from service.core.config import Settings
+from service.core.resources import bundled_labels, bundled_store
+from service.inference.engines import model_code, model_code_sha256
+from service.models.store import StoreError, find_versions, load_entry, resolve_labels
 from service.server import Server
-from service.store import StoreError, find_versions, load_entry, resolve_labels
 
 DEFAULT = "tsm_mobilenetv2_synthetic_motion"
 
@@ -66,7 +66,7 @@ def test_bundled_label_lists_by_name_with_dashes_or_underscores() -> None:
 
 def test_the_engine_key_hashes_every_network_module() -> None:
     """After a move of the network code the hash must follow it, or stale converted engines serve."""
-    modules = {f"{m.name}.py" for m in pkgutil.iter_modules(service.model.__path__)}
+    modules = {f"{m.name}.py" for m in pkgutil.iter_modules(service.models.nn.__path__)}
     assert modules >= {"backbones.py", "online.py", "shift.py", "tsm.py"}
     assert set(model_code()) == modules | {"__init__.py"}
     assert all(model_code()[m] for m in modules) and len(model_code_sha256()) == 64

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from service.errors import ErrorKind, ServiceError
-from service.model.tsm import TSM
-from service.runner import Normalise, Runner, RunnerConfig, batch_buckets, resolve_dtype
+from service.core.errors import ErrorKind, ServiceError
+from service.inference.runner import Normalise, Runner, RunnerConfig, batch_buckets, resolve_dtype
+from service.models.nn.tsm import TSM
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.sampling import SamplingSpec, crop_offsets, sample_indices, scaled_size
+from service.video.sampling import SamplingSpec, crop_offsets, sample_indices, scaled_size
 
 
 def test_sampling_is_the_official_centre_of_each_segment() -> None:

@@ -11,12 +11,12 @@ import pytest
 
 from harness.inproc import InProcessServer
 from harness.load import metric
-from service.config import Settings
-from service.errors import ErrorKind, ServiceError
-from service.request import ClassifyOptions
-from service.sampling import SamplingSpec
+from service.classify.options import ClassifyOptions
+from service.core.config import Settings
+from service.core.errors import ErrorKind, ServiceError
+from service.models.store import StoreError
 from service.server import ModelInfo, Server
-from service.store import StoreError
+from service.video.sampling import SamplingSpec
 from tests.conftest import TINY_LABELS
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from service.model.backbones import ResNet
-from service.model.shift import TemporalShift, shift_offline, shift_offline_, shift_online
-from service.model.tsm import TSM
+from service.models.nn.backbones import ResNet
+from service.models.nn.shift import TemporalShift, shift_offline, shift_offline_, shift_online
+from service.models.nn.tsm import TSM
 from tests.checkpoints import FIXTURES
 
 GOLD = json.loads((FIXTURES / "golden_shift.json").read_text())

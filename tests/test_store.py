@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from service.__main__ import main
-from service.model.tsm import CheckpointError, read_checkpoint
-from service.store import StoreError, find_entries, import_checkpoint, load_entry, write_random_entry
+from service.models.nn.tsm import CheckpointError, read_checkpoint
+from service.models.store import StoreError, find_entries, import_checkpoint, load_entry, write_random_entry
 from tests.checkpoints import write_checkpoint
 
 

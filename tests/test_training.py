@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from harness.inproc import InProcessServer
-from service.decode import decode_file
-from service.sampling import SamplingSpec
-from service.store import load_entry, sha256_file
+from service.models.store import load_entry, sha256_file
+from service.video.decode import decode_file
+from service.video.sampling import SamplingSpec
 from tests.conftest import ROOT
 from training import evaluate, evaluate_online, second_renderer, train
 from training.common import DEFAULT_ENTRY, DEFAULT_ONLINE_ENTRY, ENTRY_NAME, LABEL_MAPS, LIMITS
@@ -431,7 +431,7 @@ def test_evaluate_online_streams_each_stride_and_sets_the_best(tmp_path: Path) -
 
 
 def test_a_stream_begins_at_the_clips_first_frame_in_its_window() -> None:
-    from service.sampling import stride_indices
+    from service.video.sampling import stride_indices
 
     for frames, window, stride in [(10, 48, 1), (100, 48, 2), (96, 48, 2), (5, 8, 3), (1, 4, 2)]:
         indices = stride_indices(frames, window, stride)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import ServiceError
-from service.uploads import default_spool_dir, multipart_file, spool_upload
+from service.core.errors import ServiceError
+from service.video.spool import default_spool_dir, multipart_file, spool_upload
 
 SAMPLE = Path(__file__).parent / "data" / "videos" / "hardware-example_h264_10frames.mp4"
 

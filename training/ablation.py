@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     args.variants = args.variants or [n for n, v in VARIANTS.items() if resnet or not v.resnet_only]
     for name in args.variants:
         if VARIANTS[name].resnet_only and not resnet:
-            p.error(f"{name}: the in-place placement exists for ResNets only (service/model/backbones.py, as the "
+            p.error(f"{name}: the in-place placement exists for ResNets only (service/models/nn/backbones.py, as the "
                     "official code); use --arch resnet50")  # fmt: skip
     return args, passed
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service.store import ModelConfig
+from service.models.store import ModelConfig
 from training.synthetic import FULL, GENERATOR_VERSION, ISSUE, LABELS, TRAIN
 
 TRAIN_COMMAND = "python -m training.train"
@@ -84,7 +84,7 @@ def render_card(config: ModelConfig, training: dict[str, Any], results: list[dic
         f"short side, translation {_span(ISSUE.travel, '%', 100)}, rotation {_span(ISSUE.turn_deg, '°')}, "
         f"scale change {_span(ISSUE.scale, '×')})",
         "",
-        "Every clip is decoded once through the server's own `service.decode.decode_file` (the "
+        "Every clip is decoded once through the server's own `service.video.decode.decode_file` (the "
         "server's sampling: centre frame of each of the segments, the entry's resize). Training takes random "
         f"{config.input_size}² crops of the {config.scale_size}² frames and flips, transposes and time "
         "reversals that relabel the clip (a mirrored left-to-right clip is a right-to-left clip).",

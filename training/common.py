@@ -13,10 +13,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from service.config import Settings
-from service.decode import DecodeLimits, decode_file
-from service.resources import bundled_store
-from service.sampling import SamplingSpec
+from service.core.config import Settings
+from service.core.resources import bundled_store
+from service.video.decode import DecodeLimits, decode_file
+from service.video.sampling import SamplingSpec
 from training.synthetic import GENERATOR_VERSION, LABELS, Ranges, sample_clip, write_clip
 
 ENTRY_NAME = "tsm_mobilenetv2_synthetic_motion"

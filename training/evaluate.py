@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.decode import decode_file
-from service.sampling import SamplingSpec
-from service.store import ModelConfig, load_entry
+from service.models.store import ModelConfig, load_entry
+from service.video.decode import decode_file
+from service.video.sampling import SamplingSpec
 from training.card import entry_records, write_card
 from training.common import DEFAULT_CACHE, LIMITS, decoded_clips, pool_map
 from training.second_renderer import render_clip

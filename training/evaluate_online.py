@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.sampling import SamplingSpec
-from service.store import ModelConfig, load_entry
+from service.models.store import ModelConfig, load_entry
+from service.video.sampling import SamplingSpec
 from training.card import entry_records
 from training.common import DEFAULT_CACHE, decoded_clips
 from training.evaluate import RANGES, evaluate

@@ -13,7 +13,7 @@ turning and still clips, learnt last, are seen ``--hard-repeats`` times per epoc
 Flips, transposes and time reversal relabel the clip (see ``common.LABEL_MAPS``), so augmentation
 never teaches a wrong direction.
 
-``--online`` trains the uni-directional TSM (``service.model.online``): the same clips, each frame's
+``--online`` trains the uni-directional TSM (``service.models.nn.online``): the same clips, each frame's
 shifted channels taken from the previous frame only (zeros before the first), the clip's answer the
 mean of its per-frame logits, as the official online model was trained; ``training.evaluate`` then
 measures it streamed, frame by frame, and picks the frame stride it is served at.
@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.model.backbones import Arch
-from service.model.shift import ShiftPlace
-from service.runner import Normalise
-from service.sampling import SamplingSpec, crop_offsets
-from service.store import ModelConfig, build_model, load_entry, write_entry
+from service.inference.runner import Normalise
+from service.models.nn.backbones import Arch
+from service.models.nn.shift import ShiftPlace
+from service.models.store import ModelConfig, build_model, load_entry, write_entry
+from service.video.sampling import SamplingSpec, crop_offsets
 from training.card import write_card
 from training.common import (
     DEFAULT_CACHE,
@@ -173,7 +173,7 @@ def epoch_clips(labels: np.ndarray, hard_repeats: int) -> np.ndarray:
 
 
 def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """The server's centre crop (``service.sampling.crop_offsets``) of ``[N, T, H, W, 3]`` frames."""
+    """The server's centre crop (``service.video.sampling.crop_offsets``) of ``[N, T, H, W, 3]`` frames."""
     [(x, y)] = crop_offsets(frames.shape[3], frames.shape[2], size, crops=1)
     return frames[:, :, y : y + size, x : x + size]
 

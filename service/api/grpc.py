@@ -8,7 +8,7 @@ port is left to ``serve()`` in ``service.__main__``.
 
 Why one module of this length: the servicer, its request and error helpers (also used by the Open
 Inference Protocol's servicer, ``service.api.oip_grpc``), the key interceptor and the server they are
-registered on are one front door; ``ClassifyLive`` maps its messages here, its work is ``service.live``.
+registered on are one front door; ``ClassifyLive`` maps its messages here, its work is ``service.live.hub``.
 """
 
 from __future__ import annotations
@@ -28,13 +28,8 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
-from service.auth import ApiKeys
-from service.classifier import Classification, Prediction, Timeline, TimelineWindow
-from service.config import MiB, Settings
-from service.errors import HTTP_STATUS, ErrorKind, ServiceError
-from service.frames import Frame
-from service.live import LiveOptions, LiveResult
-from service.request import (
+from service.classify.classifier import Classification, Prediction, Timeline, TimelineWindow
+from service.classify.options import (
     MAX_TIMEOUT_S,
     ClassifyOptions,
     Sampling,
@@ -42,7 +37,12 @@ from service.request import (
     request_id,
     retry_after_header,
 )
+from service.core.auth import ApiKeys
+from service.core.config import MiB, Settings
+from service.core.errors import HTTP_STATUS, ErrorKind, ServiceError
+from service.live.hub import LiveOptions, LiveResult
 from service.server import ModelInfo, Server
+from service.video.frames import Frame
 
 log = logging.getLogger("tsm.grpc")
 

@@ -26,14 +26,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api.live import add_live_routes
+from service.api.http_live import add_live_routes
 from service.api.oip_http import add_oip_routes, v2_error
-from service.classifier import Classification, Classifier, Timeline, TimelineWindow
-from service.decode import VideoFacts
-from service.errors import ErrorKind, ServiceError
-from service.metrics import STAGES
-from service.repository import VersionState
-from service.request import (
+from service.classify.classifier import Classification, Classifier, Timeline, TimelineWindow
+from service.classify.options import (
     CROPS,
     MAX_CLIPS,
     MAX_TIMEOUT_S,
@@ -45,8 +41,12 @@ from service.request import (
     request_id,
     retry_after_header,
 )
+from service.core.errors import ErrorKind, ServiceError
+from service.core.metrics import STAGES
+from service.management.repository import VersionState
 from service.server import ModelInfo, Server
-from service.uploads import multipart_file
+from service.video.decode import VideoFacts
+from service.video.spool import multipart_file
 
 log = logging.getLogger("tsm.http")
 NDJSON = "application/x-ndjson"

@@ -1,5 +1,5 @@
 """``inference.GRPCInferenceService``, the Open Inference Protocol over gRPC, on the gRPC port beside
-``tsm.v1.VideoClassifier`` (``tritonclient.grpc`` and KServe clients). The protocol is ``service.oip``.
+``tsm.v1.VideoClassifier`` (``tritonclient.grpc`` and KServe clients). The protocol is ``service.api.oip``.
 
 ``VIDEO`` comes in ``raw_input_contents`` (each element a 4-byte little-endian length, then the video
 file) or in ``contents.bytes_contents``; the output goes back in ``raw_output_contents``, as Triton
@@ -12,11 +12,12 @@ from typing import Any
 
 import grpc
 
-from service import __version__, oip
+from service import __version__
+from service.api import oip
 from service.api.grpc import abort, call_request_id, call_timeout
 from service.api.pb.inference import open_inference_grpc_pb2 as pb
 from service.api.pb.inference import open_inference_grpc_pb2_grpc as pb_grpc
-from service.errors import ErrorKind, ServiceError
+from service.core.errors import ErrorKind, ServiceError
 from service.server import Server
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name

@@ -1,5 +1,5 @@
 """The Open Inference Protocol's REST routes (``/v2/...``) on the HTTP port, for ``tritonclient.http``,
-KServe and anything else that speaks v2. The protocol itself is ``service.oip``.
+KServe and anything else that speaks v2. The protocol itself is ``service.api.oip``.
 
 A video is never base64-encoded: ``VIDEO`` elements travel as binary tensor data (the request's JSON
 header is the first ``Inference-Header-Content-Length`` bytes of the body, the tensors follow, each
@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from service import oip
-from service.errors import ErrorKind, ServiceError
-from service.repository import Repository, VersionState
-from service.request import request_id, retry_after_header
+from service.api import oip
+from service.classify.options import request_id, retry_after_header
+from service.core.errors import ErrorKind, ServiceError
+from service.management.repository import Repository, VersionState
 from service.server import Server
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

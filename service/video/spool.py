@@ -21,7 +21,7 @@ from typing import Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import ErrorKind, ServiceError
+from service.core.errors import ErrorKind, ServiceError
 
 MiB = 1024 * 1024
 

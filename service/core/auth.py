@@ -10,7 +10,7 @@ import hmac
 
 from pydantic import SecretStr
 
-from service.errors import ErrorKind, ServiceError
+from service.core.errors import ErrorKind, ServiceError
 
 
 class ApiKeys:

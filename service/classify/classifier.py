@@ -2,8 +2,8 @@
 
 A request is admitted before its upload is read (so an overloaded or draining server refuses in
 microseconds), decoded in a worker process, scored in batches shared with other requests, and
-answered with the top-k labels. Every failure is a :class:`ServiceError` from ``service.errors``.
-A repeated upload is answered from the result cache (``service.cache``); a timeline is the same
+answered with the top-k labels. Every failure is a :class:`ServiceError` from ``service.core.errors``.
+A repeated upload is answered from the result cache (``service.classify.cache``); a timeline is the same
 request answered per window (or per frame of an online model) as well as for the whole video.
 
 Why one module of this length: the cache, timelines and streaming all sit inside the one request's
@@ -26,19 +26,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.batching import Batcher, InferResult, Reservation
-from service.cache import ResultCache
-from service.decode import VideoFacts
-from service.decode_pool import DecodePool
-from service.errors import ErrorKind, ServiceError, shutting_down
-from service.metrics import Metrics
-from service.request import ClassifyOptions, RequestLimits
-from service.sampling import SamplingSpec
-from service.store import StoreEntry
-from service.uploads import Spooled, spool_upload
+from service.classify.cache import ResultCache
+from service.classify.options import ClassifyOptions, RequestLimits
+from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.core.metrics import Metrics
+from service.inference.batching import Batcher, InferResult, Reservation
+from service.models.store import StoreEntry
+from service.video.decode import VideoFacts
+from service.video.pool import DecodePool
+from service.video.sampling import SamplingSpec
+from service.video.spool import Spooled, spool_upload
 
 if TYPE_CHECKING:
-    from service.live import ModelHub  # service.live imports this module
+    from service.live.hub import ModelHub  # service.live.hub imports this module
 
 log = logging.getLogger("tsm.request")
 _FRAME_CHUNK = 32  # frames of a per-frame timeline per forward pass: bounded memory, answers as they come

@@ -1,9 +1,9 @@
 """The decode worker process: a fresh interpreter without torch that decodes one job at a time.
 
-Started by ``service.decode_pool`` as ``python -c BOOT <fd> <parent pid> <memory MB> <root>``; it
+Started by ``service.video.pool`` as ``python -c BOOT <fd> <parent pid> <memory MB> <root>``; it
 caps its own address space, dies with its parent, and answers each JSON job on its socket with a
-JSON header, then the raw frame bytes. It imports only the decoders, numpy and ``service.decode``
-(which keeps ``service.errors`` free of grpc for this reason).
+JSON header, then the raw frame bytes. It imports only the decoders, numpy and ``service.video.decode``
+(which keeps ``service.core.errors`` free of grpc for this reason).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from service.decode import DecodeLimits, MiB
-from service.errors import ErrorKind, ServiceError
-from service.sampling import SamplingSpec
+from service.core.errors import ErrorKind, ServiceError
+from service.video.decode import DecodeLimits, MiB
+from service.video.sampling import SamplingSpec
 
-BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from service.decode_worker import worker_main; worker_main()"
+BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from service.video.worker import worker_main; worker_main()"
 
 
 def crashed() -> ServiceError:
@@ -42,7 +42,7 @@ def worker_main() -> None:
 
     import av
 
-    from service.decode import decode_file
+    from service.video.decode import decode_file
 
     av.logging.set_level(None)
     conn = Connection(fd)

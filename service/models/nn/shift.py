@@ -88,7 +88,7 @@ class TemporalShift(nn.Module):
 class OnlineShift(nn.Module):
     """Wraps the first layer of a residual branch, like ``TemporalShift``, with the one-sided shift:
     channels ``[0, fold)`` of frame t come from frame t-1 of the same stream, ``state_in`` before the
-    first frame of the call (zeros if None). ``service.model.online.OnlineTSM`` sets ``frames`` and
+    first frame of the call (zeros if None). ``service.models.nn.online.OnlineTSM`` sets ``frames`` and
     ``state_in`` before a forward and reads ``state_out`` (the last frame's channels) after."""
 
     def __init__(self, net: nn.Module, shift_div: int = 8) -> None:

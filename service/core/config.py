@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.resources import StoreChoice, choose_store
+from service.core.resources import StoreChoice, choose_store
 
 MiB = 1024 * 1024
 
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
 
     @property
     def store(self) -> StoreChoice:
-        """The model store in use, chosen once when the settings are built (rules: service.resources)."""
+        """The model store in use, chosen once when the settings are built (rules: service.core.resources)."""
         return self._store
 
     def version_rule(self, name: str) -> tuple[str, str]:

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from service.model.backbones import MOBILENETV2_SETTING, Arch, build_backbone
-from service.model.shift import ShiftPlace
+from service.models.nn.backbones import MOBILENETV2_SETTING, Arch, build_backbone
+from service.models.nn.shift import ShiftPlace
 
 CheckpointFormat = Literal["official", "mmaction2", "online_demo"]
 

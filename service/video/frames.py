@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from service.errors import ErrorKind, ServiceError
-from service.sampling import crop_offsets, scaled_size
+from service.core.errors import ErrorKind, ServiceError
+from service.video.sampling import crop_offsets, scaled_size
 
 FORMATS = ("jpeg", "png", "rgb24")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,7 +1,7 @@
 """Video decoding: probe, check limits, decode only the sampled frames, resize, crop.
 
 ``decode_file`` runs in-process (decode workers call it; so can training code). Hostile uploads are
-decoded in worker processes (``service.decode_pool``), never in the server process. The rules:
+decoded in worker processes (``service.video.pool``), never in the server process. The rules:
 
 - PyAV (FFmpeg) decodes every format; only what the sampled frames need is decoded
   (:func:`decode_plan`), and the pixels equal those of decoding every frame.
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
-from service.errors import ErrorKind, ServiceError
-from service.sampling import (
+from service.core.errors import ErrorKind, ServiceError
+from service.video.sampling import (
     SamplingSpec,
     assemble,
     nearest_keyframes,
@@ -40,7 +40,7 @@ from service.sampling import (
 )
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from service.core.config import Settings
 
 MiB = 1024 * 1024
 # The long side of a resized frame is at most this many times its short side: a 16x8000 upload

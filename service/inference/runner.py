@@ -10,7 +10,7 @@ into a pinned host buffer, start the host-to-device copy on a side stream), :met
 Every torch call runs on the runner's own thread (CUDA graphs and ``torch.compile``'s graph trees
 are bound to the thread that recorded them); :meth:`forward` and :meth:`warmup` hop onto it.
 
-The forward pass itself is an *engine* (``service.engines``): torch eager, torch.compile or
+The forward pass itself is an *engine* (``service.inference.engines``): torch eager, torch.compile or
 OpenVINO, chosen and verified against the float32 eager reference during :meth:`Runner.warmup`.
 
 Precision: autocast float16 (default) or bfloat16 on CUDA; on CPU bfloat16 through OpenVINO where the
@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.config import default
-from service.engines import Compute, Engine, EngineChooser, ModelIdentity
-from service.errors import ErrorKind, ServiceError
+from service.core.config import default
+from service.core.errors import ErrorKind, ServiceError
+from service.inference.engines import Compute, Engine, EngineChooser, ModelIdentity
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from service.core.config import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tsm.runner")
 T_ = TypeVar("T_")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from service.model.backbones import Arch
-from service.model.online import OnlineTSM
-from service.model.shift import ShiftPlace
-from service.model.tsm import TSM, CheckpointError, load_state_strict, read_checkpoint
-from service.resources import bundled_labels
-from service.sampling import Resize
+from service.core.resources import bundled_labels
+from service.models.nn.backbones import Arch
+from service.models.nn.online import OnlineTSM
+from service.models.nn.shift import ShiftPlace
+from service.models.nn.tsm import TSM, CheckpointError, load_state_strict, read_checkpoint
+from service.video.sampling import Resize
 
 MODEL_JSON = "model.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -228,7 +228,7 @@ def import_checkpoint(
 
     The online demo's format is online by itself (no ``num_segments``: a frame at a time). ``online``
     imports an official or mmaction2 checkpoint for live streams, only if it declares a one-sided
-    shift (:data:`service.model.tsm.ONLINE_MARK`): run online, a bi-directional TSM's first 1/8 of
+    shift (:data:`service.models.nn.tsm.ONLINE_MARK`): run online, a bi-directional TSM's first 1/8 of
     channels, trained to carry the next frame, get the previous one, and accuracy drops silently."""
     label_list = read_labels(resolve_labels(labels))
     state, fmt, declared_online = read_checkpoint(checkpoint)

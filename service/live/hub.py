@@ -10,7 +10,7 @@ frame of every stream that has one (and has read its answers), stacks their fram
 back; streams join and leave between steps. The answer of a frame: its own top-k (``instant``) and the
 top-k of the sum of the last ``smoothing`` frames' logits (as ``OnlineAnswer`` does for ``/classify``).
 
-Frames are checked, decoded and resized by ``service.frames``; the step itself is ``service.live_engine``.
+Frames are checked, decoded and resized by ``service.video.frames``; the step itself is ``service.live.engine``.
 Why one module of this length: the stream, the hub's loop and the service's read loop share one small
 state machine (pending, in flight, input done, outbox); apart, each would reach into the others.
 """
@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from service.classifier import Prediction, top_k
-from service.config import Settings, default
-from service.errors import ErrorKind, ServiceError, shutting_down
-from service.frames import Frame, Preprocess
-from service.live_engine import LiveEngine, choose_live_engine, torch_step
-from service.metrics import Metrics
-from service.model.online import OnlineTSM, State
-from service.runner import Normalise
-from service.store import StoreEntry
+from service.classify.classifier import Prediction, top_k
+from service.core.config import Settings, default
+from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.core.metrics import Metrics
+from service.inference.runner import Normalise
+from service.live.engine import LiveEngine, choose_live_engine, torch_step
+from service.models.nn.online import OnlineTSM, State
+from service.models.store import StoreEntry
+from service.video.frames import Frame, Preprocess
 
 log = logging.getLogger("tsm.live")
 
@@ -252,7 +252,7 @@ class LiveService:
 
     def __init__(self, hubs: dict[str, ModelHub], default_model: str | None, limits: LiveLimits, metrics: Metrics):
         self.hubs, self.default_model, self.limits, self.metrics = hubs, default_model, limits, metrics
-        # Hubs of versions replaced or unloaded (service.repository): their open streams go on.
+        # Hubs of versions replaced or unloaded (service.management.repository): their open streams go on.
         self.retiring: set[ModelHub] = set()
         self.accepting = True
         self._ids = itertools.count(1)

@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from service.config import default
-from service.errors import ErrorKind, ServiceError, shutting_down
-from service.runner import Runner, Staged
+from service.core.config import default
+from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.inference.runner import Runner, Staged
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from service.core.config import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tsm.batching")
 
 
 @dataclass

@@ -4,7 +4,7 @@ Two engines, chosen once per online model when the server starts (``choose_live_
 
 - ``torch``: the model itself, eager, float32, channels-last (the reference);
 - ``openvino``: the same step converted through ONNX (normalisation folded in, any number of streams),
-  float32, or bfloat16 where the CPU runs it natively, like the clip engines (``service.engines``).
+  float32, or bfloat16 where the CPU runs it natively, like the clip engines (``service.inference.engines``).
 
 A converted step serves only after it matches the torch step on seeded frames stepped three times
 from a zero state (so the carried state is checked too), to the clip engines' bounds and top-k rule;
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.engines import cpu_has_native_bf16, engine_label, openvino_available, verify
-from service.model.online import OnlineTSM
-from service.runner import Normalise
+from service.inference.engines import cpu_has_native_bf16, engine_label, openvino_available, verify
+from service.inference.runner import Normalise
+from service.models.nn.online import OnlineTSM
 
 log = logging.getLogger("tsm.live")
 

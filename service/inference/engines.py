@@ -20,7 +20,7 @@ top-5 identical; 5e-2 with the top-1 identical for float16/bfloat16 (a looser bo
 round activations to 8-11 bits). A refused engine costs one log line and the runner falls back.
 
 **Cache.** Converted engines live under ``cache_dir/<key>/`` where the key hashes the weights' sha256,
-the engine, its version, the shapes, the precision and the model code (``service/model/``).
+the engine, its version, the shapes, the precision and the model code (``service/models/nn/``).
 ``manifest.json`` holds the sha256 of every file; an entry whose files do not match it (truncated,
 edited) or whose engine fails verification is rebuilt, never served.
 
@@ -49,12 +49,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.store import sha256_file
+from service.models.store import sha256_file
 
 log = logging.getLogger("tsm.engines")
 
 # Bumped when what we write into a cache entry changes: older entries then never match.
-NETWORK_PACKAGE = "service.model"  # the code the converted graph is traced from
+NETWORK_PACKAGE = "service.models.nn"  # the code the converted graph is traced from
 CACHE_FORMAT = 2  # 2: converted through ONNX
 FP32_TOLERANCE = {"resnet50": 1e-3, "resnet101": 1e-3, "mobilenetv2": 1e-4}
 HALF_TOLERANCE = 5e-2
@@ -172,7 +172,7 @@ class _Serving(nn.Module):
 
 @functools.cache
 def model_code_sha256() -> str:
-    """The code the converted graph is traced from (service/model/): a change to it (a new answer rule,
+    """The code the converted graph is traced from (service/models/nn/): a change to it (a new answer rule,
     a fixed shift) must never be served from a conversion of the old code, whose random-clip
     verification could still pass (it did once: OnlineAnswer's padding rule)."""
     h = hashlib.sha256()

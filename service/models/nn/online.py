@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from service.model.backbones import Arch, build_backbone
-from service.model.shift import OnlineShift
+from service.models.nn.backbones import Arch, build_backbone
+from service.models.nn.shift import OnlineShift
 
 State = list[Tensor]  # one [B, fold, H, W] tensor per shifted block
 

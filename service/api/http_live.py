@@ -1,6 +1,6 @@
 """Live streams on the HTTP port: the WebSocket ``/v1/live`` and the camera page ``/live``.
 
-The WebSocket has the semantics of gRPC ``ClassifyLive`` (``service.live`` does the work for both):
+The WebSocket has the semantics of gRPC ``ClassifyLive`` (``service.live.hub`` does the work for both):
 
 1. the first message is a JSON text message of options (``model``, ``top_k``, ``smoothing_frames``,
    ``frame_stride``; all optional, ``{}`` is fine);
@@ -29,10 +29,10 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
-from service.errors import ErrorKind, ServiceError
-from service.frames import FORMATS, Frame, bad_frame
-from service.live import LiveOptions, LiveResult
+from service.core.errors import ErrorKind, ServiceError
+from service.live.hub import LiveOptions, LiveResult
 from service.server import Server
+from service.video.frames import FORMATS, Frame, bad_frame
 
 # WebSocket close codes (RFC 6455 §7.4.1) by error kind; anything else closes with 1008 (policy).
 CLOSE_CODES = {
@@ -53,7 +53,7 @@ def add_live_routes(app: FastAPI, server: Server, error_response: Callable[[Serv
         await _serve_socket(websocket, server, error_response)
 
     async def live_page() -> HTMLResponse:
-        return HTMLResponse(files("service.api").joinpath("live.html").read_text(encoding="utf-8"))
+        return HTMLResponse(files("service.api").joinpath("http_live.html").read_text(encoding="utf-8"))
 
     app.add_api_websocket_route("/v1/live", live_socket)
     app.add_api_route("/live", live_page, response_class=HTMLResponse,

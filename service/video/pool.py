@@ -1,4 +1,4 @@
-"""The pool of decode worker processes (the worker's own loop is ``service.decode_worker``): one
+"""The pool of decode worker processes (the worker's own loop is ``service.video.worker``): one
 job at a time each, killed and replaced when they crash, hang or exceed their memory cap, recycled
 after ``max_jobs`` (a bound on whatever a native decoder leaks).
 
@@ -30,15 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from service.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, VideoFacts
-from service.decode_worker import BOOT, crashed
-from service.errors import ErrorKind, ServiceError, shutting_down
-from service.sampling import SamplingSpec
+import service
+from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.video.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, VideoFacts
+from service.video.sampling import SamplingSpec
+from service.video.worker import BOOT, crashed
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tsm.decode")
 
 _READY_TIMEOUT_S = 60.0
-_ROOT = str(Path(__file__).resolve().parent.parent)
+_ROOT = str(Path(service.__file__).resolve().parent.parent)  # the folder (or zip) that holds the package
 _WORKER_ENV = {
     # Small, predictable address space under RLIMIT_AS: no 64 MB malloc arena per thread, no
     # BLAS thread pools.

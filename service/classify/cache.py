@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from service.metrics import Metrics
+from service.core.metrics import Metrics
 
 log = logging.getLogger("tsm.cache")
 T = TypeVar("T")

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from service.classifier import Classification
-from service.errors import ErrorKind, ServiceError
-from service.request import ClassifyOptions
+from service.classify.classifier import Classification
+from service.classify.options import ClassifyOptions
+from service.core.errors import ErrorKind, ServiceError
 from service.server import ModelInfo, Server
 
 INPUT, OUTPUT = "VIDEO", "PROBABILITIES"

@@ -28,16 +28,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.batching import Batcher, BatcherConfig, BatchInfo
-from service.classifier import LoadedModel
-from service.config import Settings
-from service.engines import ModelIdentity
-from service.errors import ErrorKind, ServiceError
-from service.live import LiveLimits, LiveService, ModelHub
-from service.metrics import Metrics
-from service.model.online import OnlineAnswer, OnlineTSM
-from service.runner import Runner, RunnerConfig
-from service.store import StoreError, find_versions, load_entry, version_key
+from service.classify.classifier import LoadedModel
+from service.core.config import Settings
+from service.core.errors import ErrorKind, ServiceError
+from service.core.metrics import Metrics
+from service.inference.batching import Batcher, BatcherConfig, BatchInfo
+from service.inference.engines import ModelIdentity
+from service.inference.runner import Runner, RunnerConfig
+from service.live.hub import LiveLimits, LiveService, ModelHub
+from service.models.nn.online import OnlineAnswer, OnlineTSM
+from service.models.store import StoreError, find_versions, load_entry, version_key
 
 log = logging.getLogger("tsm.repository")
 
@@ -283,7 +283,7 @@ class Repository:
                   runner.engine.name)  # fmt: skip
         served = Served(name, version, model, files, labels)
         try:
-            if c.online and newest:  # live streams step the same weights frame by frame (service.live)
+            if c.online and newest:  # live streams step the same weights frame by frame (service.live.hub)
                 served.hub = await self._make_hub(name, model)
         except BaseException:
             await self._close(served, unpublished=True)

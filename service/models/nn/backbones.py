@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from service.model.shift import OnlineShift, ShiftPlace, TemporalShift
+from service.models.nn.shift import OnlineShift, ShiftPlace, TemporalShift
 
 Arch = Literal["resnet50", "resnet101", "mobilenetv2"]
 

@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from service.errors import ErrorKind, ServiceError
+from service.core.errors import ErrorKind, ServiceError
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from service.core.config import Settings
 
 Sampling = Literal["uniform", "keyframes"]
 SAMPLINGS: tuple[Sampling, ...] = ("uniform", "keyframes")
