@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
-from service.api.grpc import GrpcFrontDoor, build_grpc_server
+from service.api.grpc_server import GrpcFrontDoor, build_grpc_server
 from service.api.http import create_app
 from service.core.config import Settings
 from service.server import Server

@@ -51,7 +51,7 @@ async def serve(settings: Settings) -> int:
     SIGTERM: gRPC health turns NOT_SERVING and readiness false, new work is refused (503 /
     UNAVAILABLE), in-flight requests of both protocols get ``drain_timeout_s`` to finish, then both
     servers stop and the process exits 0. A second signal stops at once."""
-    from service.api.grpc import build_grpc_server
+    from service.api.grpc_server import build_grpc_server
     from service.api.http import create_app
     from service.server import Server
 
@@ -112,7 +112,7 @@ async def serve(settings: Settings) -> int:
 
 def _listen_grpc(rpc: grpc.aio.Server, settings: Settings) -> int:
     """Binds the gRPC port (TLS when Settings name a certificate); returns the port (0 picks one)."""
-    from service.api.grpc import server_credentials
+    from service.api.grpc_server import server_credentials
 
     host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6 literal
     address = f"{host}:{settings.grpc_port}"

@@ -10,56 +10,31 @@ import asyncio
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
-from pydantic import Field
 
 from service import __version__
 from service.classify.cache import CacheConfig, ResultCache
-from service.classify.classifier import Classifier, LoadedModel
+from service.classify.classifier import Classifier
 from service.classify.options import RequestLimits
 from service.core.auth import Access
 from service.core.config import Settings
 from service.core.errors import ErrorKind, ServiceError, shutting_down
 from service.core.metrics import Metrics
 from service.core.resources import STORE_SETTING
-from service.inference.batching import Batcher
-from service.inference.runner import resolve_device
-from service.live.hub import LiveService
-from service.management.repository import Repository, VersionState
+from service.inference.batching import Batcher, BatcherConfig
+from service.inference.runner import RunnerConfig, resolve_device
+from service.live.hub import LiveLimits, LiveService
+from service.management.catalog import Catalog
+from service.management.repository import Repository, RepositoryConfig
+from service.management.versions import VersionLoader
 from service.models.store import StoreError, find_versions
 from service.video.decode import DecodeLimits
 from service.video.pool import DecodePool
 from service.video.spool import default_spool_dir
 
 log = logging.getLogger("tsm.server")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A loaded model as clients see it: the HTTP front door answers it as it is (its schema in
-    OpenAPI), the gRPC one as ``tsm.v1.ModelInfo``."""
-
-    name: str
-    version: str
-    default: Annotated[bool, Field(description="the model used when a request names none")]
-    arch: str
-    num_segments: Annotated[int, Field(description="frames per clip")]
-    num_classes: int
-    input_size: Annotated[int, Field(description="side of the square crop the network sees")]
-    scale_size: int
-    resize: Annotated[
-        str, Field(description="short_side (resize, then centre crop) or stretch (whole frame, aspect not kept)")
-    ]
-    shift: Annotated[bool, Field(description="false for a TSN (no temporal shift)")]
-    untrained: Annotated[bool, Field(description="random weights: its answers mean nothing")]
-    source: str
-    online: Annotated[bool, Field(description="uni-directional (live-stream) model: answers from the last frames")]
-    engine: Annotated[str, Field(description="inference engine serving it: torch, compile or openvino")]
-    precision: Annotated[str, Field(description="float32, or float16/bfloat16 (verified to looser bounds)")]
 
 
 class Server:
@@ -78,6 +53,7 @@ class Server:
         self._pool_counted = {"jobs": 0, "restarts": 0}
         self._dropped_counted: dict[tuple[Batcher, str], int] = {}
         self.repository: Repository | None = None
+        self.catalog = Catalog(None, settings.default_model)  # empty until the models are loaded
         self.cache: ResultCache | None = None
         self._spool_dir: Path | None = None
 
@@ -131,7 +107,11 @@ class Server:
             split = s.cpu_split(accelerator)
         except ValueError as e:
             raise ServiceError(ErrorKind.internal, str(e)) from None
-        self.repository = repository = Repository(s, self.metrics, split.inference_threads)
+        live_limits = LiveLimits.from_settings(s)
+        loader = VersionLoader(RunnerConfig.from_settings(s, split.inference_threads), BatcherConfig.from_settings(s),
+                               live_limits, self.metrics)  # fmt: skip
+        config = RepositoryConfig(s.store.path, tuple(s.models), s.default_model, s.policy)
+        self.repository = repository = Repository(config, loader, self.metrics)
         for name in wanted:
             try:
                 await repository.load(name)
@@ -165,7 +145,8 @@ class Server:
                 f"default_online_model {online_default!r} is not an online model loaded here "
                 f"(online models: {', '.join(sorted(hubs)) or 'none'})"
             )
-        self.live = repository.live = LiveService(hubs, online_default, repository.live_limits, self.metrics)
+        self.live = repository.live = LiveService(hubs, online_default, live_limits, self.metrics)
+        self.catalog = Catalog(repository, s.default_model)
         if s.model_poll_s > 0:
             repository.start_polling(s.model_poll_s)
         self.metrics.ready.set(1)
@@ -173,7 +154,7 @@ class Server:
     def refresh_gauges(self) -> None:
         """Gauges read at scrape time rather than on every change."""
         if self.classifier is not None:
-            batchers = [model.batcher for _, model in self.loaded()]
+            batchers = [model.batcher for _, model in self.catalog.loaded()]
             # Batchers keep lifetime totals; a reload brings a new batcher under the same label.
             self._dropped_counted = {k: v for k, v in self._dropped_counted.items() if k[0] in batchers}
             for batcher in batchers:
@@ -234,50 +215,3 @@ class Server:
             await self._pool.close()
         if self._spool_dir is not None and self.settings.spool_dir is None:  # ours: a fresh dir per start
             shutil.rmtree(self._spool_dir, ignore_errors=True)
-
-    def models_info(self) -> list[ModelInfo]:
-        """Every serving version, by model name, oldest version first."""
-        return [self._info(key, model) for key, model in self.loaded()]
-
-    def _info(self, key: str, model: LoadedModel) -> ModelInfo:
-        c = model.entry.config
-        assert self.classifier is not None
-        name = key.split(":")[0]
-        default = name == self.classifier.default_model and self.classifier.models.get(name) is model
-        return ModelInfo(
-            name=name, version=c.version, default=default,
-            arch=c.arch, num_segments=c.num_segments, num_classes=c.num_classes,
-            input_size=c.input_size, scale_size=c.scale_size, resize=c.resize, shift=c.shift,
-            untrained=c.untrained, source=c.source, online=c.online, engine=model.batcher.runner.engine.name,
-            precision=model.batcher.runner.engine.precision,
-        )  # fmt: skip
-
-    def loaded(self) -> list[tuple[str, LoadedModel]]:
-        """Each serving version once, as NAME:VERSION, by model name, oldest version first."""
-        if self.repository is None or self.classifier is None:
-            return []
-        served = self.repository.served
-        return [(f"{name}:{s.version}", s.model) for name in sorted(served) for s in served[name]]
-
-    def model_info(self, name: str) -> ModelInfo:
-        """``name``: a model (its newest served version) or NAME:VERSION."""
-        model = self.classifier.models.get(name) if self.classifier is not None else None
-        if model is None:
-            known = ", ".join(sorted({info.name for info in self.models_info()})) or "none"
-            raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}; loaded models: {known}")
-        return self._info(f"{name.split(':')[0]}:{model.entry.path.name}", model)
-
-    def version_state(self, name: str, version: str | None) -> tuple[str, str] | None:
-        """The repository state of NAME's VERSION (its newest serving or loading version if None)."""
-        if self.repository is None:
-            return None
-        if version is None:
-            return ("LOADING", "") if self.repository.loading(name) and name not in self.repository.served else None
-        return self.repository.state(name, version)
-
-    def repository_index(self, ready_only: bool = False) -> list[VersionState]:
-        return self.repository.index(ready_only) if self.repository is not None else []
-
-    def versions_of(self, name: str) -> list[str]:
-        """The served versions of model ``name``, oldest first."""
-        return [i.version for i in self.models_info() if i.name == name]

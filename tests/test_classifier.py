@@ -15,10 +15,12 @@ import pytest
 from harness.inproc import InProcessServer
 from harness.load import metric
 from harness.media import truncate
-from service.classify.classifier import Classification, Classifier, top_k
+from service.classify.classifier import Classifier
 from service.classify.options import ClassifyOptions
+from service.classify.result import Classification
 from service.core.errors import ErrorKind, ServiceError
 from service.core.metrics import STAGES
+from service.inference.answers import top_k
 from tests.conftest import TINY_LABELS
 
 

@@ -7,7 +7,7 @@ import sys
 
 import grpc
 
-from service.api.grpc import GRPC_STATUS, grpc_status
+from service.api.grpc_common import GRPC_STATUS, grpc_status
 from service.core.errors import HTTP_STATUS, ErrorKind, ServiceError
 from tests.conftest import ROOT
 

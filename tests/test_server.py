@@ -14,16 +14,17 @@ from harness.load import metric
 from service.classify.options import ClassifyOptions
 from service.core.config import Settings
 from service.core.errors import ErrorKind, ServiceError
+from service.management.catalog import ModelInfo
 from service.models.store import StoreError
-from service.server import ModelInfo, Server
+from service.server import Server
 from service.video.sampling import SamplingSpec
 from tests.conftest import TINY_LABELS
 
 
 def test_models_info_describes_every_loaded_model(server: InProcessServer) -> None:
-    infos = server.server.models_info()
+    infos = server.server.catalog.models_info()
     assert [i.name for i in infos] == ["tiny", "tiny4"]
-    tiny = server.server.model_info("tiny")
+    tiny = server.server.catalog.model_info("tiny")
     assert tiny == ModelInfo(
         name="tiny", version="1", default=True, arch="mobilenetv2", num_segments=8, num_classes=len(TINY_LABELS),
         input_size=64, scale_size=72, resize="short_side", shift=True, untrained=True, source=tiny.source, online=False,
@@ -32,7 +33,7 @@ def test_models_info_describes_every_loaded_model(server: InProcessServer) -> No
     # auto: the faster of the verified engines here (bfloat16 where the CPU has it natively)
     assert (tiny.engine, tiny.precision) in {("openvino", "float32"), ("openvino", "bfloat16"), ("torch", "float32")}
     with pytest.raises(ServiceError) as info:
-        server.server.model_info("nope")
+        server.server.catalog.model_info("nope")
     assert info.value.kind is ErrorKind.unknown_model and "tiny, tiny4" in info.value.message
 
 
@@ -67,11 +68,11 @@ def test_settings_that_oversubscribe_the_cpu_fail_the_start_with_what_to_change(
 
 def test_only_the_named_models_and_the_default_load(tiny_store: Path) -> None:
     with InProcessServer(tiny_store, models=["tiny4"], default_model="tiny", max_batch_clips=2) as srv:
-        assert [i.name for i in srv.server.models_info()] == ["tiny", "tiny4"]
+        assert [i.name for i in srv.server.catalog.models_info()] == ["tiny", "tiny4"]
         info = srv.http.get("/v1/models/tiny").json()
         assert info["default"] is True
     with InProcessServer(tiny_store, models=["tiny4"], default_model="tiny4", max_batch_clips=2, engine="torch") as srv:
-        assert [i.name for i in srv.server.models_info()] == ["tiny4"]
+        assert [i.name for i in srv.server.catalog.models_info()] == ["tiny4"]
         assert srv.http.get("/v1/models/tiny4").json()["engine"] == "torch"  # the engine asked for
         text = srv.metrics()
         assert metric(text, "tsm_ready") == 1.0

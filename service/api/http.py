@@ -28,23 +28,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__
 from service.api.http_live import add_live_routes
 from service.api.oip_http import add_oip_routes, v2_error
-from service.classify.classifier import Classification, Classifier, Timeline, TimelineWindow
-from service.classify.options import (
-    CROPS,
-    MAX_CLIPS,
-    MAX_TIMEOUT_S,
-    MAX_TOP_K,
-    ClassifyOptions,
-    Sampling,
-    is_video_upload,
-    media_type,
-    request_id,
-    retry_after_header,
-)
+from service.api.wire import is_video_upload, media_type, request_id, retry_after_header
+from service.classify.classifier import Classifier
+from service.classify.options import CROPS, MAX_CLIPS, MAX_TIMEOUT_S, MAX_TOP_K, ClassifyOptions, Sampling
+from service.classify.result import Classification
+from service.classify.timeline import Timeline, TimelineWindow
 from service.core.errors import ErrorKind, ServiceError
 from service.core.metrics import STAGES
+from service.management.catalog import ModelInfo
 from service.management.repository import VersionState
-from service.server import ModelInfo, Server
+from service.server import Server
 from service.video.decode import VideoFacts
 from service.video.spool import multipart_file
 
@@ -307,11 +300,11 @@ def _line(obj: object) -> bytes:
 
 
 async def list_models(server: ServerDep) -> ModelsResponse:
-    return ModelsResponse(models=server.models_info(), repository=server.repository_index())
+    return ModelsResponse(models=server.catalog.models_info(), repository=server.catalog.repository_index())
 
 
 async def get_model(name: str, server: ServerDep) -> ModelInfo:
-    return server.model_info(name)
+    return server.catalog.model_info(name)
 
 
 async def healthz() -> dict[str, str]:

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from service.classify.classifier import Classification
 from service.classify.options import ClassifyOptions
+from service.classify.result import Classification
 from service.core.errors import ErrorKind, ServiceError
-from service.server import ModelInfo, Server
+from service.management.catalog import ModelInfo
+from service.server import Server
 
 INPUT, OUTPUT = "VIDEO", "PROBABILITIES"
 EXTENSIONS = ["classification", "binary_tensor_data"]
@@ -138,9 +139,9 @@ def model_key(name: str, version: str | None) -> str:
 def model_info(server: Server, name: str, version: str | None) -> ModelInfo:
     """The served model, or the served version asked for."""
     try:
-        return server.model_info(model_key(name, version))
+        return server.catalog.model_info(model_key(name, version))
     except ServiceError:
-        served = server.versions_of(name)
+        served = server.catalog.versions_of(name)
         if not version or not served:
             raise
         raise ServiceError(
@@ -174,7 +175,7 @@ async def infer(
     """Classify every video of the request concurrently (their clips share batches). ``key``: the
     model as ``model_key`` names it."""
     classifier = server.require_classifier()
-    info = server.model_info(key)
+    info = server.catalog.model_info(key)
     opts = options(key, params)
     opts.check(info.num_classes, classifier.limits.max_clips)
     if wanted.classification is not None and wanted.classification > info.num_classes:

@@ -14,10 +14,10 @@ import grpc
 
 from service import __version__
 from service.api import oip
-from service.api.grpc import abort, call_request_id, call_timeout
+from service.api.grpc_common import call_request_id, call_timeout, status_from_errors
 from service.api.pb.inference import open_inference_grpc_pb2 as pb
 from service.api.pb.inference import open_inference_grpc_pb2_grpc as pb_grpc
-from service.core.errors import ErrorKind, ServiceError
+from service.api.wire import request_id
 from service.server import Server
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -74,20 +74,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        try:
+        async with status_from_errors(context, call_request_id(context)):
             oip.model_info(self._server, request.name, request.version)
-        except ServiceError as e:
-            await abort(context, e, call_request_id(context))
         return pb.ModelReadyResponse(ready=self._server.ready)
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        try:
+        async with status_from_errors(context, call_request_id(context)):
             info = oip.model_info(self._server, request.name, request.version)
-            meta = oip.model_metadata(info, self._server.versions_of(info.name))
-        except ServiceError as e:
-            await abort(context, e, call_request_id(context))
+            meta = oip.model_metadata(info, self._server.catalog.versions_of(info.name))
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -97,18 +93,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        rid = call_request_id(context) if not request.id else request.id
-        try:
+        rid = request_id(request.id) if request.id else call_request_id(context)
+        async with status_from_errors(context, rid):
             oip.model_info(self._server, request.model_name, request.model_version)
             params = {key: _param(value) for key, value in request.parameters.items()}
             key = oip.model_key(request.model_name, request.model_version)
             result = await oip.infer(self._server, "v2-grpc", key, _videos(request), params, _wanted(request), rid,
                                      call_timeout(context))  # fmt: skip
-        except ServiceError as e:
-            await abort(context, e, rid)
-        except Exception:
-            internal = ServiceError(ErrorKind.internal, "internal error; the request was not processed")
-            await abort(context, internal, rid)
         output = pb.ModelInferResponse.InferOutputTensor(
             name=oip.OUTPUT, datatype=result.output_datatype, shape=result.output_shape
         )

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from service.api import oip
-from service.classify.options import request_id, retry_after_header
+from service.api.wire import request_id, retry_after_header
 from service.core.errors import ErrorKind, ServiceError
 from service.management.repository import Repository, VersionState
 from service.server import Server
@@ -199,10 +199,10 @@ def add_oip_routes(
     # ServiceErrors raised here reach the app's handler, which answers /v2 paths in the v2 shape.
     async def model_metadata(name: str, version: str | None = None) -> JSONResponse:
         info = oip.model_info(server, name, version)
-        return JSONResponse(oip.model_metadata(info, server.versions_of(info.name)))
+        return JSONResponse(oip.model_metadata(info, server.catalog.versions_of(info.name)))
 
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
-        state = server.version_state(name, version)
+        state = server.catalog.version_state(name, version)
         if state is not None and state[0] == "LOADING":
             return JSONResponse({"error": f"model {name} is loading"}, status_code=503)
         oip.model_info(server, name, version)
@@ -210,7 +210,7 @@ def add_oip_routes(
 
     async def model_config(name: str, version: str | None = None) -> JSONResponse:
         info = oip.model_info(server, name, version)
-        return JSONResponse(oip.model_config(info, server.versions_of(info.name)))
+        return JSONResponse(oip.model_config(info, server.catalog.versions_of(info.name)))
 
     async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
         rid = request.state.request_id = request_id(request.headers.get("x-request-id"))

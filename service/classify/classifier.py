@@ -6,8 +6,6 @@ answered with the top-k labels. Every failure is a :class:`ServiceError` from ``
 A repeated upload is answered from the result cache (``service.classify.cache``); a timeline is the same
 request answered per window (or per frame of an online model) as well as for the whole video.
 
-Why one module of this length: the cache, timelines and streaming all sit inside the one request's
-life (admission, its reservation, its deadline, its metrics); split, each would need that state passed in.
 """
 
 from __future__ import annotations
@@ -19,111 +17,30 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from service.classify.cache import ResultCache
-from service.classify.options import ClassifyOptions, RequestLimits
+from service.classify.options import ClassifyOptions, RequestLimits, sampling_spec
+from service.classify.result import Classification
+from service.classify.timeline import (
+    TimelineWindow,
+    WindowCallback,
+    score_frames,
+    score_windows,
+)
 from service.core.errors import ErrorKind, ServiceError, shutting_down
 from service.core.metrics import Metrics
-from service.inference.batching import Batcher, InferResult, Reservation
-from service.models.store import StoreEntry
-from service.video.decode import VideoFacts
+from service.inference.answers import LoadedModel, softmax, top_k
+from service.inference.batching import Reservation
+from service.live.hub import ModelHub
+from service.models.store import ModelConfig
 from service.video.pool import DecodePool
-from service.video.sampling import SamplingSpec
 from service.video.spool import Spooled, spool_upload
 
-if TYPE_CHECKING:
-    from service.live.hub import ModelHub  # service.live.hub imports this module
-
 log = logging.getLogger("tsm.request")
-_FRAME_CHUNK = 32  # frames of a per-frame timeline per forward pass: bounded memory, answers as they come
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    index: int
-    score: float
-
-
-@dataclass(frozen=True)
-class TimelineWindow:
-    index: int
-    start_s: float
-    end_s: float
-    predictions: list[Prediction]
-
-
-@dataclass(frozen=True)
-class TimelineSegment:
-    """Consecutive windows with the same top-1 label, merged; ``score``: its mean probability over them."""
-
-    label: str
-    index: int
-    start_s: float
-    end_s: float
-    score: float
-
-
-WindowCallback = Callable[[TimelineWindow], None]
-
-
-@dataclass
-class Timeline:
-    window_s: float
-    stride_s: float
-    windows: list[TimelineWindow]
-    segments: list[TimelineSegment]
-
-
-@dataclass
-class Classification:
-    request_id: str
-    model: str
-    version: str
-    untrained: bool
-    predictions: list[Prediction]
-    video: VideoFacts
-    clips: int
-    crops: int
-    timings_ms: dict[str, float]
-    probabilities: np.ndarray  # softmax over every class (the Open Inference Protocol's output)
-    timeline: Timeline | None = None
-    cache: str = ""  # "hit" or "miss" when the result cache is on, else ""
-
-    def encode(self) -> bytes:
-        """The answer as the result cache keeps it: everything but this request's id, timings and cache."""
-        body = dataclasses.asdict(self)
-        for key in ("request_id", "timings_ms", "cache"):
-            del body[key]
-        body["probabilities"] = [float(p) for p in self.probabilities]
-        return json.dumps(body).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes, request_id: str, timings_ms: dict[str, float]) -> Classification:
-        body = json.loads(raw)
-        timeline = body.pop("timeline")
-        if timeline is not None:
-            windows = [TimelineWindow(**{**w, "predictions": [Prediction(**p) for p in w["predictions"]]})
-                       for w in timeline["windows"]]  # fmt: skip
-            segments = [TimelineSegment(**seg) for seg in timeline["segments"]]
-            timeline = Timeline(timeline["window_s"], timeline["stride_s"], windows, segments)
-        return cls(
-            request_id=request_id, timings_ms=timings_ms, timeline=timeline, cache="hit",
-            predictions=[Prediction(**p) for p in body.pop("predictions")], video=VideoFacts(**body.pop("video")),
-            probabilities=np.asarray(body.pop("probabilities"), np.float64), **body,
-        )  # fmt: skip
-
-
-@dataclass
-class LoadedModel:
-    entry: StoreEntry
-    batcher: Batcher
 
 
 @dataclass
@@ -360,23 +277,7 @@ class Classifier:
         """Decode, score and answer. Deletes ``video`` when done, whatever happens."""
         model, options = admission.model, admission.options
         config = model.entry.config
-        if config.online and options.timeline:  # every frame_stride-th frame of the video, from the first
-            spec = SamplingSpec(
-                num_segments=1, scale_size=config.scale_size, input_size=config.input_size, sampling="every",
-                stride=config.frame_stride, resize=config.resize, max_windows=self.limits.max_windows,
-            )  # fmt: skip
-        elif config.online:  # the stream's last `window` frames, `frame_stride` apart (OnlineAnswer smooths)
-            spec = SamplingSpec(
-                num_segments=config.window, scale_size=config.scale_size, input_size=config.input_size,
-                sampling="stride", stride=config.frame_stride, resize=config.resize,
-            )  # fmt: skip
-        else:
-            spec = SamplingSpec(
-                num_segments=config.num_segments, scale_size=config.scale_size, input_size=config.input_size,
-                clips=options.clips, crops=options.crops, sampling=options.sampling, resize=config.resize,
-                window_s=(options.window_s or 0.0) if options.timeline else 0.0, stride_s=options.stride_s or 0.0,
-                max_windows=self.limits.max_windows,
-            )  # fmt: skip
+        spec = sampling_spec(config, options, self.limits.max_windows)
         try:
             with self._stage(admission, "decode"):
                 decoded = await self.pool.decode(video, spec, time_left_s=self._remaining(admission))
@@ -389,7 +290,10 @@ class Classifier:
         self._remaining(admission)
         timeline = None
         if options.timeline and config.online:
-            result, timeline = await self._frame_timeline(admission, decoded.frames[:, 0], decoded.windows, on_window)
+            result, timeline = await score_frames(
+                self._hub_of(config), model.entry.labels, options.top_k, decoded.frames[:, 0], decoded.windows,
+                on_window, lambda: self._remaining(admission),
+            )  # fmt: skip
         elif options.timeline:
             if len(decoded.frames) > model.batcher.max_queue:  # never admissible, however idle the server
                 raise ServiceError(
@@ -399,7 +303,10 @@ class Classifier:
                     "window_s, or send a shorter video",
                 )
             admission.reservation.grow(len(decoded.frames) - admission.reservation.clips)  # 429 when busy
-            result, timeline = await self._timeline(admission, decoded.frames, decoded.windows, on_window)
+            result, timeline = await score_windows(
+                model.batcher, model.entry.labels, options, admission.reservation, admission.deadline, decoded.frames,
+                decoded.windows, on_window,
+            )  # fmt: skip
         else:
             result = await model.batcher.infer(decoded.frames, admission.reservation, admission.deadline)
         admission.timings_ms["queue"] = round(result.queue_ms, 3)
@@ -419,49 +326,8 @@ class Classifier:
             timeline=timeline,
         )
 
-    async def _timeline(
-        self,
-        admission: Admission,
-        frames: np.ndarray,
-        windows: list[tuple[float, float]],
-        on_window: WindowCallback | None,
-    ) -> tuple[InferResult, Timeline]:
-        """Every window a clip for the batcher, sent in chunks of a batch (they fill batches and share
-        them with other requests); each chunk's windows are answered as it is scored, in order."""
-        model, options = admission.model, admission.options
-        labels, crops = model.entry.labels, options.crops
-        per_chunk = max(1, model.batcher.max_batch // crops) * crops
-        chunks = [asyncio.create_task(model.batcher.infer(frames[i : i + per_chunk], admission.reservation,
-                                                          admission.deadline))
-                  for i in range(0, len(frames), per_chunk)]  # fmt: skip
-        started = time.monotonic()
-        view_logits: list[np.ndarray] = []
-        done: list[TimelineWindow] = []
-        try:
-            for chunk in chunks:
-                view_logits.append((await chunk).view_logits)
-                scored = np.concatenate(view_logits).reshape(-1, crops, view_logits[0].shape[-1]).mean(axis=1)
-                answer_new(done, list(scored), windows, labels, options.top_k, on_window)
-        finally:
-            for chunk in chunks:
-                chunk.cancel()
-        all_views = np.concatenate(view_logits)
-        inference_ms = (time.monotonic() - started) * 1000
-        result = InferResult(all_views.mean(axis=0), all_views, 0.0, inference_ms)
-        assert options.window_s is not None and options.stride_s is not None
-        return result, Timeline(options.window_s, options.stride_s, done, segments(done))
-
-    async def _frame_timeline(
-        self,
-        admission: Admission,
-        frames: np.ndarray,
-        times: list[tuple[float, float]],
-        on_window: WindowCallback | None,
-    ) -> tuple[InferResult, Timeline]:
-        """An online model's timeline: one forward per frame on its live hub, state carried from frame
-        to frame, each answer smoothed over the last ``smoothing`` frames as a live stream's is."""
-        model, options = admission.model, admission.options
-        config = model.entry.config
+    def _hub_of(self, config: ModelConfig) -> ModelHub:
+        """The live hub that runs an online model's per-frame timeline: its newest version's."""
         hub = self.hubs.get(config.name)
         if hub is None or hub.config.version != config.version:
             raise ServiceError(
@@ -469,62 +335,4 @@ class Classifier:
                 f"a per-frame timeline runs on the live engine of {config.name}'s newest version: "
                 "leave the version out",
             )
-        started, state = time.monotonic(), None
-        logits: list[np.ndarray] = []
-        smoothed: list[np.ndarray] = []
-        done: list[TimelineWindow] = []
-        for i in range(0, len(frames), _FRAME_CHUNK):
-            self._remaining(admission)
-            chunk, state = await hub.run_frames(frames[i : i + _FRAME_CHUNK], state)
-            logits.extend(chunk)
-            smoothed += [np.sum(logits[max(0, t - config.smoothing + 1) : t + 1], axis=0)
-                         for t in range(len(smoothed), len(logits))]  # fmt: skip
-            answer_new(done, smoothed, times, model.entry.labels, options.top_k, on_window)
-        every = np.stack(smoothed)
-        inference_ms = (time.monotonic() - started) * 1000
-        step_s = round(times[0][1] - times[0][0], 6)
-        return InferResult(every.mean(axis=0), every, 0.0, inference_ms), Timeline(step_s, step_s, done, segments(done))
-
-
-def answer_new(
-    done: list[TimelineWindow],
-    scored: list[np.ndarray],
-    times: list[tuple[float, float]],
-    labels: list[str],
-    k: int,
-    on_window: WindowCallback | None,
-) -> None:
-    """Appends to ``done`` the answers of the timeline entries scored since (``scored`` past its
-    length), in order, each handed to ``on_window`` as it is made."""
-    for i in range(len(done), len(scored)):
-        start_s, end_s = times[i]
-        done.append(TimelineWindow(i, round(start_s, 3), round(end_s, 3), top_k(scored[i], labels, k)))
-        if on_window is not None:
-            on_window(done[-1])
-
-
-def segments(windows: list[TimelineWindow]) -> list[TimelineSegment]:
-    """Consecutive windows with the same top-1 label merged, each with its mean top-1 probability."""
-    out: list[TimelineSegment] = []
-    run: list[TimelineWindow] = []
-    for window in [*windows, None]:
-        if run and (window is None or window.predictions[0].index != run[0].predictions[0].index):
-            best = run[0].predictions[0]
-            score = sum(w.predictions[0].score for w in run) / len(run)
-            out.append(TimelineSegment(best.label, best.index, run[0].start_s, run[-1].end_s, round(score, 6)))
-            run = []
-        if window is not None:
-            run.append(window)
-    return out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - float(np.max(logits))
-    return np.exp(z) / np.exp(z).sum()
-
-
-def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
-    """Softmax over the (view-averaged) logits, best k first."""
-    probs = softmax(logits)
-    best = np.argsort(-probs, kind="stable")[:k]
-    return [Prediction(label=labels[i], index=int(i), score=float(probs[i])) for i in best]
+        return hub

@@ -1,19 +1,18 @@
-"""What a classification request is, for both front doors: its options and their defaults, the
-limits that bound it, request ids, accepted media types, deadlines and Retry-After.
+"""What a classification request is, for every front door: its options and their defaults, the
+limits that bound it, and which frames of the video it needs.
 
-HTTP and gRPC each read their own wire format and hand the result here, so a rule (a default,
-a bound, a message) is written once and both protocols answer alike.
+HTTP, gRPC and the Open Inference Protocol each read their own wire format and hand the result here,
+so a rule (a default, a bound, a message) is written once and every protocol answers alike.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from service.core.errors import ErrorKind, ServiceError
+from service.models.store import ModelConfig
+from service.video.sampling import SamplingSpec
 
 if TYPE_CHECKING:
     from service.core.config import Settings
@@ -24,8 +23,6 @@ CROPS = (1, 3)  # the centre, or three squares along the long side
 MAX_TIMEOUT_S = 3600.0  # the longest deadline a request may ask for
 MAX_TOP_K = 1000  # an upper bound for every model; a model's own class count is checked too
 MAX_CLIPS = 100  # an upper bound for every server; Settings.max_clips is checked too
-RAW_MEDIA_TYPES = ("application/octet-stream",)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -90,22 +87,22 @@ class RequestLimits:
         return asked_s
 
 
-def request_id(offered: str | None) -> str:
-    """The caller's id when it is 1-128 of ``[A-Za-z0-9._:-]`` (safe to log and echo), else a new one."""
-    return offered if offered and _REQUEST_ID.match(offered) else uuid.uuid4().hex
-
-
-def media_type(content_type: str) -> str:
-    """``Video/MP4; codecs=x`` → ``video/mp4``."""
-    return content_type.split(";")[0].strip().lower()
-
-
-def is_video_upload(content_type: str) -> bool:
-    """A raw upload's content type must say it is a video (``video/*``) or opaque bytes."""
-    media = media_type(content_type)
-    return media.startswith("video/") or media in RAW_MEDIA_TYPES
-
-
-def retry_after_header(retry_after_s: float) -> str:
-    """Whole seconds, at least 1, as HTTP's Retry-After (and gRPC's ``retry-after-s``) carry them."""
-    return str(max(1, math.ceil(retry_after_s)))
+def sampling_spec(config: ModelConfig, options: ClassifyOptions, max_windows: int) -> SamplingSpec:
+    """Which frames of the video a request needs, and how they are shaped for the model."""
+    if config.online and options.timeline:  # every frame_stride-th frame of the video, from the first
+        return SamplingSpec(
+            num_segments=1, scale_size=config.scale_size, input_size=config.input_size, sampling="every",
+            stride=config.frame_stride, resize=config.resize, max_windows=max_windows,
+        )  # fmt: skip
+    elif config.online:  # the stream's last `window` frames, `frame_stride` apart (OnlineAnswer smooths)
+        return SamplingSpec(
+            num_segments=config.window, scale_size=config.scale_size, input_size=config.input_size,
+            sampling="stride", stride=config.frame_stride, resize=config.resize,
+        )  # fmt: skip
+    else:
+        return SamplingSpec(
+            num_segments=config.num_segments, scale_size=config.scale_size, input_size=config.input_size,
+            clips=options.clips, crops=options.crops, sampling=options.sampling, resize=config.resize,
+            window_s=(options.window_s or 0.0) if options.timeline else 0.0, stride_s=options.stride_s or 0.0,
+            max_windows=max_windows,
+        )  # fmt: skip

@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.resources import StoreChoice, choose_store
+from service.core.version_policy import VersionPolicy
 
 MiB = 1024 * 1024
 
@@ -125,6 +126,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
 
     _store: StoreChoice = PrivateAttr()
+    _policy: VersionPolicy = PrivateAttr()
 
     @model_validator(mode="after")
     def _choose_store(self) -> Settings:
@@ -136,38 +138,14 @@ class Settings(BaseSettings):
         """The model store in use, chosen once when the settings are built (rules: service.core.resources)."""
         return self._store
 
-    def version_rule(self, name: str) -> tuple[str, str]:
-        """``name``'s version policy: ("latest", "N") or ("specific", "V1,V2"); default latest:1."""
-        rules = dict(rule.split("=", 1) for rule in self.version_policy)
-        kind, _, arg = rules.get(name, rules.get("*", "latest:1")).partition(":")
-        return kind, arg
-
-    def serves_one_version(self, name: str) -> bool:
-        kind, arg = self.version_rule(name)
-        return arg == "1" if kind == "latest" else "," not in arg
-
-    def versions_to_serve(self, name: str, versions: list[str]) -> list[str]:
-        """The versions of ``name`` the policy serves, oldest first (``versions``: the store's, oldest first)."""
-        kind, arg = self.version_rule(name)
-        if kind == "latest":
-            return versions[-int(arg) :]
-        wanted = arg.split(",")
-        missing = [v for v in wanted if v not in versions]
-        if missing:
-            have = ", ".join(versions)
-            raise ValueError(f"version_policy asks for version(s) {', '.join(missing)} of {name}; the store has {have}")
-        return [v for v in versions if v in wanted]
-
     @model_validator(mode="after")
     def _version_policy(self) -> Settings:
-        for rule in self.version_policy:
-            name, _, policy = rule.partition("=")
-            kind, _, arg = policy.partition(":")
-            ok = kind == "latest" and arg.isdigit() and int(arg) >= 1
-            ok = ok or (kind == "specific" and all(v.strip() for v in arg.split(",")))
-            if not name or not ok:
-                raise ValueError(f"version_policy entry {rule!r}: write NAME=latest:N or NAME=specific:V1,V2")
+        self._policy = VersionPolicy.parse(self.version_policy)
         return self
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return self._policy
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from service.classify.classifier import Prediction, top_k
 from service.core.config import Settings, default
 from service.core.errors import ErrorKind, ServiceError, shutting_down
 from service.core.metrics import Metrics
+from service.inference.answers import Prediction, top_k
 from service.inference.runner import Normalise
 from service.live.engine import LiveEngine, choose_live_engine, torch_step
 from service.models.nn.online import OnlineTSM, State

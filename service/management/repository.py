@@ -11,33 +11,26 @@ loads or unloads the difference (``TSM_MODEL_POLL_S``).
 Every change runs under one lock, on the event loop; the tables are changed without an await in
 between, so a request sees the old tables or the new ones, never a mix.
 
-Why one module of this length: load, unload, retire and poll change the same tables under the same lock;
-split apart, each would reach into the others' state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.classify.classifier import LoadedModel
-from service.core.config import Settings
 from service.core.errors import ErrorKind, ServiceError
 from service.core.metrics import Metrics
-from service.inference.batching import Batcher, BatcherConfig, BatchInfo
-from service.inference.engines import ModelIdentity
-from service.inference.runner import Runner, RunnerConfig
-from service.live.hub import LiveLimits, LiveService, ModelHub
-from service.models.nn.online import OnlineAnswer, OnlineTSM
-from service.models.store import StoreError, find_versions, load_entry, version_key
+from service.core.version_policy import VersionPolicy
+from service.inference.answers import LoadedModel
+from service.live.hub import LiveService, ModelHub
+from service.management.versions import Served, VersionLoader, fingerprint
+from service.models.store import StoreError, find_versions, version_key
 
 log = logging.getLogger("tsm.repository")
 
@@ -53,35 +46,19 @@ class VersionState(BaseModel):
     reason: str = Field(default="", description="why it is not READY")
 
 
-@dataclass(eq=False)
-class Served:
-    """One serving version: what the tables point at, and what closing it must stop."""
+@dataclass(frozen=True)
+class RepositoryConfig:
+    """What the repository builds models with; the server makes it from Settings."""
 
-    name: str
-    version: str
-    model: LoadedModel
-    fingerprint: tuple[tuple[str, int, int], ...]  # its files on disk when loaded: a change means reload
-    info_labels: tuple[str, ...]  # its tsm_model_info series
-    hub: ModelHub | None = None  # live streams: only the newest version of an online model has one
-
-    @property
-    def runner(self) -> Runner:
-        return self.model.batcher.runner
-
-
-def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Name, size and mtime of each file of a store entry: cheap to read on every poll."""
-    stats = [(p.name, p.stat()) for p in sorted(folder.iterdir()) if p.is_file()]
-    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+    store: Path
+    models: tuple[str, ...]  # the models to serve; empty: every entry of the store
+    default_model: str  # never unloaded
+    policy: VersionPolicy
 
 
 class Repository:
-    def __init__(self, settings: Settings, metrics: Metrics, inference_threads: int) -> None:
-        self.settings, self.metrics = settings, metrics
-        self.inference_threads = inference_threads
-        self.runner_config = RunnerConfig.from_settings(settings, inference_threads)
-        self.batcher_config = BatcherConfig.from_settings(settings)
-        self.live_limits = LiveLimits.from_settings(settings)
+    def __init__(self, config: RepositoryConfig, loader: VersionLoader, metrics: Metrics) -> None:
+        self.config, self.loader, self.metrics = config, loader, metrics
         self.served: dict[str, list[Served]] = {}  # model → its serving versions, oldest first
         # The classifier's table (the bare name: the newest serving version; NAME:VERSION: each) and
         # the live service's (online model → the hub of its newest version). Changed in place.
@@ -105,7 +82,7 @@ class Repository:
 
     def index(self, ready_only: bool = False) -> list[VersionState]:
         """Every version in the store or known to this server, with its state."""
-        keys = {(n, f.name) for n, folders in find_versions(self.settings.store.path).items() for f in folders}
+        keys = {(n, f.name) for n, folders in find_versions(self.config.store).items() for f in folders}
         keys |= set(self._states)
         out = []
         for name, version in sorted(keys, key=lambda k: (k[0], version_key(k[1]))):
@@ -126,7 +103,7 @@ class Repository:
         """Stop serving every version of ``name``; its in-flight requests and live streams finish first."""
         async with self._lock:
             if name not in self.served:
-                if name in find_versions(self.settings.store.path) or name in self._unloaded:
+                if name in find_versions(self.config.store) or name in self._unloaded:
                     return  # not serving: nothing to do (as Triton)
                 raise ServiceError(ErrorKind.unknown_model, f"unknown model {name!r}: not in the store, not served")
             self._check_removable(name)
@@ -137,8 +114,8 @@ class Repository:
         """Load what the store added or changed, unload what it removed (models unloaded by a call stay
         unloaded; a refused version is retried when its files change)."""
         async with self._lock:
-            found = find_versions(self.settings.store.path)
-            wanted = set(self.settings.models or found)
+            found = find_versions(self.config.store)
+            wanted = set(self.config.models or found)
             for name in sorted(wanted | set(self.served)):
                 if name in self._unloaded:
                     continue
@@ -178,12 +155,12 @@ class Repository:
             task.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
         for s in [*self._retired, *(s for versions in self.served.values() for s in versions)]:
-            await self._close(s)
+            await self.loader.close(s)
 
     # ----------------------------------------------------------------------------- internals
     def _changed(self, name: str, folders: list[Path]) -> bool:
         try:
-            wanted = self.settings.versions_to_serve(name, [f.name for f in folders])
+            wanted = self.config.policy.versions_to_serve(name, [f.name for f in folders])
         except ValueError:
             return False  # a pinned version is missing: keep what serves (the load call would say why)
         by_version = {f.name: f for f in folders}
@@ -197,7 +174,7 @@ class Repository:
         return set(serving) != set(wanted)
 
     def _check_removable(self, name: str) -> None:
-        if name == self.settings.default_model:
+        if name == self.config.default_model:
             raise ServiceError(
                 ErrorKind.conflict,
                 f"{name} is the default model (requests that name none use it): serve another default "
@@ -210,16 +187,16 @@ class Repository:
             )
 
     async def _load(self, name: str) -> list[str]:
-        folders = find_versions(self.settings.store.path).get(name)
+        folders = find_versions(self.config.store).get(name)
         if not folders:
-            have = ", ".join(sorted(find_versions(self.settings.store.path))) or "none"
+            have = ", ".join(sorted(find_versions(self.config.store))) or "none"
             raise ServiceError(
                 ErrorKind.unknown_model,
-                f"model {name!r} is not in the model store {self.settings.store.path} (found: {have})",
+                f"model {name!r} is not in the model store {self.config.store} (found: {have})",
             )
         by_version = {f.name: f for f in folders}
         try:
-            wanted = self.settings.versions_to_serve(name, list(by_version))
+            wanted = self.config.policy.versions_to_serve(name, list(by_version))
         except ValueError as e:
             raise ServiceError(ErrorKind.load_failed, str(e)) from None
         current = {s.version: s for s in self.served.get(name, [])}
@@ -229,10 +206,12 @@ class Repository:
             if old is not None and old.fingerprint == fingerprint(by_version[v]):
                 continue
             try:
-                fresh.append(await self._load_version(name, by_version[v], newest=v == wanted[-1]))
+                self._set_state(name, v, "LOADING", "")
+                label = self._metric_name(name, v)
+                fresh.append(await self.loader.load(name, by_version[v], label, newest=v == wanted[-1]))
             except Exception as e:  # refuse the whole load: what serves keeps serving
                 for s in fresh:
-                    await self._close(s, unpublished=True)
+                    await self.loader.close(s, unpublished=True)
                     self._set_state(s.name, s.version, *current_state(current, s.version))
                 reason = e.message if isinstance(e, ServiceError) else str(e) if isinstance(e, StoreError) else repr(e)
                 self._refused[name, v] = fingerprint(by_version[v])
@@ -247,7 +226,7 @@ class Repository:
         retired = [s for s in current.values() if s not in serving]
         newest = serving[-1]
         if newest.model.entry.config.online and newest.hub is None:  # an older version became the newest
-            newest.hub = await self._make_hub(name, newest.model)
+            newest.hub = await self.loader.make_hub(name, newest.model)
         self.served[name] = serving
         self._publish(name)
         for s in retired:
@@ -257,62 +236,10 @@ class Repository:
         log.info("model %s serves version(s) %s", name, ", ".join(s.version for s in serving))
         return [s.version for s in serving]
 
-    async def _load_version(self, name: str, folder: Path, newest: bool) -> Served:
-        """Load, warm up and start one version (not yet in the tables)."""
-        version, t0 = folder.name, time.monotonic()
-        self._set_state(name, version, "LOADING", "")
-        files = fingerprint(folder)
-        entry = await asyncio.to_thread(load_entry, folder)
-        c = entry.config
-        # An online model classifies a clip by its last `window` frames, smoothed (OnlineAnswer).
-        network = OnlineAnswer(entry.model, c.smoothing) if isinstance(entry.model, OnlineTSM) else entry.model
-        frames = c.window if c.online else c.num_segments
-        identity = ModelIdentity(c.arch, c.weights_sha256, (frames, c.input_size, c.input_size, 3))
-        runner = Runner(network, mean=c.mean, std=c.std, num_segments=frames, input_size=c.input_size,
-                        config=self.runner_config, identity=identity)  # fmt: skip
-        try:
-            await asyncio.to_thread(runner.warmup)
-        except BaseException:
-            runner.close()
-            raise
-        label = self._metric_name(name, version)
-        batcher = Batcher(runner, self.batcher_config, name=label, on_batch=self._batch_observer(label))
-        await batcher.start()
-        model = LoadedModel(entry, batcher)
-        labels = (label, c.version, c.arch, str(c.num_segments), str(runner.device), runner.engine.precision,
-                  runner.engine.name)  # fmt: skip
-        served = Served(name, version, model, files, labels)
-        try:
-            if c.online and newest:  # live streams step the same weights frame by frame (service.live.hub)
-                served.hub = await self._make_hub(name, model)
-        except BaseException:
-            await self._close(served, unpublished=True)
-            raise
-        log.info("model %s/%s ready on %s with engine %s in %.1f s", name, version, runner.device,
-                 runner.engine.label, time.monotonic() - t0)  # fmt: skip
-        return served
-
-    async def _make_hub(self, name: str, model: LoadedModel) -> ModelHub:
-        hub = ModelHub(name, model.entry, self.live_limits, self.metrics)
-        s = self.settings
-        await asyncio.to_thread(hub.choose_engine, s.engine, s.dtype, self.inference_threads)
-        log.info("model %s: live streams on engine %s", name, hub.engine.label)
-        return hub
-
     def _metric_name(self, name: str, version: str) -> str:
         """The ``model`` label of its metrics and batcher: the bare name when its policy serves one
         version at a time (the label stays across reloads), NAME:VERSION when it serves several."""
-        return name if self.settings.serves_one_version(name) else f"{name}:{version}"
-
-    def _batch_observer(self, label: str) -> Callable[[BatchInfo], None]:
-        clips = self.metrics.batch_clips.labels(label)
-        seconds = self.metrics.batch_duration.labels(label)
-
-        def observe(info: BatchInfo) -> None:
-            clips.observe(info.size)
-            seconds.observe(info.inference_s)
-
-        return observe
+        return name if self.config.policy.serves_one_version(name) else f"{name}:{version}"
 
     def _publish(self, name: str) -> None:
         """Point the tables at ``self.served[name]`` (no await: requests see all of it or none)."""
@@ -352,7 +279,8 @@ class Repository:
         async def close_when_idle() -> None:
             while s.model.batcher.pending_clips:
                 await asyncio.sleep(0.05)
-            await self._close(s)
+            await self.loader.close(s)
+            self._retired.discard(s)
             if self._states.get((s.name, s.version), ("", ""))[0] == "UNLOADING":
                 self._set_state(s.name, s.version, "UNAVAILABLE", reason)
 
@@ -376,17 +304,6 @@ class Repository:
         task = asyncio.create_task(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-
-    async def _close(self, s: Served, unpublished: bool = False) -> None:
-        """Stop its batcher and runner. A published hub is the live service's to stop (after its
-        streams); an unpublished one (a refused load) never ran a stream."""
-        self._retired.discard(s)
-        await s.model.batcher.stop()
-        s.runner.close()
-        if unpublished and s.hub is not None:
-            await s.hub.stop()
-        with contextlib.suppress(KeyError):  # a refused load never published it
-            self.metrics.model_info.remove(*s.info_labels)
 
     def _set_state(self, name: str, version: str, state: State, reason: str) -> None:
         previous = self._states.get((name, version))

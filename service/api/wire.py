@@ -1,0 +1,31 @@
+"""What every protocol adapter reads and writes the same way: request ids, media types, Retry-After."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+
+RAW_MEDIA_TYPES = ("application/octet-stream",)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(offered: str | None) -> str:
+    """The caller's id when it is 1-128 of ``[A-Za-z0-9._:-]`` (safe to log and echo), else a new one."""
+    return offered if offered and _REQUEST_ID.match(offered) else uuid.uuid4().hex
+
+
+def media_type(content_type: str) -> str:
+    """``Video/MP4; codecs=x`` → ``video/mp4``."""
+    return content_type.split(";")[0].strip().lower()
+
+
+def is_video_upload(content_type: str) -> bool:
+    """A raw upload's content type must say it is a video (``video/*``) or opaque bytes."""
+    media = media_type(content_type)
+    return media.startswith("video/") or media in RAW_MEDIA_TYPES
+
+
+def retry_after_header(retry_after_s: float) -> str:
+    """Whole seconds, at least 1, as HTTP's Retry-After (and gRPC's ``retry-after-s``) carry them."""
+    return str(max(1, math.ceil(retry_after_s)))
