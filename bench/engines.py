@@ -28,8 +28,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from harness.load import load_average  # noqa: E402
-from service.inference.engines import ModelIdentity  # noqa: E402
-from service.inference.runner import Normalise, Runner, RunnerConfig  # noqa: E402
+from service.inference.engine_cache import ModelIdentity  # noqa: E402
+from service.inference.normalise import Normalise  # noqa: E402
+from service.inference.runner import Runner, RunnerConfig  # noqa: E402
 from service.models.store import ModelConfig, build_model  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -24,8 +24,10 @@ from service.core.errors import ErrorKind, ServiceError, shutting_down
 from service.core.metrics import Metrics
 from service.core.resources import STORE_SETTING
 from service.inference.batching import Batcher, BatcherConfig
-from service.inference.runner import RunnerConfig, resolve_device
-from service.live.hub import LiveLimits, LiveService
+from service.inference.devices import resolve_device
+from service.inference.runner import RunnerConfig
+from service.live.hub import LiveLimits
+from service.live.service import LiveService
 from service.management.catalog import Catalog
 from service.management.repository import Repository, RepositoryConfig
 from service.management.versions import VersionLoader

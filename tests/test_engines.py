@@ -12,14 +12,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from service.inference.engines import (
-    EngineCache,
-    ModelIdentity,
-    cpu_has_native_bf16,
-    openvino_available,
-    seeded_clips,
-    verify,
-)
+from service.inference.engine_cache import EngineCache, ModelIdentity
+from service.inference.engines import cpu_has_native_bf16, openvino_available, seeded_clips, verify
 from service.inference.runner import Runner, RunnerConfig
 from service.models.nn.tsm import load_state_strict
 from service.models.store import ModelConfig, build_model

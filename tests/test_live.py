@@ -39,7 +39,7 @@ from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, LiveClient, LiveFrame, live_dict
 from service.core.errors import ServiceError, shutting_down
 from service.inference.engines import cpu_has_native_bf16
-from service.inference.runner import Normalise
+from service.inference.normalise import Normalise
 from service.live.engine import choose_live_engine, torch_step
 from service.live.hub import LiveOptions
 from service.models.nn.online import OnlineTSM

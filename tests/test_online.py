@@ -16,7 +16,7 @@ from torch import nn
 from harness.inproc import InProcessServer
 from service.__main__ import main
 from service.client import GrpcClient
-from service.inference.runner import Normalise
+from service.inference.normalise import Normalise
 from service.models.nn.online import OnlineAnswer, OnlineTSM
 from service.models.nn.shift import OnlineShift
 from service.models.nn.tsm import ONLINE_MARK, load_state_strict, to_official_names

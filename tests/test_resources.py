@@ -11,7 +11,7 @@ import pytest
 import service.models.nn
 from service.core.config import Settings
 from service.core.resources import bundled_labels, bundled_store
-from service.inference.engines import model_code, model_code_sha256
+from service.inference.engine_cache import model_code, model_code_sha256
 from service.models.store import StoreError, find_versions, load_entry, resolve_labels
 from service.server import Server
 

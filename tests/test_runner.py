@@ -11,7 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from service.core.errors import ErrorKind, ServiceError
-from service.inference.runner import Normalise, Runner, RunnerConfig, batch_buckets, resolve_dtype
+from service.inference.devices import resolve_dtype
+from service.inference.normalise import Normalise
+from service.inference.runner import Runner, RunnerConfig, batch_buckets
 from service.models.nn.tsm import TSM
 
 MEAN = (0.485, 0.456, 0.406)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from harness.inproc import InProcessServer
-from service.models.store import load_entry, sha256_file
+from service.core.hashing import sha256_file
+from service.models.store import load_entry
 from service.video.decode import decode_file
 from service.video.sampling import SamplingSpec
 from tests.conftest import ROOT

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.inference.runner import Normalise
+from service.inference.normalise import Normalise
 from service.models.nn.backbones import Arch
 from service.models.nn.shift import ShiftPlace
 from service.models.store import ModelConfig, build_model, load_entry, write_entry

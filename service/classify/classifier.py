@@ -33,8 +33,8 @@ from service.classify.timeline import (
 )
 from service.core.errors import ErrorKind, ServiceError, shutting_down
 from service.core.metrics import Metrics
+from service.inference.admission import Reservation
 from service.inference.answers import LoadedModel, softmax, top_k
-from service.inference.batching import Reservation
 from service.live.hub import ModelHub
 from service.models.store import ModelConfig
 from service.video.pool import DecodePool

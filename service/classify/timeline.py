@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.classify.options import ClassifyOptions
+from service.inference.admission import Reservation
 from service.inference.answers import Prediction, top_k
-from service.inference.batching import Batcher, InferResult, Reservation
+from service.inference.batching import Batcher
+from service.inference.pipeline import InferResult
 from service.live.hub import ModelHub
 
 _FRAME_CHUNK = 32  # frames of a per-frame timeline per forward pass: bounded memory, answers as they come

@@ -25,29 +25,28 @@ Deadlines use ``time.monotonic()``. A request whose deadline passes before its r
 gets ``deadline_exceeded`` at that moment; its clips that have not reached the model never will.
 A caller that cancels its await has its remaining clips dropped the same way.
 
-Why one module of this length: the batching task (event loop), the inference thread and the
-fan-out hand the same private request and batch records to each other; they are one mechanism.
+Admission (the bounded clip budget, 429 with Retry-After) is ``service.inference.admission``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import queue
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.core.config import default
 from service.core.errors import ErrorKind, ServiceError, shutting_down
-from service.inference.runner import Runner, Staged
+from service.inference.admission import ClipBudget, Reservation
+from service.inference.pipeline import STOP, Batch, DropReason, InferResult, QueuedRequest, run_batches
+from service.inference.runner import Runner
 
 if TYPE_CHECKING:
     from service.core.config import Settings
@@ -71,19 +70,6 @@ class BatchInfo:
         return len(set(self.request_ids))
 
 
-@dataclass
-class InferResult:
-    logits: np.ndarray  # float32 [C]: mean over the request's views of the logits
-    view_logits: np.ndarray  # float32 [V, C]: each view's (a timeline's windows)
-    queue_ms: float  # time inside infer() not spent in the model (waiting for batches)
-    inference_ms: float  # summed time of the batches that held the request's clips
-
-
-# Why a clip never reached the model: its request's deadline passed, its caller went away, the
-# batcher stopped without draining, or another clip of its request was in a failed batch.
-DropReason = Literal["expired", "cancelled", "draining", "failed"]
-
-
 @dataclass(frozen=True)
 class BatcherConfig:
     """What the batcher needs of Settings (the batch size is the Runner's: ``Runner.max_batch``)."""
@@ -95,64 +81,6 @@ class BatcherConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> BatcherConfig:
         return cls(settings.max_delay_ms, settings.max_queue_clips, settings.request_timeout_s)
-
-
-class Reservation:
-    """Admitted clips; releasing returns them to the admission budget (idempotent)."""
-
-    def __init__(self, batcher: Batcher, clips: int, id: int) -> None:
-        self.batcher, self.clips, self.id = batcher, clips, id
-        self.released = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.batcher._reserved -= self.clips
-
-    def grow(self, clips: int) -> None:
-        """Admit ``clips`` more for the same request (a timeline's windows, known once decoded)."""
-        if clips > 0:
-            extra = self.batcher.reserve(clips)  # refused (429) like a new request when over capacity
-            extra.released = True  # its clips are this reservation's now, released with it
-            self.clips += clips
-
-    def __enter__(self) -> Reservation:
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.release()
-
-
-@dataclass(eq=False)
-class _Request:
-    id: int
-    frames: np.ndarray  # uint8 [V, T, H, W, 3]
-    future: asyncio.Future[InferResult]
-    deadline: float | None
-    submitted: float
-    next_clip: int = 0  # clips [0, next_clip) have been put in a batch
-    scored: int = 0
-    logits: np.ndarray | None = None  # [V, C], filled row by row
-    batch_ids: set[int] = field(default_factory=set)
-    inference_s: float = 0.0
-    dropped: DropReason | None = None  # read by the inference thread: skip the remaining clips
-
-    @property
-    def views(self) -> int:
-        return int(self.frames.shape[0])
-
-
-@dataclass(eq=False)
-class _Batch:
-    id: int
-    rows: list[tuple[_Request, int]]  # (request, view index)
-    staged: Staged | None = None
-    dropped: Counter[DropReason] = field(default_factory=Counter)  # rows removed at staging
-    error: BaseException | None = None
-    stage_s: float = 0.0
-
-
-_STOP = _Batch(0, [])  # hand-off marker: the thread returns
 
 
 class Batcher:
@@ -175,18 +103,16 @@ class Batcher:
         self.pipeline_depth = pipeline_depth or (2 if runner.device.type == "cuda" else 1)
         self.max_batch = max_batch or runner.max_batch
         self.max_delay_s = config.max_delay_ms / 1000.0
-        self.max_queue = config.max_queue_clips
         self.request_timeout_s = config.request_timeout_s
         self.dropped_clips: Counter[DropReason] = Counter()  # lifetime totals, read on the event loop
-        self._reserved = 0
-        self._ids = itertools.count(1)
+        # clips/s through the model, seeded from warm-up so that the first 429 has an estimate
+        warm_rate = max((b / t for b, t in runner.warmup_s.items() if t > 0), default=0.0)
+        self.budget = ClipBudget(name, config.max_queue_clips, warm_rate)
         self._batch_ids = itertools.count(1)
-        self._waiting: deque[_Request] = deque()  # requests with clips not yet in a batch
+        self._waiting: deque[QueuedRequest] = deque()  # requests with clips not yet in a batch
         self._queued = 0  # clips not yet in a batch
         self._in_flight = 0  # batches handed to the thread and not yet delivered
-        self._handoff: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
-        # clips/s through the model, smoothed; seeded from warm-up so the first 429 has an estimate
-        self._drain_rate = max((b / t for b, t in runner.warmup_s.items() if t > 0), default=0.0)
+        self._handoff: queue.SimpleQueue[Batch] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -198,21 +124,24 @@ class Batcher:
     @property
     def pending_clips(self) -> int:
         """Admitted clips not yet finished (reserved, decoding, queued or in the model)."""
-        return self._reserved
+        return self.budget.reserved
+
+    @property
+    def max_queue(self) -> int:
+        return self.budget.limit
 
     # ---------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._thread = asyncio.wrap_future(self.runner.submit(self._thread_main))
+        self._thread = asyncio.wrap_future(
+            self.runner.submit(lambda: run_batches(self.runner, self._handoff, self._deliver_soon))
+        )
         self._task = asyncio.create_task(self._batch_loop(), name=f"batcher-{self.name}")
 
-    async def stop(self, drain: bool = True) -> None:
-        """Finish queued work (or, with ``drain=False``, fail it as ``draining``); join the thread."""
+    async def stop(self) -> None:
+        """Finish queued work; join the thread."""
         self._stopping = True
-        if not drain:
-            for req in list(self._waiting):
-                self._fail(req, shutting_down(), "draining")
         if self._wakeup is not None:
             self._wakeup.set()
         if self._task is not None:
@@ -224,17 +153,7 @@ class Batcher:
     def reserve(self, clips: int) -> Reservation:
         if self._stopping:
             raise shutting_down()
-        if clips > self.max_queue:
-            raise ServiceError(
-                ErrorKind.bad_request, f"the request needs {clips} clips; this server takes at most {self.max_queue}"
-            )
-        if self._reserved + clips > self.max_queue:
-            excess = self._reserved + clips - self.max_queue
-            retry = min(60.0, max(0.1, excess / self._drain_rate)) if self._drain_rate > 0 else 1.0
-            message = f"model {self.name!r} is at capacity; retry shortly"
-            raise ServiceError(ErrorKind.overloaded, message, retry_after_s=round(retry, 2))
-        self._reserved += clips
-        return Reservation(self, clips, next(self._ids))
+        return self.budget.reserve(clips)
 
     async def infer(self, frames: np.ndarray, reservation: Reservation, deadline: float | None = None) -> InferResult:
         """Score uint8 ``[V, T, H, W, 3]`` frames; the logits are the mean over the V views.
@@ -245,14 +164,14 @@ class Batcher:
         if self._stopping:
             raise shutting_down()
         self.runner.check_clips(frames)
-        if reservation.batcher is not self or reservation.released or not 0 < len(frames) <= reservation.clips:
+        if reservation.budget is not self.budget or reservation.released or not 0 < len(frames) <= reservation.clips:
             raise ValueError(f"{len(frames)} clips do not fit reservation {reservation.id} of {reservation.clips}")
         now = time.monotonic()
         deadline = now + self.request_timeout_s if deadline is None else deadline
         if deadline <= now:
             self.dropped_clips["expired"] += len(frames)
             raise ServiceError(ErrorKind.deadline_exceeded, "the request's deadline passed before inference")
-        req = _Request(reservation.id, frames, self._loop.create_future(), deadline, now)
+        req = QueuedRequest(reservation.id, frames, self._loop.create_future(), deadline, now)
         if self._last_arrival is not None:  # smoothed gap between arrivals, for the batch delay
             self._gap_s = 0.8 * self._gap_s + 0.2 * (now - self._last_arrival)
         self._last_arrival = now
@@ -269,18 +188,18 @@ class Batcher:
         finally:
             timer.cancel()
 
-    def _expire(self, req: _Request) -> None:
+    def _expire(self, req: QueuedRequest) -> None:
         if not req.future.done():
             waited = (time.monotonic() - req.submitted) * 1000
             message = f"the request's deadline passed after {waited:.0f} ms waiting for the model"
             self._fail(req, ServiceError(ErrorKind.deadline_exceeded, message), "expired")
 
-    def _fail(self, req: _Request, error: BaseException, reason: DropReason) -> None:
+    def _fail(self, req: QueuedRequest, error: BaseException, reason: DropReason) -> None:
         if not req.future.done():
             req.future.set_exception(error)
         self._drop(req, reason)
 
-    def _drop(self, req: _Request, reason: DropReason) -> None:
+    def _drop(self, req: QueuedRequest, reason: DropReason) -> None:
         """The request's clips not yet in a batch never will be; those in one are skipped at staging."""
         if req.dropped:
             return
@@ -319,16 +238,16 @@ class Batcher:
                 rows = self._take_batch()
                 if rows:
                     self._in_flight += 1
-                    self._handoff.put(_Batch(next(self._batch_ids), rows))
+                    self._handoff.put(Batch(next(self._batch_ids), rows))
         finally:
             for req in list(self._waiting):  # only left here if this task itself failed
                 self._fail(req, ServiceError(ErrorKind.internal, "the batching task stopped"), "failed")
-            self._handoff.put(_STOP)
+            self._handoff.put(STOP)
 
-    def _take_batch(self) -> list[tuple[_Request, int]]:
+    def _take_batch(self) -> list[tuple[QueuedRequest, int]]:
         """One clip per waiting request in turn; requests with clips left go to the back."""
-        rows: list[tuple[_Request, int]] = []
-        again: list[_Request] = []
+        rows: list[tuple[QueuedRequest, int]] = []
+        again: list[QueuedRequest] = []
         while len(rows) < self.max_batch and (self._waiting or again):
             if not self._waiting:
                 self._waiting.extend(again)
@@ -342,57 +261,13 @@ class Batcher:
         self._queued -= len(rows)
         return rows
 
-    # ------------------------------------------------------------------- the inference thread
-    def _thread_main(self) -> None:
-        """Runs on the runner's thread: stage, launch, stage the next while this one runs, collect."""
-        runner, loop = self.runner, self._loop
-        assert loop is not None
-        ahead: _Batch | None = None  # already taken from the hand-off (and staged)
-        while True:
-            batch = ahead or self._handoff.get()
-            ahead = None
-            if batch is _STOP:
-                return
-            if batch.staged is None and batch.error is None:
-                self._stage(batch)
-            logits: np.ndarray | None = None
-            start = time.perf_counter()
-            if batch.staged is not None and batch.error is None:
-                try:
-                    launched = runner.launch(batch.staged)
-                    while ahead is None and not runner.is_done(launched):  # CUDA: the GPU is busy
-                        with contextlib.suppress(queue.Empty):
-                            ahead = self._handoff.get(timeout=0.0005)
-                            if ahead is not _STOP:
-                                self._stage(ahead)
-                    logits = runner.collect(launched)
-                    if logits.shape[0] != len(batch.rows):
-                        raise RuntimeError(f"batch of {len(batch.rows)} clips returned {logits.shape[0]} rows")
-                except Exception as e:
-                    batch.error = e
-            loop.call_soon_threadsafe(self._deliver, batch, logits, batch.stage_s + time.perf_counter() - start)
-
-    def _stage(self, batch: _Batch) -> None:
-        start = time.perf_counter()
-        now = time.monotonic()
-        keep = []
-        for req, view in batch.rows:
-            if req.dropped:
-                batch.dropped[req.dropped] += 1
-            elif req.deadline is not None and req.deadline <= now:  # its timer has not fired yet
-                batch.dropped["expired"] += 1
-            else:
-                keep.append((req, view))
-        batch.rows = keep
-        if keep:
-            try:
-                batch.staged = self.runner.stage([r.frames[v] for r, v in keep])
-            except Exception as e:
-                batch.error = e
-        batch.stage_s = time.perf_counter() - start
-
     # ------------------------------------------------------------------ fan-out (event loop)
-    def _deliver(self, batch: _Batch, logits: np.ndarray | None, elapsed: float) -> None:
+    def _deliver_soon(self, batch: Batch, logits: np.ndarray | None, elapsed: float) -> None:
+        """From the inference thread: hand the batch's outcome to the event loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, batch, logits, elapsed)
+
+    def _deliver(self, batch: Batch, logits: np.ndarray | None, elapsed: float) -> None:
         self._in_flight -= 1
         assert self._wakeup is not None
         self._wakeup.set()  # a pipeline slot is free
@@ -407,8 +282,7 @@ class Batcher:
                 self._fail(req, error, "failed")
         else:
             assert logits is not None
-            rate = len(batch.rows) / max(elapsed, 1e-6)
-            self._drain_rate = rate if self._drain_rate == 0 else 0.8 * self._drain_rate + 0.2 * rate
+            self.budget.observe_rate(len(batch.rows) / max(elapsed, 1e-6))
             done = time.monotonic()
             for (req, view), row in zip(batch.rows, logits, strict=True):
                 if req.future.done():

@@ -8,7 +8,7 @@ An engine maps uint8 clips ``[B, T, H, W, 3]`` (a tensor on the runner's device)
 * ``compile``: ``torch.compile`` of the same function (CUDA; on CPU it needs a C++ toolchain).
 * ``openvino``: the model, normalisation included, converted to OpenVINO IR and run by its CPU plugin
   (float32, or bfloat16 where the CPU has it and ``dtype=bfloat16`` asks for it). It won on our CPU
-  (bench/RESULTS.md, engines table); ONNX Runtime was measured and not kept.
+  (bench/RESULTS.md, engines table).
 
 ``auto`` builds every engine the device offers (CPU: openvino, torch; CUDA: torch), verifies each and
 takes the fastest at batch 1 on this machine.
@@ -19,29 +19,20 @@ classes agree. ``tol`` is the golden tolerance for float32 (1e-3 ResNet, 1e-4 Mo
 top-5 identical; 5e-2 with the top-1 identical for float16/bfloat16 (a looser bound: half precisions
 round activations to 8-11 bits). A refused engine costs one log line and the runner falls back.
 
-**Cache.** Converted engines live under ``cache_dir/<key>/`` where the key hashes the weights' sha256,
-the engine, its version, the shapes, the precision and the model code (``service/models/nn/``).
-``manifest.json`` holds the sha256 of every file; an entry whose files do not match it (truncated,
-edited) or whose engine fails verification is rebuilt, never served.
-
-Why one module of this length: choosing an engine is building, verifying and caching it; the three
-share the model's identity and the verification rules.
+Converted engines are kept by ``service.inference.engine_cache``; an entry whose engine fails
+verification is rebuilt, never served.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.models.store import sha256_file
+from service.inference.engine_cache import EngineCache, ModelIdentity
 
 log = logging.getLogger("tsm.engines")
 
-# Bumped when what we write into a cache entry changes: older entries then never match.
-NETWORK_PACKAGE = "service.models.nn"  # the code the converted graph is traced from
-CACHE_FORMAT = 2  # 2: converted through ONNX
 FP32_TOLERANCE = {"resnet50": 1e-3, "resnet101": 1e-3, "mobilenetv2": 1e-4}
 HALF_TOLERANCE = 5e-2
 
 Compute = Callable[[Tensor], Tensor]
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tsm-serve" / "engines"
 
 
 @functools.cache
@@ -83,15 +66,6 @@ def openvino_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What makes a converted engine valid for a model: its weights and the shapes it is fed."""
-
-    arch: str
-    weights_sha256: str
-    clip_shape: tuple[int, int, int, int]  # T, H, W, 3
 
 
 @dataclass
@@ -168,80 +142,6 @@ class _Serving(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(self.normalise(x).contiguous())
-
-
-@functools.cache
-def model_code_sha256() -> str:
-    """The code the converted graph is traced from (service/models/nn/): a change to it (a new answer rule,
-    a fixed shift) must never be served from a conversion of the old code, whose random-clip
-    verification could still pass (it did once: OnlineAnswer's padding rule)."""
-    h = hashlib.sha256()
-    for name, code in model_code().items():
-        h.update(name.encode() + b"\0" + code)
-    return h.hexdigest()
-
-
-def model_code() -> dict[str, bytes]:
-    """File name -> bytes of every module of the network code, read as package data (an installed,
-    zipped or read-only package has them too)."""
-    package = files(NETWORK_PACKAGE)
-    return {f.name: f.read_bytes() for f in sorted(package.iterdir(), key=lambda f: f.name) if f.name.endswith(".py")}
-
-
-class EngineCache:
-    """Folders of converted engines with a manifest of file hashes (rules: module docstring)."""
-
-    def __init__(self, root: Path | None) -> None:
-        self.root = root or default_cache_dir()
-
-    @staticmethod
-    def key(identity: ModelIdentity, engine: str, version: str, precision: str) -> dict[str, Any]:
-        return {
-            "format": CACHE_FORMAT, "engine": engine, "version": version, "precision": precision,
-            "weights_sha256": identity.weights_sha256, "clip_shape": list(identity.clip_shape),
-            "graph": model_code_sha256(),
-        }  # fmt: skip
-
-    def folder(self, key: dict[str, Any]) -> Path:
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        return self.root / f"{key['engine']}-{digest}"
-
-    def lookup(self, key: dict[str, Any]) -> Path | None:
-        """The entry's folder if it is complete and unaltered; a damaged one is removed."""
-        folder = self.folder(key)
-        manifest = folder / "manifest.json"
-        if not manifest.exists():
-            return None
-        try:
-            meta = json.loads(manifest.read_text())
-            files = meta["files"].items()
-            intact = meta["key"] == key and all(sha256_file(folder / name) == sha for name, sha in files)
-        except (OSError, ValueError, KeyError, TypeError):
-            intact = False
-        if not intact:
-            log.warning("engine cache entry %s is damaged or stale: rebuilding it", folder)
-            self.discard(key)
-            return None
-        return folder
-
-    def store(self, key: dict[str, Any], write: Callable[[Path], None]) -> Path | None:
-        """Write an entry atomically (a temp folder renamed into place); None if the cache is unwritable."""
-        folder = self.folder(key)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-            write(tmp)
-            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-            (tmp / "manifest.json").write_text(json.dumps({"key": key, "files": files}, indent=1))
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
-        except OSError as e:
-            log.warning("engine cache %s is not writable (%s): engines are converted at every start", self.root, e)
-            return None
-        return folder
-
-    def discard(self, key: dict[str, Any]) -> None:
-        shutil.rmtree(self.folder(key), ignore_errors=True)
 
 
 def _export_onnx(module: nn.Module, clip_shape: tuple[int, ...]) -> bytes:

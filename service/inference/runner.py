@@ -17,8 +17,8 @@ Precision: autocast float16 (default) or bfloat16 on CUDA; on CPU bfloat16 throu
 CPU runs it natively (the default there) or float32; torch itself runs float32 on CPU (its CPU
 half-precision convolutions are slower than float32 on the machines we serve from).
 
-Why one module of this length: staging, launching, CUDA graphs, warm-up and the CPU chunking all
-share the runner's buffers, buckets and thread; split apart they would reach into each other.
+The device and precision rules are ``service.inference.devices``; the input normalisation is
+``service.inference.normalise``.
 """
 
 from __future__ import annotations
@@ -38,32 +38,16 @@ from torch import Tensor, nn
 
 from service.core.config import default
 from service.core.errors import ErrorKind, ServiceError
-from service.inference.engines import Compute, Engine, EngineChooser, ModelIdentity
+from service.inference.devices import resolve_device, resolve_dtype
+from service.inference.engine_cache import ModelIdentity
+from service.inference.engines import Compute, Engine, EngineChooser
+from service.inference.normalise import Normalise
 
 if TYPE_CHECKING:
     from service.core.config import Settings
 
 log = logging.getLogger("tsm.runner")
 T_ = TypeVar("T_")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but this machine has no usable CUDA device")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The precision of the torch engines: on CPU always float32 (bfloat16 is OpenVINO's there)."""
-    if device.type != "cuda":
-        if name == "float16":
-            log.warning("dtype float16 ignored on %s: CPU inference runs in float32 (or bfloat16)", device)
-        return torch.float32
-    return torch.float16 if name == "auto" else _DTYPES[name]
 
 
 # Largest batch warmed up on CPU: past 2-4 clips a CPU batch gets no faster per clip (bench/RESULTS.md),
@@ -94,23 +78,6 @@ class RunnerConfig:
             channels_last=settings.channels_last, engine=settings.engine, engine_cache_dir=settings.engine_cache_dir,
             cuda_graphs=settings.cuda_graphs, max_batch_clips=settings.max_batch_clips,
         )  # fmt: skip
-
-
-class Normalise:
-    """uint8 ``[B, T, H, W, 3]`` RGB → float ``[B, T, 3, H, W]``, ``(x/255 - mean) / std``: the model's
-    input, for serving and training alike. The result is a view whose frames are channels-last in
-    memory (no copy); ``contiguous()`` it for a channels-first model."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
-        if len(mean) != 3 or len(std) != 3 or max(mean) > 1.0 or min(std) <= 0:
-            raise ValueError("mean/std must be 3 values each, on the [0, 1] pixel scale (ImageNet: 0.485...)")
-        # x_norm = (x/255 - mean) / std = x * scale - offset, shaped for [B, T, 3, H, W]
-        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 1, 3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 1, 3, 1, 1)
-        self._scale, self._offset = 1.0 / (255.0 * s), m / s
-
-    def __call__(self, frames: Tensor) -> Tensor:
-        return frames.permute(0, 1, 4, 2, 3).float() * self._scale - self._offset
 
 
 def batch_buckets(max_batch: int) -> list[int]:

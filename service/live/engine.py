@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from service.inference.engines import cpu_has_native_bf16, engine_label, openvino_available, verify
-from service.inference.runner import Normalise
+from service.inference.normalise import Normalise
 from service.models.nn.online import OnlineTSM
 
 log = logging.getLogger("tsm.live")

@@ -28,7 +28,8 @@ from service.core.errors import ErrorKind, ServiceError
 from service.core.metrics import Metrics
 from service.core.version_policy import VersionPolicy
 from service.inference.answers import LoadedModel
-from service.live.hub import LiveService, ModelHub
+from service.live.hub import ModelHub
+from service.live.service import LiveService
 from service.management.versions import Served, VersionLoader, fingerprint
 from service.models.store import StoreError, find_versions, version_key
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from service.core.metrics import Metrics
 from service.inference.answers import LoadedModel
 from service.inference.batching import Batcher, BatcherConfig, BatchInfo
-from service.inference.engines import ModelIdentity
+from service.inference.engine_cache import ModelIdentity
 from service.inference.runner import Runner, RunnerConfig
 from service.live.hub import LiveLimits, ModelHub
 from service.models.nn.online import OnlineAnswer, OnlineTSM

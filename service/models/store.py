@@ -5,7 +5,6 @@ Weights, preprocessing and labels travel together, so an entry is everything nee
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from service.core.hashing import sha256_file
 from service.core.resources import bundled_labels
 from service.models.nn.backbones import Arch
 from service.models.nn.online import OnlineTSM
@@ -114,14 +114,6 @@ def build_model(config: ModelConfig) -> TSM | OnlineTSM:
         shift=config.shift,
         width_mult=config.width_mult,
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_labels(path: Path) -> list[str]:

@@ -1,0 +1,28 @@
+"""Which device a model runs on and at which precision (``TSM_DEVICE``, ``TSM_DTYPE``)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("tsm.runner")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but this machine has no usable CUDA device")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The precision of the torch engines: on CPU always float32 (bfloat16 is OpenVINO's there)."""
+    if device.type != "cuda":
+        if name == "float16":
+            log.warning("dtype float16 ignored on %s: CPU inference runs in float32 (or bfloat16)", device)
+        return torch.float32
+    return torch.float16 if name == "auto" else _DTYPES[name]
