@@ -70,7 +70,8 @@ def run_one(method: str, path: str, repeat: int) -> dict[str, float]:
     """Runs in a fresh process: one warm-up, then ``repeat`` timed decodes."""
     import numpy as np
 
-    from service.video.decode import DecodeLimits, decode_file
+    from service.video.decode import decode_file
+    from service.video.probe import DecodeLimits
     from service.video.sampling import SamplingSpec, assemble, sample_indices, scaled_size
 
     limits = DecodeLimits(4096 * 2304, 8192, 3600.0, 60.0, 4096, 1000)

@@ -32,8 +32,8 @@ from service.management.catalog import Catalog
 from service.management.repository import Repository, RepositoryConfig
 from service.management.versions import VersionLoader
 from service.models.store import StoreError, find_versions
-from service.video.decode import DecodeLimits
 from service.video.pool import DecodePool
+from service.video.probe import DecodeLimits
 from service.video.spool import default_spool_dir
 
 log = logging.getLogger("tsm.server")

@@ -19,7 +19,7 @@ from service.core.config import Settings, available_cores
 from service.core.logs import configure_logging
 from service.inference.batching import BatcherConfig
 from service.inference.runner import RunnerConfig
-from service.video.decode import DecodeLimits
+from service.video.probe import DecodeLimits
 from tests.conftest import ROOT
 
 

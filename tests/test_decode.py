@@ -27,8 +27,9 @@ from harness.media import (
     truncate,
 )
 from service.core.errors import ServiceError
-from service.video.decode import DecodedVideo, DecodeLimits, decode_file
+from service.video.decode import DecodedVideo, decode_file
 from service.video.pool import DecodePool
+from service.video.probe import DecodeLimits
 from service.video.sampling import SamplingSpec, sample_indices
 
 ROOT = Path(__file__).resolve().parent.parent

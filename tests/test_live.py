@@ -44,8 +44,9 @@ from service.live.engine import choose_live_engine, torch_step
 from service.live.hub import LiveOptions
 from service.models.nn.online import OnlineTSM
 from service.models.store import load_entry, write_random_entry
-from service.video.decode import DecodeLimits, decode_file
+from service.video.decode import decode_file
 from service.video.frames import Frame, Preprocess, frame_size
+from service.video.probe import DecodeLimits
 from service.video.sampling import SamplingSpec
 from tests.conftest import TINY_LABELS
 

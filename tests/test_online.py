@@ -21,7 +21,8 @@ from service.models.nn.online import OnlineAnswer, OnlineTSM
 from service.models.nn.shift import OnlineShift
 from service.models.nn.tsm import ONLINE_MARK, load_state_strict, to_official_names
 from service.models.store import StoreError, import_checkpoint, load_entry, write_random_entry
-from service.video.decode import DecodeLimits, decode_file
+from service.video.decode import decode_file
+from service.video.probe import DecodeLimits
 from service.video.sampling import SamplingSpec, stride_indices
 from tests.checkpoints import FIXTURES, MEAN, STD, synthetic_state_dict, write_checkpoint
 

@@ -20,7 +20,7 @@ from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.classify.timeline import TimelineWindow, segments
 from service.client import ClassifyError, Client, GrpcClient
-from service.client import main as client_main
+from service.client.cli import main as client_main
 from service.core.resources import bundled_store
 from service.inference.answers import Prediction
 from service.video.sampling import sample_indices, timeline_windows, window_indices

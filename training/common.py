@@ -15,7 +15,8 @@ import numpy as np
 
 from service.core.config import Settings
 from service.core.resources import bundled_store
-from service.video.decode import DecodeLimits, decode_file
+from service.video.decode import decode_file
+from service.video.probe import DecodeLimits
 from service.video.sampling import SamplingSpec
 from training.synthetic import GENERATOR_VERSION, LABELS, Ranges, sample_clip, write_clip
 

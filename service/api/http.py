@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,105 +20,37 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.http_live import add_live_routes
+from service.api.http_schemas import (
+    UPLOAD_BODY,
+    ClassifyResponse,
+    ModelRef,
+    ModelsResponse,
+    PredictionOut,
+    ReadyResponse,
+    error_responses,
+)
 from service.api.oip_http import add_oip_routes, v2_error
 from service.api.wire import is_video_upload, media_type, request_id, retry_after_header
 from service.classify.classifier import Classifier
 from service.classify.options import CROPS, MAX_CLIPS, MAX_TIMEOUT_S, MAX_TOP_K, ClassifyOptions, Sampling
 from service.classify.result import Classification
-from service.classify.timeline import Timeline, TimelineWindow
+from service.classify.timeline import TimelineWindow
 from service.core.errors import ErrorKind, ServiceError
-from service.core.metrics import STAGES
 from service.management.catalog import ModelInfo
-from service.management.repository import VersionState
 from service.server import Server
-from service.video.decode import VideoFacts
 from service.video.spool import multipart_file
 
 log = logging.getLogger("tsm.http")
 NDJSON = "application/x-ndjson"
 _DEFAULTS = ClassifyOptions()
 _BODY_WAIT_S = 10.0  # the longest a refusal during a drain waits for the rest of its request's body
-
-
-# ----------------------------------------------------------------------------------- schemas
-class ErrorBody(BaseModel):
-    code: str = Field(description="stable machine-readable code, e.g. undecodable_video")
-    message: str = Field(description="what went wrong and what to change")
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-class PredictionOut(BaseModel):
-    label: str
-    index: int
-    score: float = Field(description="softmax probability")
-
-
-class ModelRef(BaseModel):
-    name: str
-    version: str
-    untrained: bool = Field(description="true for a model with random weights: its answers mean nothing")
-
-
-class ClassifyResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    predictions: list[PredictionOut] = Field(description="best first")
-    video: VideoFacts
-    clips: int
-    crops: int
-    timings_ms: dict[str, float] = Field(description=", ".join(STAGES))
-    timeline: Timeline | None = Field(
-        default=None, description="with timeline=true: each window's top-k, and consecutive windows with the same "
-        "top-1 merged into segments; predictions are then the mean over the windows",
-    )  # fmt: skip
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelInfo] = Field(description="the serving versions")
-    repository: list[VersionState] = Field(description="every version in the store or known here, with its state")
-
-
-class ReadyResponse(BaseModel):
-    ready: bool
-    reason: str = ""
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorResponse, "description": _STATUS_TEXT[s]} for s in statuses}
-
-
-_STATUS_TEXT = {
-    400: "bad parameters or an empty upload", 401: "missing or wrong credentials", 404: "unknown model",
-    413: "upload too large", 415: "not a video content type", 422: "undecodable or unsupported video",
-    429: "overloaded; see Retry-After", 500: "internal error", 503: "not ready or draining",
-    504: "deadline exceeded",
-}  # fmt: skip
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            },
-            "video/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
 
 
 def error_response(error: ServiceError) -> JSONResponse:
@@ -395,12 +327,12 @@ def create_app(server: Server) -> FastAPI:
 
     app.add_api_route(
         "/classify", classify, methods=["POST"], response_model=ClassifyResponse, dependencies=guarded,
-        responses=_errors(400, *auth, 404, 413, 415, 422, 429, 500, 503, 504), openapi_extra=_UPLOAD_BODY,
+        responses=error_responses(400, *auth, 404, 413, 415, 422, 429, 500, 503, 504), openapi_extra=UPLOAD_BODY,
         summary="Classify the actions in a video",
     )  # fmt: skip
-    app.add_api_route("/v1/models", list_models, response_model=ModelsResponse, responses=_errors(*auth),
+    app.add_api_route("/v1/models", list_models, response_model=ModelsResponse, responses=error_responses(*auth),
                       dependencies=guarded)  # fmt: skip
-    app.add_api_route("/v1/models/{name}", get_model, response_model=ModelInfo, responses=_errors(*auth, 404),
+    app.add_api_route("/v1/models/{name}", get_model, response_model=ModelInfo, responses=error_responses(*auth, 404),
                       dependencies=guarded)  # fmt: skip
     app.add_api_route("/healthz", healthz, summary="Liveness: the process answers", dependencies=probe_guard)
     app.add_api_route("/readyz", readyz, response_model=ReadyResponse, responses={503: {"model": ReadyResponse}},

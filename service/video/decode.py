@@ -11,23 +11,20 @@ decoded in worker processes (``service.video.pool``), never in the server proces
   (or three-) cropped.
 - Error messages are ours: library text carries server paths and is never passed on.
 
-Why one module of this length: the probe, the limits, the decode plan and the decoders share the
-probe's facts and the error messages; split apart, each piece would import the others' internals.
+Probing and the limits are ``service.video.probe``.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import numpy as np
 
-from service.core.errors import ErrorKind, ServiceError
+from service.video.probe import DecodeLimits, Probe, probe, too_long, too_many_windows, undecodable, video_stream
 from service.video.sampling import (
     SamplingSpec,
     assemble,
@@ -39,40 +36,12 @@ from service.video.sampling import (
     window_indices,
 )
 
-if TYPE_CHECKING:
-    from service.core.config import Settings
-
-MiB = 1024 * 1024
-# The long side of a resized frame is at most this many times its short side: a 16x8000 upload
-# would otherwise become a 256x128000 frame.
-MAX_ASPECT = 16
 # Codecs whose sparse decoding (restarts at keyframes, frames nothing refers to skipped) returns the
 # pixels of full decoding, checked by tests/test_decode.py; others (AV1: hidden frames) decode every frame.
 SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg1video", "mpeg2video", "mjpeg", "gif", "ffv1"})
 # One decoder thread per worker: the pool runs a worker per core of its budget (bench/RESULTS.md, 2026-11-28:
 # two single-threaded workers decoded faster than one with two threads).
 DECODER_THREADS = 1
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    max_frame_pixels: int
-    max_frame_side: int
-    max_duration_s: float
-    timeout_s: float
-    memory_mb: int
-    max_jobs: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DecodeLimits:
-        return cls(
-            max_frame_pixels=settings.max_frame_pixels,
-            max_frame_side=settings.max_frame_side,
-            max_duration_s=settings.max_duration_s,
-            timeout_s=settings.decode_timeout_s,
-            memory_mb=settings.decode_memory_mb,
-            max_jobs=settings.decode_max_jobs,
-        )
 
 
 @dataclass(frozen=True)
@@ -98,163 +67,6 @@ class DecodedVideo:
     windows: list[tuple[float, float]] = field(default_factory=list)  # a timeline's (start_s, end_s)
 
 
-# --- probe ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Probe:
-    container: str
-    codec: str
-    coded_width: int
-    coded_height: int
-    rotation: int
-    frames: int  # 0: unknown
-    fps: float
-    duration_s: float  # 0: unknown
-
-    @property
-    def display_size(self) -> tuple[int, int]:
-        if self.rotation in (90, 270):
-            return self.coded_height, self.coded_width
-        return self.coded_width, self.coded_height
-
-
-# Signatures of containers we would decode: a file that starts like one but will not open is a
-# damaged video (422), anything else is not a video at all (415).
-def _looks_like_video(head: bytes) -> bool:
-    return (
-        head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
-        or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
-        or head[:4] in (b"\x1a\x45\xdf\xa3", b"OggS", b"FLV\x01", b"\x30\x26\xb2\x75")
-        or head[:6] in (b"GIF87a", b"GIF89a")
-        or head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")
-        or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)
-    )
-
-
-def _undecodable(detail: str = "") -> ServiceError:
-    return ServiceError(
-        ErrorKind.undecodable_video,
-        "The video could not be decoded"
-        + (f": {detail}" if detail else "")
-        + ". Check that the file plays, or re-encode it (for example H.264 in MP4).",
-    )
-
-
-def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:  # cover art of audio files
-            return stream
-    return None
-
-
-def _fraction(value: Fraction | None) -> float:
-    return float(value) if value else 0.0
-
-
-def probe(path: str | Path, limits: DecodeLimits) -> _Probe:
-    """Reads the container header (and the first frame, for rotation) and enforces the limits."""
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise _undecodable() from exc
-    if size == 0:
-        raise ServiceError(ErrorKind.empty_upload, "The upload is empty: send the video file's bytes.")
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except (av.FFmpegError, UnicodeDecodeError, OverflowError, ValueError) as exc:
-        with open(path, "rb") as f:
-            head = f.read(189)
-        if _looks_like_video(head):
-            raise _undecodable("the file looks damaged or truncated") from exc
-        raise _unsupported() from exc
-    with container:
-        fmt = container.format.name.split(",")[0]
-        if fmt == "image2" or fmt.endswith("_pipe"):
-            raise ServiceError(
-                ErrorKind.unsupported_media_type,
-                "This is a still image, not a video. Send a video file (MP4, WebM, MKV, AVI, MOV, GIF...).",
-            )
-        stream = _video_stream(container)
-        if stream is None:
-            if container.streams.audio:
-                raise ServiceError(ErrorKind.no_video_stream, "The file has audio but no video track: send a video.")
-            raise _unsupported()
-        ctx = stream.codec_context
-        codec = ctx.name if ctx is not None else "unknown"
-        width, height = (ctx.width, ctx.height) if ctx is not None else (0, 0)
-        if width <= 0 or height <= 0:
-            raise _undecodable("its frame size is missing")
-        _check_frame_size(width, height, limits)
-        fps = _fraction(stream.average_rate) or _fraction(stream.guessed_rate) or _fraction(stream.base_rate)
-        frames = max(stream.frames or 0, 0)
-        duration = 0.0
-        if stream.duration and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration:
-            duration = container.duration / av.time_base
-        elif frames and fps:
-            duration = frames / fps
-        if duration > limits.max_duration_s:
-            raise _too_long(duration, limits)
-        rotation = 0
-        try:
-            for frame in container.decode(stream):
-                rotation = round(frame.rotation / 90.0) * 90 % 360
-                break
-            else:
-                raise _undecodable("it contains no frames")
-        except av.FFmpegError as exc:
-            raise _undecodable() from exc
-    return _Probe(fmt, codec, width, height, rotation, frames, fps, duration)
-
-
-def _unsupported() -> ServiceError:
-    return ServiceError(
-        ErrorKind.unsupported_media_type,
-        "This is not a video file we can read. Send a video (MP4, WebM, MKV, AVI, MOV, GIF...).",
-    )
-
-
-def _too_long(duration: float, limits: DecodeLimits) -> ServiceError:
-    return ServiceError(
-        ErrorKind.video_too_long,
-        f"The video lasts {duration:.0f} s; the limit is {limits.max_duration_s:.0f} s. Send a shorter clip.",
-    )
-
-
-def _too_many_windows(count: int, duration_s: float, spec: SamplingSpec) -> ServiceError:
-    if spec.sampling == "every":
-        return ServiceError(
-            ErrorKind.too_many_windows,
-            f"A per-frame timeline takes every {spec.stride}th frame of this {duration_s:.1f} s video: {count} frames; "
-            f"this server takes at most {spec.max_windows}. Send a shorter video.",
-        )
-    return ServiceError(
-        ErrorKind.too_many_windows,
-        f"A timeline of {spec.window_s:g} s windows every {spec.stride_s:g} s over this {duration_s:.1f} s video has "
-        f"{count} windows; this server takes at most {spec.max_windows}. Raise stride_s or window_s, or send a "
-        "shorter video.",
-    )
-
-
-def _check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
-    if (
-        width * height > limits.max_frame_pixels
-        or max(width, height) > limits.max_frame_side
-        or max(width, height) > MAX_ASPECT * min(width, height)
-    ):
-        raise ServiceError(
-            ErrorKind.video_too_large,
-            f"The frames are {width}x{height}; we accept at most {limits.max_frame_pixels} pixels, "
-            f"{limits.max_frame_side} pixels a side and an aspect ratio up to {MAX_ASPECT}:1. "
-            "Downscale the video and send it again.",
-        )
-
-
-# --- decoders ---------------------------------------------------------------------------------
-
-
 def decode_file(
     path: str | Path, spec: SamplingSpec, limits: DecodeLimits, threads: int = DECODER_THREADS
 ) -> DecodedVideo:
@@ -263,14 +75,14 @@ def decode_file(
     return _decode_pyav(str(path), info, spec, limits, threads)
 
 
-def _facts(info: _Probe, frames: int, fps: float, decoder: str) -> VideoFacts:
+def _facts(info: Probe, frames: int, fps: float, decoder: str) -> VideoFacts:
     width, height = info.display_size
     duration = info.duration_s or (frames / fps if fps else 0.0)
     return VideoFacts(info.container, info.codec, width, height, frames, round(fps, 3), round(duration, 3),
                       info.rotation, decoder)  # fmt: skip
 
 
-def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimits, threads: int) -> DecodedVideo:
+def _decode_pyav(path: str, info: Probe, spec: SamplingSpec, limits: DecodeLimits, threads: int) -> DecodedVideo:
     width, height = scaled_size(*info.display_size, spec.scale_size, spec.resize)
     coded_w, coded_h = (height, width) if info.rotation in (90, 270) else (width, height)
     turns = info.rotation // 90  # np.rot90 turns counter-clockwise, as the display matrix does
@@ -280,21 +92,21 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
         packets = demux(path)
         count = len(packets.pts)
         if count == 0:
-            raise _undecodable("it contains no frames")
+            raise undecodable("it contains no frames")
         fps = info.fps or 25.0
         if not info.duration_s and count / fps > limits.max_duration_s:
-            raise _too_long(count / fps, limits)
+            raise too_long(count / fps, limits)
         windows: list[tuple[float, float]] = []
         if spec.sampling == "every":  # refused before any frame is decoded when there are too many
             starts = list(range(0, count, spec.stride))
             if len(starts) > spec.max_windows:
-                raise _too_many_windows(len(starts), count / fps, spec)
+                raise too_many_windows(len(starts), count / fps, spec)
             windows = [(i / fps, min(i + spec.stride, count) / fps) for i in starts]
             indices = [[i] for i in starts]
         elif spec.timeline:
             windows = timeline_windows(count / fps, spec.window_s, spec.stride_s)
             if len(windows) > spec.max_windows:
-                raise _too_many_windows(len(windows), count / fps, spec)
+                raise too_many_windows(len(windows), count / fps, spec)
             indices = window_indices(count, fps, windows, spec.num_segments)
         elif spec.sampling == "stride":
             indices = [stride_indices(count, spec.num_segments, spec.stride)]
@@ -313,9 +125,9 @@ def _decode_pyav(path: str, info: _Probe, spec: SamplingSpec, limits: DecodeLimi
         else:
             got = _in_order(path, order, convert, threads)
     except av.FFmpegError as exc:
-        raise _undecodable() from exc
+        raise undecodable() from exc
     if not got:
-        raise _undecodable("none of its frames decode")
+        raise undecodable("none of its frames decode")
     # A damaged stream can yield fewer frames than packets: use the last frame before a gap.
     unique = np.empty((len(order), height, width, 3), np.uint8)
     last = got[min(got)]
@@ -352,9 +164,9 @@ class Packets:
 def demux(path: str) -> Packets:
     packets = Packets([], [])
     with av.open(path, metadata_errors="ignore") as container:
-        stream = _video_stream(container)
+        stream = video_stream(container)
         if stream is None:
-            raise _undecodable()
+            raise undecodable()
         for packet in container.demux(stream):
             if packet.size:
                 packets.pts.append(packet.pts)
@@ -423,7 +235,7 @@ def sparse_decode(
                 got[i] = convert(frame)
 
     with av.open(path, metadata_errors="ignore") as container:
-        stream = _video_stream(container)
+        stream = video_stream(container)
         assert stream is not None
         stream.thread_count = threads
         ctx = stream.codec_context
@@ -457,7 +269,7 @@ def _in_order(
     wanted = set(order)
     got: dict[int, np.ndarray] = {}
     with av.open(path, metadata_errors="ignore") as container:
-        stream = _video_stream(container)
+        stream = video_stream(container)
         assert stream is not None
         stream.thread_count = threads
         if keyframes is not None:

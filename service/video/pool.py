@@ -32,7 +32,8 @@ import numpy as np
 
 import service
 from service.core.errors import ErrorKind, ServiceError, shutting_down
-from service.video.decode import DECODER_THREADS, DecodedVideo, DecodeLimits, VideoFacts
+from service.video.decode import DECODER_THREADS, DecodedVideo, VideoFacts
+from service.video.probe import DecodeLimits
 from service.video.sampling import SamplingSpec
 from service.video.worker import BOOT, crashed
 

@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from service.core.errors import ErrorKind, ServiceError
-from service.video.decode import DecodeLimits, MiB
+from service.video.probe import DecodeLimits, MiB
 from service.video.sampling import SamplingSpec
 
 BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from service.video.worker import worker_main; worker_main()"
