@@ -39,11 +39,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.e2e import machine
+from service.models.importing import calibrate_batchnorm
 from service.models.nn import shift as shift_module
 from service.models.nn.backbones import Arch
 from service.models.nn.shift import ShiftPlace, TemporalShift
 from service.models.nn.tsm import TSM
-from service.models.store import calibrate_batchnorm
 from training.ablation import replace_marked
 
 ROOT = Path(__file__).resolve().parent.parent

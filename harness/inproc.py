@@ -23,10 +23,8 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
-from service.api.grpc_server import GrpcFrontDoor, build_grpc_server
-from service.api.http import create_app
 from service.core.config import Settings
-from service.server import Server
+from service.runtime import Runtime
 
 T = TypeVar("T")
 _CALL_TIMEOUT_S = 300.0  # no test waits on the server longer than this
@@ -36,8 +34,8 @@ _CALL_TIMEOUT_S = 300.0  # no test waits on the server longer than this
 # Tests and benches send the same clips again and again to measure batching, decoding and load: the
 # result cache would answer them from memory, so it is off unless a test turns it on (cache_entries).
 DEFAULTS: dict[str, Any] = {
-    "host": "127.0.0.1", "default_model": "tiny", "decode_workers": 2, "cpu_budget": 2, "log_level": "WARNING",
-    "max_batch_clips": 4, "engine": "torch", "cache_entries": 0,
+    "host": "127.0.0.1", "grpc_port": 0, "default_model": "tiny", "decode_workers": 2, "cpu_budget": 2,
+    "log_level": "WARNING", "max_batch_clips": 4, "engine": "torch", "cache_entries": 0,
 }  # fmt: skip
 
 
@@ -80,30 +78,26 @@ class InProcessServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="inproc-server", daemon=True)
         self._thread.start()
-        self.server = Server(self.settings)
-        self.app = create_app(self.server)
+        self.runtime = Runtime(self.settings)
+        self.server, self.app = self.runtime.server, self.runtime.app
         self._web: uvicorn.Server | None = None
         self._web_task: asyncio.Task[None] | None = None
         self.url = ""
         try:
-            self._rpc, grpc_port = self.run(self._start(http_port))
+            grpc_port = self.run(self._start(http_port))
         except BaseException:
             self._stop_loop()
             raise
         self.grpc_target = f"127.0.0.1:{grpc_port}"
         self.http = httpx.Client(transport=_Bridge(self), base_url="http://tsm.test", timeout=60)
 
-    async def _start(self, http_port: bool) -> tuple[GrpcFrontDoor, int]:
-        rpc = build_grpc_server(self.server)
-        port = rpc.server.add_insecure_port("127.0.0.1:0")
-        await rpc.start()
+    async def _start(self, http_port: bool) -> int:
+        port = self.runtime.listen_grpc()
         try:
-            await self.server.start()
+            await self.runtime.start()
         except BaseException:  # a failed start leaves no gRPC server behind the closed loop
-            await rpc.stop(0)
-            await self.server.stop()
+            await self.runtime.stop(0)
             raise
-        await rpc.set_serving()
         if http_port:
             config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="off", log_config=None,
                                     access_log=False)  # fmt: skip
@@ -113,7 +107,7 @@ class InProcessServer:
                 await asyncio.sleep(0.01)
             bound = self._web.servers[0].sockets[0].getsockname()[1]
             self.url = f"http://127.0.0.1:{bound}"
-        return rpc, port
+        return port
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = _CALL_TIMEOUT_S) -> T:
         """Run ``coro`` on the server's loop and wait for its result."""
@@ -136,13 +130,11 @@ class InProcessServer:
             self._stop_loop()
 
     async def _close(self) -> None:
-        await self._rpc.drain()
-        await self.server.drain()
+        await self.runtime.drain()
         if self._web is not None and self._web_task is not None:
             self._web.should_exit = True
             await self._web_task
-        await self._rpc.stop(1.0)
-        await self.server.stop()
+        await self.runtime.stop(1.0)
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import uvicorn
 from pydantic import ValidationError
 
@@ -25,7 +24,6 @@ from service.core.config import Settings
 from service.core.logs import configure_logging
 
 log = logging.getLogger("tsm")
-_STOP_GRACE_S = 5  # after the drain: the last moments for connections of both servers to close
 
 
 # --------------------------------------------------------------------------------------- serve
@@ -46,38 +44,30 @@ class _Uvicorn(uvicorn.Server):
 
 
 async def serve(settings: Settings) -> int:
-    """HTTP (uvicorn) and gRPC (grpc.aio) in this one event loop, over one Server.
+    """HTTP (uvicorn) and gRPC (grpc.aio) in this one event loop, over one Server (``service.runtime``).
 
     SIGTERM: gRPC health turns NOT_SERVING and readiness false, new work is refused (503 /
     UNAVAILABLE), in-flight requests of both protocols get ``drain_timeout_s`` to finish, then both
     servers stop and the process exits 0. A second signal stops at once."""
-    from service.api.grpc_server import build_grpc_server
-    from service.api.http import create_app
-    from service.server import Server
+    from service.runtime import STOP_GRACE_S, Runtime
 
-    server = Server(settings)
+    runtime = Runtime(settings)
     loop = asyncio.get_running_loop()
-    app = create_app(server)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, lifespan="off", log_config=None,
-        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=_STOP_GRACE_S,
+        runtime.app, host=settings.host, port=settings.http_port, lifespan="off", log_config=None,
+        log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=STOP_GRACE_S,
         ssl_certfile=settings.http_tls_cert_file, ssl_keyfile=settings.http_tls_key_file,
     )  # fmt: skip
-    rpc = build_grpc_server(server)
     try:
-        grpc_port = _listen_grpc(rpc.server, settings)
+        grpc_port = runtime.listen_grpc()
     except (ValueError, OSError, RuntimeError) as e:  # TLS files, or the port is taken
         print(f"tsm-serve: error: gRPC on {settings.host}:{settings.grpc_port}: {e}", file=sys.stderr)
-        await rpc.stop(0)
+        await runtime.rpc.stop(0)
         return 1
-    await rpc.start()
     exit_code = 0
 
     async def shut_down() -> None:
-        await rpc.drain()
-        await server.drain()
-        await server.abort_in_flight()  # budget spent: answer what is left with 503 draining, not a 500
-        await app.state.open_requests.settled(_STOP_GRACE_S)  # refusals answered before connections close
+        await runtime.drain()
         web.should_exit = True
 
     def on_signal() -> None:
@@ -87,13 +77,11 @@ async def serve(settings: Settings) -> int:
     async def start() -> None:
         nonlocal exit_code
         try:
-            await server.start()
+            await runtime.start()
         except Exception:
             exit_code = 1
             web.should_exit = True
             return
-        if not server.draining:
-            await rpc.set_serving()
         log.info("ready: http://%s:%d, gRPC %s:%d", settings.host, settings.http_port, settings.host, grpc_port)
 
     web = _Uvicorn(config, on_signal)
@@ -103,23 +91,10 @@ async def serve(settings: Settings) -> int:
     finally:
         for task in background:
             task.cancel()
-        await rpc.stop(0 if web.force_exit else _STOP_GRACE_S)  # forced (Ctrl-C again): no grace
-        await server.stop()
-    if server.startup_error:
-        print(f"tsm-serve: error: {server.startup_error}", file=sys.stderr)
+        await runtime.stop(0 if web.force_exit else STOP_GRACE_S)  # forced (Ctrl-C again): no grace
+    if runtime.server.startup_error:
+        print(f"tsm-serve: error: {runtime.server.startup_error}", file=sys.stderr)
     return exit_code
-
-
-def _listen_grpc(rpc: grpc.aio.Server, settings: Settings) -> int:
-    """Binds the gRPC port (TLS when Settings name a certificate); returns the port (0 picks one)."""
-    from service.api.grpc_server import server_credentials
-
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6 literal
-    address = f"{host}:{settings.grpc_port}"
-    credentials = server_credentials(settings)
-    if credentials is None:
-        return int(rpc.add_insecure_port(address))
-    return int(rpc.add_secure_port(address, credentials))
 
 
 # ------------------------------------------------------------------------------------- the CLI
@@ -146,8 +121,9 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    from service.models.nn.tsm import CheckpointError
-    from service.models.store import StoreError, import_checkpoint
+    from service.models.checkpoints import CheckpointError
+    from service.models.importing import import_checkpoint
+    from service.models.store import StoreError
 
     try:
         entry = import_checkpoint(

@@ -10,7 +10,7 @@ import pytest
 from harness.inproc import InProcessServer
 from harness.media import make_video
 from harness.process import ROOT, ServerProcess, self_signed_certificate
-from service.models.store import write_random_entry
+from service.models.importing import write_random_entry
 
 SAMPLES = Path(__file__).parent / "data" / "videos"
 SAMPLE_VIDEOS = sorted(p for p in SAMPLES.glob("*") if p.suffix not in (".md", ".json", ".sh"))

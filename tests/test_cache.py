@@ -17,7 +17,7 @@ from harness.process import RedisProcess
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.classify.cache import LocalLru
-from service.models.store import write_random_entry
+from service.models.importing import write_random_entry
 from tests.conftest import TINY_LABELS
 
 MP4 = {"Content-Type": "video/mp4"}

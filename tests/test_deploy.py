@@ -44,12 +44,12 @@ from harness.process import ServerProcess, free_port, tool
 from service.client import GrpcClient
 from service.core.config import Settings
 from service.core.resources import bundled_store
+from service.runtime import STOP_GRACE_S
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("gpu", "cpu")
 PROFILES = {"gpu": "tsm-serve", "cpu": "tsm-serve-cpu"}  # compose profile -> its server service
-STOP_GRACE_S = 5  # service/__main__.py: the servers' own grace after the drain
 K8S_VERSIONS = ("1.29", "1.37")  # oldest and newest Kubernetes the manifests are validated for
 GRPC_SERVICE = "tsm.v1.VideoClassifier"
 # Kinds kubernetes-validate has no schema for; checked by the tests below instead.

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from service.inference.engine_cache import EngineCache, ModelIdentity
 from service.inference.engines import cpu_has_native_bf16, openvino_available, seeded_clips, verify
 from service.inference.runner import Runner, RunnerConfig
-from service.models.nn.tsm import load_state_strict
+from service.models.checkpoints import load_state_strict
 from service.models.store import ModelConfig, build_model
 from tests.checkpoints import golden, golden_input, synthetic_state_dict
 from tests.test_runner import MEAN, SEGMENTS, SIZE, STD, random_clips, reference_logits, small_tsm

@@ -42,8 +42,9 @@ from service.inference.engines import cpu_has_native_bf16
 from service.inference.normalise import Normalise
 from service.live.engine import choose_live_engine, torch_step
 from service.live.hub import LiveOptions
+from service.models.importing import write_random_entry
 from service.models.nn.online import OnlineTSM
-from service.models.store import load_entry, write_random_entry
+from service.models.store import load_entry
 from service.video.decode import decode_file
 from service.video.frames import Frame, Preprocess, frame_size
 from service.video.probe import DecodeLimits

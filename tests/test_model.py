@@ -78,7 +78,7 @@ def test_wrong_frame_count_is_a_clear_error() -> None:
 
 def test_keymaps_are_inverted_by_our_rules() -> None:
     """Every mmaction2 key of the fixture keymaps maps back to its official key."""
-    from service.models.nn.tsm import to_official_names
+    from service.models.checkpoints import to_official_names
 
     for arch in ("resnet50", "mobilenetv2"):
         pairs = json.loads((FIXTURES / f"keymap_{arch}_official_to_mmaction2.json").read_text())

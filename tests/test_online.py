@@ -17,10 +17,11 @@ from harness.inproc import InProcessServer
 from service.__main__ import main
 from service.client import GrpcClient
 from service.inference.normalise import Normalise
+from service.models.checkpoints import ONLINE_MARK, load_state_strict, to_official_names
+from service.models.importing import import_checkpoint, write_random_entry
 from service.models.nn.online import OnlineAnswer, OnlineTSM
 from service.models.nn.shift import OnlineShift
-from service.models.nn.tsm import ONLINE_MARK, load_state_strict, to_official_names
-from service.models.store import StoreError, import_checkpoint, load_entry, write_random_entry
+from service.models.store import StoreError, load_entry
 from service.video.decode import decode_file
 from service.video.probe import DecodeLimits
 from service.video.sampling import SamplingSpec, stride_indices

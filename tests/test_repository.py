@@ -16,7 +16,7 @@ import pytest
 from harness.inproc import InProcessServer
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
-from service.models.store import write_random_entry
+from service.models.importing import write_random_entry
 from tests.conftest import ROOT, TINY_LABELS
 
 SMALL = {"width_mult": 0.5, "input_size": 64, "scale_size": 72}

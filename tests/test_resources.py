@@ -12,7 +12,8 @@ import service.models.nn
 from service.core.config import Settings
 from service.core.resources import bundled_labels, bundled_store
 from service.inference.engine_cache import model_code, model_code_sha256
-from service.models.store import StoreError, find_versions, load_entry, resolve_labels
+from service.models.importing import resolve_labels
+from service.models.store import StoreError, find_versions, load_entry
 from service.server import Server
 
 DEFAULT = "tsm_mobilenetv2_synthetic_motion"

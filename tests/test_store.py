@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from service.__main__ import main
-from service.models.nn.tsm import CheckpointError, read_checkpoint
-from service.models.store import StoreError, find_entries, import_checkpoint, load_entry, write_random_entry
+from service.models.checkpoints import CheckpointError, read_checkpoint
+from service.models.importing import import_checkpoint, write_random_entry
+from service.models.store import StoreError, find_entries, load_entry
 from tests.checkpoints import write_checkpoint
 
 

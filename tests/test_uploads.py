@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from service.api.multipart import multipart_file
 from service.core.errors import ServiceError
-from service.video.spool import default_spool_dir, multipart_file, spool_upload
+from service.video.spool import default_spool_dir, spool_upload
 
 SAMPLE = Path(__file__).parent / "data" / "videos" / "hardware-example_h264_10frames.mp4"
 

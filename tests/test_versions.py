@@ -17,7 +17,8 @@ from harness.inproc import InProcessServer
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.core.config import Settings
-from service.models.store import StoreError, write_random_entry
+from service.models.importing import write_random_entry
+from service.models.store import StoreError
 from tests.conftest import TINY_LABELS
 
 SMALL = {"width_mult": 0.5, "input_size": 64, "scale_size": 72}

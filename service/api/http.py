@@ -36,6 +36,7 @@ from service.api.http_schemas import (
     ReadyResponse,
     error_responses,
 )
+from service.api.multipart import multipart_file
 from service.api.oip_http import add_oip_routes, v2_error
 from service.api.wire import is_video_upload, media_type, request_id, retry_after_header
 from service.classify.classifier import Classifier
@@ -45,7 +46,6 @@ from service.classify.timeline import TimelineWindow
 from service.core.errors import ErrorKind, ServiceError
 from service.management.catalog import ModelInfo
 from service.server import Server
-from service.video.spool import multipart_file
 
 log = logging.getLogger("tsm.http")
 NDJSON = "application/x-ndjson"
