@@ -36,15 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench.e2e import machine
-from service.models.importing import calibrate_batchnorm
+from harness.markdown import replace_section
 from service.models.nn import shift as shift_module
 from service.models.nn.backbones import Arch
-from service.models.nn.shift import ShiftPlace, TemporalShift
+from service.models.nn.shift import TemporalShift
 from service.models.nn.tsm import TSM
 from training.ablation import replace_marked
+from training.variants import MOVED, Variant, build_models, count_flops, count_parameters, variants, zero_filled_shift
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -52,74 +52,6 @@ PAPER = ROOT / "docs" / "paper.md"
 SECTION = "## Temporal shift cost (bench/shift_cost.py)"
 MARKER = "shift-cost"  # <!-- shift-cost:start --> ... <!-- shift-cost:end --> in docs/paper.md
 NAMES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "mobilenetv2": "MobileNetV2 ×1.0"}
-# shift_div -> the share of channels that moves in all (C // d each way)
-MOVED = {16: "1/8", 8: "1/4", 4: "1/2", 2: "all"}
-PLACES = {"blockres": "residual", "block": "in-place"}
-
-
-@dataclass(frozen=True)
-class Variant:
-    arch: Arch
-    shift_div: int | None  # None: TSN, no shift
-    place: ShiftPlace = "blockres"
-
-    @property
-    def moved(self) -> str:
-        return "0 (TSN)" if self.shift_div is None else MOVED.get(self.shift_div, f"2/{self.shift_div}")
-
-    @property
-    def placement(self) -> str:
-        return "–" if self.shift_div is None else PLACES[self.place]
-
-    def build(self, num_classes: int, segments: int) -> TSM:
-        shift = self.shift_div is not None
-        return TSM(self.arch, num_classes, segments, shift_div=self.shift_div or 8, shift_place=self.place, shift=shift)
-
-
-def variants(arch: Arch, divs: tuple[int, ...] = tuple(MOVED)) -> list[Variant]:
-    """TSN, then every proportion on the residual branch, then (ResNets only: MobileNetV2 has no
-    in-place placement, here as in the official code) every proportion in place."""
-    out = [Variant(arch, None)] + [Variant(arch, d, "blockres") for d in divs]
-    if arch.startswith("resnet"):
-        out += [Variant(arch, d, "block") for d in divs]
-    return out
-
-
-def copy_weights(src: nn.Module, dst: nn.Module) -> None:
-    """Same weights and BatchNorm statistics. Wrapping a layer in ``TemporalShift`` renames its keys
-    (``conv1.net.weight``) but keeps their order, so the two state dicts pair up in order."""
-    source, target = src.state_dict(), dst.state_dict()
-    if len(source) != len(target):
-        raise ValueError(f"{len(source)} tensors against {len(target)}: not the same network")
-    for (a, x), (b, y) in zip(source.items(), target.items(), strict=True):
-        if x.shape != y.shape or a.replace(".net.", ".") != b.replace(".net.", "."):
-            raise ValueError(f"{a} {tuple(x.shape)} does not pair with {b} {tuple(y.shape)}")
-    dst.load_state_dict(dict(zip(target, source.values(), strict=True)))
-
-
-def build_models(arch: Arch, segments: int, size: int, num_classes: int, divs: tuple[int, ...]) -> dict[Variant, TSM]:
-    torch.manual_seed(0)
-    tsn = Variant(arch, None).build(num_classes, segments)
-    calibrate_batchnorm(tsn, size)
-    models = {Variant(arch, None): tsn.eval()}
-    for v in variants(arch, divs)[1:]:
-        model = v.build(num_classes, segments)
-        copy_weights(tsn, model)
-        models[v] = model.eval()
-    return models
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.inference_mode()
-def count_flops(model: nn.Module, x: Tensor) -> int:
-    """FLOPs of one forward as ``torch.utils.flop_counter`` counts them: 2 per multiply-add of the
-    convolutions and matrix products it knows; copies (the shift) count nothing."""
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    return int(counter.get_total_flops())
 
 
 @dataclass
@@ -216,19 +148,6 @@ def measure_latency(models: dict[Variant, TSM], batches: list[int], segments: in
             result.seconds[v, b].append(once(v, b))
         print(f"  round {r + 1}/{rounds}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return result
-
-
-def zero_filled_shift(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
-    """The shift as the official code (and ours before 2026-12-02) writes it: a zero-filled new
-    tensor, then every channel copied in. The same values as ``shift_offline``; the A/B baseline."""
-    nt, c, h, w = x.shape
-    x5 = x.view(nt // num_segments, num_segments, c, h, w)
-    fold = c // shift_div
-    out = torch.zeros_like(x5)
-    out[:, :-1, :fold] = x5[:, 1:, :fold]
-    out[:, 1:, fold : 2 * fold] = x5[:, :-1, fold : 2 * fold]
-    out[:, :, 2 * fold :] = x5[:, :, 2 * fold :]
-    return out.view(nt, c, h, w)
 
 
 @dataclass
@@ -449,19 +368,6 @@ def markdown(r: Report, level: int = 2) -> str:
 
 
 # ------------------------------------------------------------------------------ writing the docs
-def replace_section(text: str, heading: str, body: str) -> str:
-    """``text`` with the ``## `` section that starts at the line ``heading`` replaced by ``body``
-    (which starts with that heading), up to the next ``## `` heading; appended if there is none."""
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == heading]
-    if not starts:
-        return text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
-    start = starts[0]
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = lines[end:]
-    return "\n".join([*lines[:start], *body.rstrip("\n").splitlines(), *(["", *tail] if tail else [])]) + "\n"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.shift_cost", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",

@@ -78,7 +78,7 @@ class InProcessServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="inproc-server", daemon=True)
         self._thread.start()
-        self.runtime = Runtime(self.settings)
+        self.runtime = self.run(self._runtime())  # the gRPC server binds to the loop it is made on
         self.server, self.app = self.runtime.server, self.runtime.app
         self._web: uvicorn.Server | None = None
         self._web_task: asyncio.Task[None] | None = None
@@ -90,6 +90,9 @@ class InProcessServer:
             raise
         self.grpc_target = f"127.0.0.1:{grpc_port}"
         self.http = httpx.Client(transport=_Bridge(self), base_url="http://tsm.test", timeout=60)
+
+    async def _runtime(self) -> Runtime:
+        return Runtime(self.settings)
 
     async def _start(self, http_port: bool) -> int:
         port = self.runtime.listen_grpc()

@@ -21,6 +21,8 @@ STOP_GRACE_S = 5  # after the drain: the last moments for connections of both pr
 
 
 class Runtime:
+    """Made on the event loop it serves on (the gRPC server binds to it)."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.server = Server(settings)

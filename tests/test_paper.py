@@ -6,6 +6,8 @@ bench and the accuracy ablation run end to end (tiny sizes: the measured runs ar
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bench import shift_cost
-from bench.shift_cost import Variant, copy_weights, count_flops, count_parameters, replace_section, variants
+from harness.markdown import replace_section
 from service.models.nn.backbones import Arch, Bottleneck, InvertedResidual, MobileNetV2, ResNet
 from service.models.nn.shift import TemporalShift, shift_offline
 from service.models.nn.tsm import TSM
 from tests.conftest import ROOT
 from training import ablation, train
+from training.variants import Variant, copy_weights, count_flops, count_parameters, variants, zero_filled_shift
+
+COST_SECTION = "## Temporal shift cost (bench/shift_cost.py)"  # the heading bench/shift_cost.py owns in RESULTS
 
 T, SIZE, CLASSES = 4, 64, 11
 PAPER = ROOT / "docs" / "paper.md"
@@ -144,15 +148,18 @@ def test_mobilenetv2_shifts_its_residual_branch_and_keeps_the_skip_connection_un
     assert torch.equal(seen["block output"], x + seen["branch"])
 
 
-def test_shift_cost_quick_prints_the_three_tables_and_replaces_only_its_sections(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_shift_cost_quick_prints_the_three_tables_and_replaces_only_its_sections(tmp_path: Path) -> None:
+    """The bench as it is run, a separate process (tests never import bench)."""
     results = tmp_path / "RESULTS.md"
-    results.write_text(f"# Results\n\n## Before\nkept\n\n{shift_cost.SECTION}\nold figures\n\n## After\nkept too\n")
+    results.write_text(f"# Results\n\n## Before\nkept\n\n{COST_SECTION}\nold figures\n\n## After\nkept too\n")
     doc = tmp_path / "paper.md"
     shutil.copy(PAPER, doc)
-    assert shift_cost.main(["--quick", "--write", "--results", str(results), "--doc", str(doc)]) == 0
-    printed = capsys.readouterr().out
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.shift_cost", "--quick", "--write", "--results", str(results), "--doc", str(doc)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout
     for title in ("Parameters and counted FLOPs", "Forward latency by shifted proportion and placement",
                   "Bytes the shift moves per clip", "Our shift against the zero-filled one"):  # fmt: skip
         assert f"### {title}" in printed
@@ -162,21 +169,19 @@ def test_shift_cost_quick_prints_the_three_tables_and_replaces_only_its_sections
     assert "identical" in printed and "load average" in printed and "--quick" in printed
     text = results.read_text()
     assert "old figures" not in text and "kept\n" in text and text.rstrip().endswith("## After\nkept too")
-    assert text.count(shift_cost.SECTION) == 1 and "### Bytes the shift moves per clip" in text
+    assert text.count(COST_SECTION) == 1 and "### Bytes the shift moves per clip" in text
     written = doc.read_text()
     cost = written.split("<!-- shift-cost:start -->")[1].split("<!-- shift-cost:end -->")[0]
     assert "#### Parameters and counted FLOPs" in cost and "Not yet measured" not in cost
     assert written.split("<!-- ablation:start -->")[1] == PAPER.read_text().split("<!-- ablation:start -->")[1]
     # no section yet: appended
-    assert replace_section("# R\n", shift_cost.SECTION, f"{shift_cost.SECTION}\nnew\n") == (
-        f"# R\n\n{shift_cost.SECTION}\nnew\n"
-    )
+    assert replace_section("# R\n", COST_SECTION, f"{COST_SECTION}\nnew\n") == (f"# R\n\n{COST_SECTION}\nnew\n")
 
 
 @pytest.mark.parametrize("div", [2, 4, 8, 16])
 def test_the_zero_filled_baseline_of_the_bench_shifts_exactly_as_ours(div: int) -> None:
     x = torch.randn(3 * T, 48, 5, 5).to(memory_format=torch.channels_last)
-    assert torch.equal(shift_cost.zero_filled_shift(x, T, div), shift_offline(x, T, div))
+    assert torch.equal(zero_filled_shift(x, T, div), shift_offline(x, T, div))
 
 
 # Tiny data for training.train (passed on by the ablation): a handful of short, small clips.

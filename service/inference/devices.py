@@ -1,4 +1,9 @@
-"""Which device a model runs on and at which precision (``TSM_DEVICE``, ``TSM_DTYPE``)."""
+"""Which device a model runs on and at which precision (``TSM_DEVICE``, ``TSM_DTYPE``).
+
+Precision: autocast float16 (default) or bfloat16 on CUDA; on CPU bfloat16 through OpenVINO where the
+CPU runs it natively (the default there) or float32; torch itself runs float32 on CPU (its CPU
+half-precision convolutions are slower than float32 on the machines we serve from).
+"""
 
 from __future__ import annotations
 

@@ -13,11 +13,7 @@ are bound to the thread that recorded them); :meth:`forward` and :meth:`warmup` 
 The forward pass itself is an *engine* (``service.inference.engines``): torch eager, torch.compile or
 OpenVINO, chosen and verified against the float32 eager reference during :meth:`Runner.warmup`.
 
-Precision: autocast float16 (default) or bfloat16 on CUDA; on CPU bfloat16 through OpenVINO where the
-CPU runs it natively (the default there) or float32; torch itself runs float32 on CPU (its CPU
-half-precision convolutions are slower than float32 on the machines we serve from).
-
-The device and precision rules are ``service.inference.devices``; the input normalisation is
+The device and precision rules are ``service.inference.devices``, the input normalisation
 ``service.inference.normalise``.
 """
 
