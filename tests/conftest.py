@@ -9,14 +9,9 @@ import pytest
 
 from harness.inproc import InProcessServer
 from harness.media import make_video
-from harness.process import ROOT, ServerProcess, self_signed_certificate
+from harness.process import ServerProcess, self_signed_certificate
 from service.models.importing import write_random_entry
-
-SAMPLES = Path(__file__).parent / "data" / "videos"
-SAMPLE_VIDEOS = sorted(p for p in SAMPLES.glob("*") if p.suffix not in (".md", ".json", ".sh"))
-TINY_LABELS = ["alpha", "bravo", "charlie", "delta", "echo"]
-UPLOAD_LIMIT = 24_000_000  # of the shared server: a 20 MB video fits, 25 MB does not
-__all__ = ["ROOT", "SAMPLES", "SAMPLE_VIDEOS", "TINY_LABELS", "UPLOAD_LIMIT"]
+from tests.support import TINY_LABELS, UPLOAD_LIMIT
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,7 +18,7 @@ from service.management.catalog import ModelInfo
 from service.models.store import StoreError
 from service.server import Server
 from service.video.sampling import SamplingSpec
-from tests.conftest import TINY_LABELS
+from tests.support import TINY_LABELS
 
 
 def test_models_info_describes_every_loaded_model(server: InProcessServer) -> None:

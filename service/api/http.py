@@ -1,17 +1,12 @@
-"""HTTP front door: FastAPI routes and schemas. Every error has one JSON shape, declared in OpenAPI.
-
-Why one module of this length: the response schemas, the error handlers and the routes that use them are
-one OpenAPI document; the Open Inference Protocol (``oip_http``) and live (``live``) routes live beside it."""
+"""HTTP front door: the FastAPI app, its routes and error handlers. Every error has one JSON shape,
+declared in OpenAPI (``http_schemas``); the Open Inference Protocol (``oip_http``) and live
+(``http_live``) routes are added to the same app, and a drain is handled by ``http_drain``."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -23,9 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
+from service.api.http_drain import BodyBeforeAnswerWhileDraining, OpenRequests
 from service.api.http_live import add_live_routes
 from service.api.http_schemas import (
     UPLOAD_BODY,
@@ -50,7 +45,6 @@ from service.server import Server
 log = logging.getLogger("tsm.http")
 NDJSON = "application/x-ndjson"
 _DEFAULTS = ClassifyOptions()
-_BODY_WAIT_S = 10.0  # the longest a refusal during a drain waits for the rest of its request's body
 
 
 def error_response(error: ServiceError) -> JSONResponse:
@@ -255,57 +249,6 @@ async def metrics(server: ServerDep) -> Response:
     return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@dataclass
-class OpenRequests:
-    """HTTP requests the app has not finished: a drain waits for them before the server closes."""
-
-    count: int = 0
-
-    async def settled(self, timeout_s: float) -> None:
-        end = time.monotonic() + timeout_s
-        while self.count and time.monotonic() < end:
-            await asyncio.sleep(0.02)
-
-
-class _BodyBeforeAnswerWhileDraining:
-    """While the server drains, an answer given before its request's body has arrived (an early 503)
-    waits until the body is in. HTTP/1.1 clients send the whole body before they read, and a connection
-    closed under an arriving body is reset: the client would read a reset instead of the 503."""
-
-    def __init__(self, app: ASGIApp, server: Server, open_requests: OpenRequests) -> None:
-        self._app = app
-        self._server = server
-        self._open = open_requests
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        body_in = False
-
-        async def watched_receive() -> Message:
-            nonlocal body_in
-            message = await receive()
-            body_in = message["type"] == "http.disconnect" or not message.get("more_body", False)
-            return message
-
-        async def rest_of_body() -> None:
-            while not body_in:
-                await watched_receive()
-
-        async def send_after_body(message: Message) -> None:
-            if message["type"] == "http.response.start" and self._server.draining and not body_in:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(rest_of_body(), _BODY_WAIT_S)
-            await send(message)
-
-        self._open.count += 1
-        try:
-            await self._app(scope, watched_receive, send_after_body)
-        finally:
-            self._open.count -= 1
-
-
 def create_app(server: Server) -> FastAPI:
     """The FastAPI app over ``server``. Auth guards every route when keys are configured (the probes
     too, unless ``auth_public_probes``), and OpenAPI then declares the schemes and the 401."""
@@ -344,7 +287,7 @@ def create_app(server: Server) -> FastAPI:
     admin_guard = [Depends(_require_admin)] if keys_on or server.access.admins.enabled else []
     add_oip_routes(app, server, guarded, probe_guard, admin_guard)
     app.state.open_requests = open_requests = OpenRequests()
-    app.add_middleware(_BodyBeforeAnswerWhileDraining, server=server, open_requests=open_requests)
+    app.add_middleware(BodyBeforeAnswerWhileDraining, server=server, open_requests=open_requests)
     return app
 
 
