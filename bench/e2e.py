@@ -78,8 +78,8 @@ def make_videos(directory: Path) -> list[Path]:
 
 def make_store(directory: Path) -> Path:
     """The default entry (copied) plus MobileNetV2 and ResNet-50 TSMs at 8×224² with random weights."""
+    from harness.entries import write_random_entry
     from service.core.resources import bundled_labels, bundled_store
-    from service.models.importing import write_random_entry
 
     store = directory / "store"
     shutil.copytree(bundled_store() / DEFAULT_MODEL, store / DEFAULT_MODEL)

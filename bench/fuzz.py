@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script as well as ``python -m bench.NAME``
     sys.path.insert(0, str(ROOT))
 
+from harness.entries import write_random_entry  # noqa: E402
 from harness.fuzz import HANG_MARGIN_S, cases, make_seeds, send_cases, server_alive, verdict  # noqa: E402
 from harness.load import Video, emit_report, load_average  # noqa: E402
 from harness.process import ServerProcess  # noqa: E402
-from service.models.importing import write_random_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,7 @@ class StreamStats:
 
 
 def make_store(root: Path) -> Path:
-    from service.models.importing import write_random_entry
+    from harness.entries import write_random_entry
 
     store = root / "store"
     labels = [f"gesture {i}" for i in range(27)]

@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script as well as ``python -m bench.NAME``
     sys.path.insert(0, str(ROOT))
 
+from harness.entries import write_random_entry  # noqa: E402
 from harness.load import emit_report, load_average  # noqa: E402
 from harness.process import ServerProcess  # noqa: E402
 from harness.soak import decode_workers, judge, make_mix, soak  # noqa: E402
-from service.models.importing import write_random_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

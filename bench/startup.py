@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default="this checkout")
     p.add_argument("--results", type=Path, help="append the rows to this markdown file")
     a = p.parse_args(argv)
-    from service.models.importing import write_random_entry
+    from harness.entries import write_random_entry
 
     work = Path(tempfile.mkdtemp(prefix="tsm-startup-"))
     labels = [f"class {i}" for i in range(400)]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.entries import write_random_entry
 from harness.inproc import InProcessServer
 from harness.media import make_video
 from harness.process import ServerProcess, self_signed_certificate
-from service.models.importing import write_random_entry
 from tests.support import TINY_LABELS, UPLOAD_LIMIT
 
 

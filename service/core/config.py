@@ -129,19 +129,16 @@ class Settings(BaseSettings):
     _policy: VersionPolicy = PrivateAttr()
 
     @model_validator(mode="after")
-    def _choose_store(self) -> Settings:
+    def _derive(self) -> Settings:
+        """Settings that are read as values: parsed (or chosen) once, when the settings are built."""
         self._store = choose_store(self.model_store)
+        self._policy = VersionPolicy.parse(self.version_policy)
         return self
 
     @property
     def store(self) -> StoreChoice:
-        """The model store in use, chosen once when the settings are built (rules: service.core.resources)."""
+        """The model store in use and how it was chosen (rules: service.core.resources)."""
         return self._store
-
-    @model_validator(mode="after")
-    def _version_policy(self) -> Settings:
-        self._policy = VersionPolicy.parse(self.version_policy)
-        return self
 
     @property
     def policy(self) -> VersionPolicy:

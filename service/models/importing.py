@@ -1,5 +1,5 @@
 """New store entries: an official, mmaction2 or online-demo checkpoint converted (``tsm-serve
-import-checkpoint``), or an entry of random weights for tests and benchmarks; bundled label lists by name."""
+import-checkpoint``), with a bundled label list by name; BatchNorm statistics for fresh weights."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from service.models.nn.online import OnlineTSM
 from service.models.nn.shift import ShiftPlace
 from service.models.nn.tsm import TSM
 from service.models.store import ModelConfig, StoreError, build_model, read_labels, write_entry
-from service.video.sampling import Resize
 
 
 def resolve_labels(labels: str | Path) -> Path:
@@ -110,22 +109,3 @@ def calibrate_batchnorm(model: TSM | OnlineTSM, input_size: int, steps: int = 2,
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
-
-
-def write_random_entry(
-    store: str | Path, *, name: str, labels: list[str], arch: Arch = "mobilenetv2", num_segments: int = 8,
-    width_mult: float = 1.0, input_size: int = 224, scale_size: int = 256, seed: int = 0,
-    resize: Resize = "short_side", online: bool = False, window: int = 48, smoothing: int = 12, version: str = "1",
-) -> Path:  # fmt: skip
-    """An untrained entry (He-initialised, BN calibrated): for tests, benches, a server with no model yet.
-    ``online``: a uni-directional model (``num_segments`` is then 1)."""
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        name=name, version=version, arch=arch, num_segments=1 if online else num_segments, width_mult=width_mult,
-        num_classes=len(labels), input_size=input_size, scale_size=scale_size, resize=resize, weights_sha256="0" * 64,
-        untrained=True, source=f"random initialisation, seed {seed}", online=online, window=window,
-        smoothing=smoothing,
-    )  # fmt: skip
-    model = build_model(config)
-    calibrate_batchnorm(model, input_size, seed=seed)
-    return write_entry(Path(store) / name / version, config, model, labels)

@@ -37,7 +37,7 @@ from service.video.sampling import (
 )
 
 # Codecs whose sparse decoding (restarts at keyframes, frames nothing refers to skipped) returns the
-# pixels of full decoding, checked by tests/test_decode.py; others (AV1: hidden frames) decode every frame.
+# pixels of full decoding, checked by tests/video/test_decode.py; others (AV1: hidden frames) decode every frame.
 SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg1video", "mpeg2video", "mjpeg", "gif", "ffv1"})
 # One decoder thread per worker: the pool runs a worker per core of its budget (bench/RESULTS.md, 2026-11-28:
 # two single-threaded workers decoded faster than one with two threads).

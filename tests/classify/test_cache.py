@@ -12,12 +12,12 @@ import grpc
 import httpx
 import pytest
 
+from harness.entries import write_random_entry
 from harness.inproc import InProcessServer
 from harness.process import RedisProcess
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.classify.cache import LocalLru
-from service.models.importing import write_random_entry
 from tests.support import TINY_LABELS
 
 MP4 = {"Content-Type": "video/mp4"}

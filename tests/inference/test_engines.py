@@ -21,7 +21,7 @@ from tests.support.checkpoints import golden, golden_input, synthetic_state_dict
 from tests.support.models import MEAN, SEGMENTS, SIZE, STD, random_clips, reference_logits, small_tsm
 
 pytestmark = pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
-TOLERANCE = {"resnet50": 1e-3, "mobilenetv2": 1e-4}  # the golden tolerances (tests/test_model.py)
+TOLERANCE = {"resnet50": 1e-3, "mobilenetv2": 1e-4}  # the golden tolerances (tests/models/test_tsm.py)
 IDENTITY = ModelIdentity("mobilenetv2", "ab" * 32, (SEGMENTS, SIZE, SIZE, 3))
 
 

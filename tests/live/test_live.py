@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.sync.client import connect as ws_connect
 
+from harness.entries import write_random_entry
 from harness.inproc import InProcessServer
 from harness.media import encode_image, moving_frames
 from harness.process import ROOT, ServerProcess, tool
@@ -42,7 +43,6 @@ from service.inference.engines import cpu_has_native_bf16
 from service.inference.normalise import Normalise
 from service.live.engine import choose_live_engine, torch_step
 from service.live.hub import LiveOptions
-from service.models.importing import write_random_entry
 from service.models.nn.online import OnlineTSM
 from service.models.store import load_entry
 from service.video.decode import decode_file

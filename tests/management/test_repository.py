@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness.entries import write_random_entry
 from harness.inproc import InProcessServer
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
-from service.models.importing import write_random_entry
 from tests.support import ROOT, TINY_LABELS
 
 SMALL = {"width_mult": 0.5, "input_size": 64, "scale_size": 72}

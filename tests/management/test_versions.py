@@ -13,11 +13,11 @@ import grpc
 import pytest
 from pydantic import ValidationError
 
+from harness.entries import write_random_entry
 from harness.inproc import InProcessServer
 from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.core.config import Settings
-from service.models.importing import write_random_entry
 from service.models.store import StoreError
 from tests.support import TINY_LABELS
 

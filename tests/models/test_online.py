@@ -13,12 +13,13 @@ import pytest
 import torch
 from torch import nn
 
+from harness.entries import write_random_entry
 from harness.inproc import InProcessServer
 from service.__main__ import main
 from service.client import GrpcClient
 from service.inference.normalise import Normalise
 from service.models.checkpoints import ONLINE_MARK, load_state_strict, to_official_names
-from service.models.importing import import_checkpoint, write_random_entry
+from service.models.importing import import_checkpoint
 from service.models.nn.online import OnlineAnswer, OnlineTSM
 from service.models.nn.shift import OnlineShift
 from service.models.store import StoreError, load_entry

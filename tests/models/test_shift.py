@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from service.models.nn.backbones import ResNet
-from service.models.nn.shift import TemporalShift, shift_offline, shift_offline_, shift_online
+from service.models.nn.shift import TemporalShift, shift_offline, shift_online
 from service.models.nn.tsm import TSM
 from tests.support.checkpoints import FIXTURES
 
@@ -27,12 +27,6 @@ def test_offline_shift_index_table() -> None:
     x = (1 + torch.arange(T * C, dtype=torch.float32)).view(T, C, 1, 1)
     out = shift_offline(x, T, GOLD["shift_div"]).view(T, C)
     assert out.tolist() == GOLD["offline_index_table"]["output_TxC"]
-
-
-def test_inplace_shift_equals_offline_shift() -> None:
-    x = torch.tensor(GOLD["offline_random"]["input"])
-    expected = shift_offline(x, T, 8)
-    assert torch.equal(shift_offline_(x.clone(), T, 8), expected)
 
 
 def test_online_shift_streams_the_past() -> None:

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from harness.entries import write_random_entry
 from service.__main__ import main
 from service.models.checkpoints import CheckpointError, read_checkpoint
-from service.models.importing import import_checkpoint, write_random_entry
+from service.models.importing import import_checkpoint
 from service.models.store import StoreError, find_entries, load_entry
 from tests.support.checkpoints import write_checkpoint
 

@@ -36,23 +36,6 @@ def shift_offline(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
     return out.view(nt, c, h, w)
 
 
-def shift_offline_(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
-    """The same shift, written into ``x`` itself: no full-size copy, only a 2*fold-channel buffer.
-
-    For ablations and memory-bound inference. Only correct where nothing else reads the
-    unshifted tensor afterwards (``block`` placement), never on a residual branch.
-    """
-    nt, c, h, w = x.shape
-    x5 = x.view(nt // num_segments, num_segments, c, h, w)
-    fold = c // shift_div
-    moved = x5[:, :, : 2 * fold].clone()
-    x5[:, :-1, :fold] = moved[:, 1:, :fold]
-    x5[:, -1, :fold] = 0
-    x5[:, 1:, fold : 2 * fold] = moved[:, :-1, fold:]
-    x5[:, 0, fold : 2 * fold] = 0
-    return x
-
-
 def shift_online(x: Tensor, past: Tensor) -> tuple[Tensor, Tensor]:
     """Uni-directional (past-only) shift of ``T`` frames of ``N`` streams, ``[N, T, C, H, W]``.
 
@@ -70,19 +53,17 @@ class TemporalShift(nn.Module):
     """Shift the input of ``net`` in time, then run ``net``. ``net`` keeps its parameter names
     under ``.net`` as in the official checkpoints (``conv1.net.weight``)."""
 
-    def __init__(self, net: nn.Module, num_segments: int, shift_div: int = 8, inplace: bool = False):
+    def __init__(self, net: nn.Module, num_segments: int, shift_div: int = 8):
         super().__init__()
         self.net = net
         self.num_segments = num_segments
         self.shift_div = shift_div
-        self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
-        shift = shift_offline_ if self.inplace else shift_offline
-        return self.net(shift(x, self.num_segments, self.shift_div))
+        return self.net(shift_offline(x, self.num_segments, self.shift_div))
 
     def extra_repr(self) -> str:
-        return f"num_segments={self.num_segments}, shift_div={self.shift_div}, inplace={self.inplace}"
+        return f"num_segments={self.num_segments}, shift_div={self.shift_div}"
 
 
 class OnlineShift(nn.Module):
