@@ -28,8 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # Groups of files that each run in a pytest process of their own, beside one for the rest: the
 # torch-bound files, split so that every process takes a similar time on two cores.
 GROUPS = [
-    ["tests/inference/test_engines.py", "tests/models/test_tsm.py", "tests/live/test_live.py"],
-    ["tests/training/test_training.py", "tests/e2e/test_resilience.py"],
+    [
+        "tests/inference/test_engines.py",
+        "tests/models/test_tsm.py",
+        "tests/live/test_live.py",
+        "tests/e2e/test_installed.py",
+    ],
+    ["tests/training/test_training.py", "tests/e2e/test_resilience.py", "tests/docs/test_paper.py"],
 ]
 
 
