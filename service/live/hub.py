@@ -125,17 +125,23 @@ class LiveStream:
 class ModelHub:
     """The streams of one online model and the loop that steps them together."""
 
-    def __init__(self, name: str, entry: StoreEntry, limits: LiveLimits, metrics: Metrics) -> None:
+    def __init__(
+        self, name: str, entry: StoreEntry, limits: LiveLimits, metrics: Metrics, device: torch.device | str = "cpu"
+    ) -> None:
         assert isinstance(entry.model, OnlineTSM)
         c = entry.config
         self.name, self.config, self.labels, self.limits = name, c, entry.labels, limits
-        # Its own copy of the weights: OnlineTSM.run keeps per-call tensors on its shift modules, and
-        # /classify may run the entry's model on the runner's thread at the same time. Channels-last:
-        # about 2x faster per frame for batches of streams on CPU (bench/RESULTS.md, live streams).
-        self.model: OnlineTSM = copy.deepcopy(entry.model).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.device = torch.device(device)
+        # Its own copy of the weights, put on its own device in float32 on purpose: OnlineTSM.run keeps
+        # per-call tensors on its shift modules, /classify may run the entry's model on the runner's
+        # thread at the same time, and a runner moves its module (the entry's, shared) to its device in
+        # place: a copy that followed it would meet frames on another device. Channels-last: about 2x
+        # faster per frame for batches of streams on CPU (bench/RESULTS.md, live streams).
+        model = copy.deepcopy(entry.model).eval().to(device=self.device, dtype=torch.float32)
+        self.model: OnlineTSM = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.preprocess = Preprocess(c.scale_size, c.input_size, c.resize, limits.max_frame_bytes,
                                      limits.max_frame_pixels)  # fmt: skip
-        self._normalise = Normalise(c.mean, c.std)
+        self._normalise = Normalise(c.mean, c.std, self.device)
         self.engine: LiveEngine = torch_step(self.model, self._normalise)  # until choose_engine
         self._zero = [s[0] for s in self.model.initial_state(1, c.input_size)]
         self.streams: dict[int, LiveStream] = {}
@@ -149,6 +155,8 @@ class ModelHub:
 
     def choose_engine(self, wanted: str, dtype: str, threads: int) -> None:
         """Blocking (a conversion takes seconds): call it from a thread before ``start``."""
+        if self.device.type != "cpu":  # the engines to choose from are CPU ones; on a GPU, torch eager
+            return
         self.engine = choose_live_engine(self.model, self._normalise, self.config.input_size, self.config.arch,
                                          wanted, dtype, threads)  # fmt: skip
 
@@ -214,17 +222,17 @@ class ModelHub:
 
     def _run_frames(self, frames: np.ndarray, state: State | None) -> tuple[np.ndarray, State]:
         with torch.inference_mode():
-            x = self._normalise(torch.from_numpy(frames)[None]).contiguous()
+            x = self._normalise(torch.from_numpy(frames)[None].to(self.device)).contiguous()
             logits, new = self.model.run(x, state)
-        return logits[0].float().numpy(), new
+        return logits[0].float().cpu().numpy(), new
 
     def step(self, pixels: list[np.ndarray], states: list[State | None]) -> tuple[np.ndarray, State]:
         """One forward pass for the streams' frames (uint8 ``[S, S, 3]`` each) from their states:
         logits ``[B, classes]`` and the new states ``[B, ...]`` per shifted block."""
         stacked = [torch.stack([st[i] if st is not None else zero for st in states]) for i, zero in
                    enumerate(self._zero)]  # fmt: skip
-        logits, new = self.engine.step(torch.from_numpy(np.stack(pixels)), stacked)
-        return logits.float().numpy(), new
+        logits, new = self.engine.step(torch.from_numpy(np.stack(pixels)).to(self.device), stacked)
+        return logits.float().cpu().numpy(), new
 
     def _deliver(self, s: LiveStream, logits: np.ndarray, p: _Pending, now: float) -> None:
         s.history.append(logits)

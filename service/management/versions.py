@@ -85,7 +85,7 @@ class VersionLoader:
         return served
 
     async def make_hub(self, name: str, model: LoadedModel) -> ModelHub:
-        hub = ModelHub(name, model.entry, self.live_limits, self.metrics)
+        hub = ModelHub(name, model.entry, self.live_limits, self.metrics, device=model.batcher.runner.device)
         c = self.runner_config  # live hubs take the runner's engine choice, precision and threads
         await asyncio.to_thread(hub.choose_engine, c.engine, c.dtype, c.torch_threads)
         log.info("model %s: live streams on engine %s", name, hub.engine.label)

@@ -39,10 +39,11 @@ from service.api.pb.tsm.v1 import classifier_pb2 as pb
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.client import ClassifyError, LiveClient, LiveFrame, live_dict
 from service.core.errors import ServiceError, shutting_down
+from service.core.metrics import Metrics
 from service.inference.engines import cpu_has_native_bf16
 from service.inference.normalise import Normalise
 from service.live.engine import choose_live_engine, torch_step
-from service.live.hub import LiveOptions
+from service.live.hub import LiveLimits, LiveOptions, ModelHub
 from service.models.nn.online import OnlineTSM
 from service.models.store import load_entry
 from service.video.decode import decode_file
@@ -156,6 +157,24 @@ def test_interleaved_streams_batched_together_equal_each_alone(srv: InProcessSer
         assert_answers_match(answers, reference(store, clip))
     steps = metric(srv, "tsm_live_batch_streams_count", model="live") - before
     assert 0 < steps <= sum(len(c) for c in clips)
+
+
+def test_the_hub_owns_its_weights_on_its_own_device_whatever_the_runner_did_to_the_entrys(store: Path) -> None:
+    """A Runner moves the entry's module to its device in place (on a GPU: to CUDA, while the hub's
+    frames came from the CPU, and every live step failed). A dtype move shows the same on a CPU."""
+    entry = load_entry(store / "live" / "1")
+    entry.model.to(torch.float64)  # what a runner's in-place move does to the module the entry shares
+    hub = ModelHub("live", entry, LiveLimits(), Metrics(), device="cpu")
+    assert {(p.device.type, p.dtype) for p in hub.model.parameters()} == {("cpu", torch.float32)}
+    shared = {p.data_ptr() for p in hub.model.parameters()} & {p.data_ptr() for p in entry.model.parameters()}
+    assert not shared, "the hub's weights are its own"
+    frames = moving_frames(3, SIZE)
+    logits, _ = hub.step(frames[:2], [None, None])
+    entry.model.to(torch.float32)
+    expected = reference(store, frames)
+    np.testing.assert_allclose(logits[0], expected[0], rtol=1e-4, atol=1e-5)
+    per_frame, _ = hub._run_frames(np.stack(frames), None)  # a per-frame timeline, on the hub's thread
+    np.testing.assert_allclose(per_frame, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_batch_of_streams_steps_exactly_as_each_stream_alone(srv: InProcessServer) -> None:
