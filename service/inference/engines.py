@@ -81,6 +81,12 @@ class Engine:
         return engine_label(self.name, self.precision)
 
 
+def why(error: BaseException) -> str:
+    """An error in one log line: its type and the first line of its message (compilers write pages)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def engine_label(name: str, precision: str) -> str:
     """How logs, /v1/models users and benches name an engine: ``openvino``, ``openvino-bfloat16``."""
     return name if precision == "float32" else f"{name}-{precision}"
@@ -257,11 +263,15 @@ class EngineChooser:
             try:
                 engine = self.build(name, precision, reuse_cached)
             except Exception as e:  # a missing package, an unsupported op, a compiler error
-                log.warning("engine %s refused: it could not be built (%s); falling back", label, e)
+                log.warning("engine %s refused: it could not be built (%s); falling back", label, why(e))
                 return None
             if name == "torch" and precision == "float32":
                 return engine  # the reference itself
-            verdict = verify(engine.compute, self.reference, clips, arch, precision)
+            try:
+                verdict = verify(engine.compute, self.reference, clips, arch, precision)
+            except Exception as e:  # torch.compile compiles on the first call: a compiler error surfaces here
+                log.warning("engine %s refused: it failed on its first run (%s); falling back", label, why(e))
+                return None
             if verdict.ok:
                 log.info(
                     "engine %s verified: max |logits - reference| %.2g <= %.2g (%s in %.1f s)",

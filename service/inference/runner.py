@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from service.core.config import default
 from service.core.errors import ErrorKind, ServiceError
+from service.inference.cuda_graphs import CudaGraph, capture
 from service.inference.devices import resolve_device, resolve_dtype
 from service.inference.engine_cache import ModelIdentity
-from service.inference.engines import Compute, Engine, EngineChooser
+from service.inference.engines import Compute, Engine, EngineChooser, why
 from service.inference.normalise import Normalise
 
 if TYPE_CHECKING:
@@ -98,13 +99,6 @@ class Launched:
     done: torch.cuda.Event | None = None
 
 
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph
-    inp: Tensor
-    out: Tensor
-
-
 class Runner:
     """Owns the model on its device; forward() is blocking and runs only on the inference thread."""
 
@@ -154,7 +148,7 @@ class Runner:
         self.buckets: list[int] = []
         self.warmup_s: dict[int, float] = {}  # steady-state seconds per batch, by bucket
         self.cpu_chunk: int | None = None  # set by warm-up on CPU
-        self._graphs: dict[int, _Graph] = {}
+        self._graphs: dict[int, CudaGraph] = {}
         self._pinned: list[Tensor] = []
         self._slot = 0
         self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
@@ -273,11 +267,14 @@ class Runner:
             clip_shape=self.clip_shape, threads=self.config.torch_threads, cache_dir=self.config.engine_cache_dir,
             cuda_graphs=self.config.cuda_graphs,
         )  # fmt: skip
-        self.engine = chooser.choose()
-        self._compute = self.engine.compute
-        self._use_graphs = self._cuda and self.config.cuda_graphs and self.engine.name == "torch"
-        self._pad = self._cuda or self.engine.name == "compile"
-        log.info("engine %s serves on %s", self.engine.label, self.device)
+        self._use(chooser.choose())
+
+    def _use(self, engine: Engine) -> None:
+        self.engine = engine
+        self._compute = engine.compute
+        self._use_graphs = self._cuda and self.config.cuda_graphs and engine.name == "torch"
+        self._pad = self._cuda or engine.name == "compile"
+        log.info("engine %s serves on %s", engine.label, self.device)
 
     def _run(self, data: Tensor, rows: int) -> Tensor:
         """Forward ``data``; a CUDA out-of-memory error splits the batch in halves and retries."""
@@ -305,14 +302,25 @@ class Runner:
 
     def _warmup(self, buckets: list[int] | None) -> None:
         self._select_engine()
+        try:
+            self._warm_buckets(buckets)
+        except Exception as e:  # a compiled engine recompiles per batch size: a compiler error shows here
+            if self.engine.name == "torch":
+                raise
+            log.warning("engine %s failed at warm-up (%s): serving with torch eager", self.engine.label, why(e))
+            self._use(Engine("torch", str(self.dtype).removeprefix("torch."), self._compute_eager))
+            self.warmup_s.clear()
+            self._warm_buckets(buckets)
+
+    def _warm_buckets(self, buckets: list[int] | None) -> None:
         if buckets is None:
             chunked = not self._pad and self.config.chunk_cpu_batches
             buckets = batch_buckets(min(self.max_batch, CPU_WARM_MAX) if chunked else self.max_batch)
         self.buckets = buckets
         zeros = np.zeros((buckets[-1], *self.clip_shape), np.uint8)
         for size in reversed(self.buckets):
-            if self._use_graphs:
-                self._capture(size)
+            if self._use_graphs and (graph := capture(self._compute, self.clip_shape, size, self.device, self._graphs)):
+                self._graphs[size] = graph
             times = []
             for _ in range(3 if self._cuda else 2):  # the first run allocates (and autotunes on CUDA)
                 start = time.perf_counter()
@@ -327,24 +335,6 @@ class Runner:
             rate = {b: b / max(t, 1e-9) for b, t in self.warmup_s.items()}
             self.cpu_chunk = max(b for b in self.buckets if rate[b] >= 0.9 * max(rate.values()))
             log.info("CPU batches run in chunks of at most %d clips", self.cpu_chunk)
-
-    def _capture(self, size: int) -> None:
-        inp = torch.zeros((size, *self.clip_shape), dtype=torch.uint8, device=self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(3):  # cuDNN autotuning and lazy init must happen outside the capture
-                self._compute(inp)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        pool = next(iter(self._graphs.values())).graph.pool() if self._graphs else None
-        try:
-            with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
-                out = self._compute(inp)
-        except torch.OutOfMemoryError:
-            log.warning("no CUDA graph for batch %d: out of memory; it runs eagerly", size)
-            return
-        self._graphs[size] = _Graph(graph, inp, out)
 
     def _pinned_slot(self, size: int) -> Tensor:
         if not self._pinned or self._pinned[0].shape[0] < size:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from service.inference.engines import cpu_has_native_bf16, openvino_available, s
 from service.inference.runner import Runner, RunnerConfig
 from service.models.checkpoints import load_state_strict
 from service.models.store import ModelConfig, build_model
+from tests.support import ROOT
 from tests.support.checkpoints import golden, golden_input, synthetic_state_dict
 from tests.support.models import MEAN, SEGMENTS, SIZE, STD, random_clips, reference_logits, small_tsm
 
@@ -205,3 +209,26 @@ def test_an_unwritable_cache_costs_a_warning_not_the_engine(tmp_path: Path, capl
     np.testing.assert_allclose(runner.forward(clips), reference_logits(model, clips), rtol=1e-4, atol=1e-5)
     runner.close()
     assert blocked.is_file()  # left as it was
+
+
+def test_a_compile_that_fails_on_its_first_run_falls_back_to_eager_in_one_log_line() -> None:
+    """``torch.compile`` compiles lazily, on the first call (verification, then each warm-up size): on a
+    machine without a working C++ compiler (``CXX`` names none) the start used to fail. Its own process:
+    the compiler is read when torch's inductor is first imported."""
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format='%(name)s %(message)s')\n"
+        "from service.inference.runner import Runner, RunnerConfig\n"
+        "from tests.support.models import MEAN, SEGMENTS, SIZE, STD, small_tsm\n"
+        "config = RunnerConfig(device='cpu', engine='compile', max_batch_clips=2)\n"
+        "runner = Runner(small_tsm(), mean=MEAN, std=STD, num_segments=SEGMENTS, input_size=SIZE, config=config)\n"
+        "runner.warmup()\n"
+        "print(runner.engine.label, sorted(runner.warmup_s))\n"
+    )
+    env = {**os.environ, "CXX": "/nonexistent/c++"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "torch [1, 2]", done.stdout
+    ours = [line for line in done.stderr.splitlines() if line.startswith("tsm.engines engine compile")]
+    assert len(ours) == 1 and ours[0].endswith("; falling back") and "C++ compiler" in ours[0], done.stderr
