@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 LOCAL_STORE = Path("model_store")
 STORE_SETTING = "TSM_MODEL_STORE (--model-store)"
@@ -70,16 +70,24 @@ def bundled_labels() -> dict[str, Path]:
     return {p.stem: p for p in sorted(package_path("bundled", "labels").glob("*.txt"))}
 
 
+_HOW = {
+    "setting": f"set by {STORE_SETTING}",
+    "working directory": f"./model_store of the working directory; {STORE_SETTING} is unset",
+    "bundled": f"bundled with the package, read-only: {STORE_SETTING} is unset and the working directory has "
+    "no model_store folder",
+}
+
+
 @dataclass(frozen=True)
 class StoreChoice:
     """The model store in use and how it was chosen, said in the start-up log and in "not found" errors."""
 
     path: Path
-    how: str
+    source: Literal["setting", "working directory", "bundled"]
 
     @property
-    def bundled(self) -> bool:
-        return self.how.startswith("bundled")
+    def how(self) -> str:
+        return _HOW[self.source]
 
     def describe(self) -> str:
         return f"{self.path} ({self.how})"
@@ -88,11 +96,7 @@ class StoreChoice:
 def choose_store(setting: Path | None) -> StoreChoice:
     """``TSM_MODEL_STORE`` when set; else ``./model_store`` when it exists; else the bundled store."""
     if setting is not None:
-        return StoreChoice(Path(setting), f"set by {STORE_SETTING}")
+        return StoreChoice(Path(setting), "setting")
     if LOCAL_STORE.is_dir():
-        return StoreChoice(LOCAL_STORE.resolve(), f"./model_store of the working directory; {STORE_SETTING} is unset")
-    return StoreChoice(
-        bundled_store(),
-        f"bundled with the package, read-only: {STORE_SETTING} is unset and the working directory has no "
-        "model_store folder",
-    )
+        return StoreChoice(LOCAL_STORE.resolve(), "working directory")
+    return StoreChoice(bundled_store(), "bundled")

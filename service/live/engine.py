@@ -134,10 +134,12 @@ def _seconds_per_step(engine: LiveEngine, frames: Tensor, zero: list[Tensor], ru
 
 def choose_live_engine(model: OnlineTSM, normalise: Normalise, size: int, arch: str, wanted: str, dtype: str,
                        threads: int) -> LiveEngine:  # fmt: skip
-    """The step engine of one online model on CPU (rules: module docstring); ``size``: its input side."""
+    """The step engine of one online model (rules: module docstring); ``size``: its input side. The
+    engines to choose from run on the CPU: a model on another device steps with torch eager."""
     reference = torch_step(model, normalise)
     torch.set_flush_denormal(True)  # this thread times the engines: as the serving thread runs them
-    if wanted not in ("auto", "openvino") or not openvino_available():
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if not on_cpu or wanted not in ("auto", "openvino") or not openvino_available():
         return reference
     zero = [s[0] for s in model.initial_state(1, size)]
     precisions = ["bfloat16", "float32"] if dtype in ("auto", "bfloat16") and cpu_has_native_bf16() else ["float32"]

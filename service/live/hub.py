@@ -155,8 +155,6 @@ class ModelHub:
 
     def choose_engine(self, wanted: str, dtype: str, threads: int) -> None:
         """Blocking (a conversion takes seconds): call it from a thread before ``start``."""
-        if self.device.type != "cpu":  # the engines to choose from are CPU ones; on a GPU, torch eager
-            return
         self.engine = choose_live_engine(self.model, self._normalise, self.config.input_size, self.config.arch,
                                          wanted, dtype, threads)  # fmt: skip
 

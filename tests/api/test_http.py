@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -185,6 +186,28 @@ def test_overload_is_429_with_retry_after(tiny_store: Path, clip: Path) -> None:
         assert int(r.headers["retry-after"]) >= 1
         holder.join()
         assert post_video(srv.http, clip).status_code == 200, "the slot is free again"
+
+
+def test_a_refusal_while_draining_waits_for_the_upload_then_answers_503(tiny_store: Path, clip: Path) -> None:
+    """An HTTP/1.1 client sends its whole body before it reads: a 503 sent while the body still arrives
+    would be lost to a reset when the draining server closes the connection. It comes after the body."""
+    body = clip.read_bytes()
+    head = (f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\nContent-Length: {len(body)}\r\n"
+            "\r\n").encode()  # fmt: skip
+    with InProcessServer(tiny_store, http_port=True) as srv:
+        srv.run(srv.server.drain())
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(head + body[: len(body) // 2])
+            conn.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                conn.recv(1024)  # half the body sent: no answer yet
+            conn.settimeout(10)
+            conn.sendall(body[len(body) // 2 :])
+            answer = ""
+            while '"draining"' not in answer and (chunk := conn.recv(65536)):
+                answer += chunk.decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 503") and '"draining"' in answer, answer[:300]
 
 
 def test_missing_default_model_fails_start_with_a_clear_message(tiny_store: Path) -> None:

@@ -24,7 +24,7 @@ def test_the_store_setting_wins_from_the_environment_or_a_flag(tmp_path: Path, m
     (tmp_path / "model_store").mkdir()
     monkeypatch.setenv("TSM_MODEL_STORE", str(tmp_path / "mine"))
     for settings in (Settings(), Settings(model_store=tmp_path / "mine")):
-        assert settings.store.path == tmp_path / "mine" and not settings.store.bundled
+        assert settings.store.path == tmp_path / "mine" and settings.store.source == "setting"
         assert "set by TSM_MODEL_STORE" in settings.store.how
 
 
@@ -41,7 +41,7 @@ def test_without_either_the_bundled_models_serve(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("TSM_MODEL_STORE", raising=False)
     monkeypatch.chdir(tmp_path)
     store = Settings().store
-    assert store.bundled and store.path == bundled_store() and "read-only" in store.how
+    assert store.source == "bundled" and store.path == bundled_store() and "read-only" in store.how
     assert sorted(find_versions(store.path)) == [DEFAULT, f"{DEFAULT}_online"]
     for folders in find_versions(store.path).values():
         assert load_entry(folders[-1]).config.untrained is False, "entries that validate: sha256, labels, weights"

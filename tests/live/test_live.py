@@ -173,8 +173,9 @@ def test_the_hub_owns_its_weights_on_its_own_device_whatever_the_runner_did_to_t
     entry.model.to(torch.float32)
     expected = reference(store, frames)
     np.testing.assert_allclose(logits[0], expected[0], rtol=1e-4, atol=1e-5)
-    per_frame, _ = hub._run_frames(np.stack(frames), None)  # a per-frame timeline, on the hub's thread
+    per_frame, _ = asyncio.run(hub.run_frames(np.stack(frames), None))  # a per-frame timeline
     np.testing.assert_allclose(per_frame, expected, rtol=1e-4, atol=1e-5)
+    asyncio.run(hub.stop())
 
 
 def test_a_batch_of_streams_steps_exactly_as_each_stream_alone(srv: InProcessServer) -> None:
