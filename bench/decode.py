@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -63,6 +64,18 @@ def make_clip(path: Path, width: int, height: int, seconds: int, fps: int = 25) 
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
+    return path
+
+
+def cached_clip(directory: Path, width: int, height: int, seconds: int) -> Path:
+    """``make_clip`` once per size in ``directory`` (encoding 720p takes a while on 2 cores); the benches
+    that share a directory share the clips."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"shapes_{width}x{height}_{seconds}s.mp4"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.part.mp4")  # two benches at once never share a half-written file
+        make_clip(tmp, width, height, seconds)
+        tmp.rename(path)
     return path
 
 
@@ -140,7 +153,7 @@ def frame_counts(path: Path) -> dict[str, int]:
     """Frames each approach decodes for the 8 sampled frames (see the module docstring)."""
     import av
 
-    from service.video.decode import Convert, decode_plan, demux, sparse_decode
+    from service.video.decode import Convert, Opener, decode_plan, demux, sparse_decode
     from service.video.sampling import sample_indices
 
     packets = demux(str(path))
@@ -151,7 +164,7 @@ def frame_counts(path: Path) -> dict[str, int]:
     wanted = {display[i] for i in order}
     runs = decode_plan(packets, order)
     in_runs = [packets.pts[n] for start, end in runs for n in range(start, end + 1)]
-    _, decoded = sparse_decode(str(path), packets, order, Convert(32, 32, 0), 1)
+    _, decoded = sparse_decode(Opener(str(path), 1), packets, order, Convert(32, 32, 0))
     return {
         "sampled": len(order),
         "minimum": sum(1 for pts in in_runs if kinds[pts] in (1, 2) or pts in wanted),

@@ -32,6 +32,7 @@ from service.management.catalog import Catalog
 from service.management.repository import Repository, RepositoryConfig
 from service.management.versions import VersionLoader
 from service.models.store import StoreError, find_versions
+from service.video.decoders import choose_decoder
 from service.video.pool import DecodePool
 from service.video.probe import DecodeLimits
 from service.video.spool import default_spool_dir
@@ -104,9 +105,11 @@ class Server:
             )
         if s.default_model not in wanted:
             wanted.append(s.default_model)
-        accelerator = resolve_device(s.device).type == "cuda"
+        device = resolve_device(s.device)
+        accelerator = device.type == "cuda"
         try:
             split = s.cpu_split(accelerator)
+            decoding = choose_decoder(s.decoder, (device.index or 0) if accelerator else None)
         except ValueError as e:
             raise ServiceError(ErrorKind.internal, str(e)) from None
         live_limits = LiveLimits.from_settings(s)
@@ -121,9 +124,11 @@ class Server:
                 raise StoreError(e.message) from None
         # Decode workers: as many as keep the default model busy (its warm-up time per clip).
         default_runner = repository.models[s.default_model].batcher.runner
-        split = s.cpu_split(accelerator, default_runner.warmup_s.get(1, 0.0))
+        split = s.cpu_split(accelerator, default_runner.warmup_s.get(1, 0.0), decoding.decoder == "nvdec")
         log.info("%s", split.describe())
-        self._pool = DecodePool(DecodeLimits.from_settings(s), split.decode_workers, split.decode_threads)
+        log.info("decoder %s (%s)", decoding.decoder, decoding.why)
+        self._pool = DecodePool(DecodeLimits.from_settings(s), split.decode_workers, split.decode_threads,
+                                decoding.decoder, decoding.gpu)  # fmt: skip
         await self._pool.start()
         self._spool_dir = default_spool_dir(s.spool_dir)
         limits = RequestLimits.from_settings(s)

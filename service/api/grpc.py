@@ -139,6 +139,7 @@ def _options(message: pb.ClassifyOptions) -> ClassifyOptions:
         crops=message.crops if message.HasField("crops") else _DEFAULTS.crops,
         sampling=sampling,
         use_cache=not message.no_cache,
+        decoder=message.decoder or None,  # type: ignore[arg-type]  # checked by ClassifyOptions.check
     )
 
 

@@ -41,6 +41,7 @@ from service.classify.timeline import TimelineWindow
 from service.core.errors import ErrorKind, ServiceError
 from service.management.catalog import ModelInfo
 from service.server import Server
+from service.video.decoders import Decoder
 
 log = logging.getLogger("tsm.http")
 NDJSON = "application/x-ndjson"
@@ -156,6 +157,10 @@ async def classify(
         int, Query(description="1 (centre) or 3 (along the long side)", json_schema_extra={"enum": list(CROPS)})
     ] = _DEFAULTS.crops,
     sampling: Annotated[Sampling, Query(description="keyframes: fast, approximate")] = _DEFAULTS.sampling,
+    decoder: Annotated[
+        Decoder | None,
+        Query(description="pyav, nvdec (falls back to pyav, saying why), decord; default: TSM_DECODER"),
+    ] = None,
     timeout_ms: Annotated[
         int | None, Query(ge=1, le=int(MAX_TIMEOUT_S * 1000), description="deadline in milliseconds")
     ] = None,
@@ -180,7 +185,7 @@ async def classify(
     upload = _upload(request, classifier.limits.max_upload_bytes)
     options = ClassifyOptions(
         model=model, top_k=top_k, clips=clips, crops=crops, sampling=sampling, timeline=timeline, window_s=window_s,
-        stride_s=stride_s, use_cache="no-cache" not in (cache_control or "").lower(),
+        stride_s=stride_s, use_cache="no-cache" not in (cache_control or "").lower(), decoder=decoder,
     )  # fmt: skip
     timeout_s = timeout_ms / 1000 if timeout_ms is not None else x_request_timeout
     if timeline and media_type(accept or "") == NDJSON:

@@ -11,7 +11,7 @@ from service.classify.timeline import Timeline
 from service.core.metrics import STAGES
 from service.management.catalog import ModelInfo
 from service.management.repository import VersionState
-from service.video.decode import VideoFacts
+from service.video.decoded import VideoFacts
 
 
 class ErrorBody(BaseModel):

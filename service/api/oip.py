@@ -4,9 +4,9 @@ the v2 REST routes (``service.api.oip_http``) and the ``inference.GRPCInferenceS
 
 Every model exposes one input, ``VIDEO`` (``BYTES``, shape ``[-1]``: each element one whole encoded
 video file) and one output, ``PROBABILITIES`` (``FP32``, ``[-1, classes]``: the mean of the views'
-logits, then softmax, as ``/classify``). Request parameters carry ``top_k``, ``clips``, ``crops`` and
-``sampling``. With the classification extension (``"classification": k`` on the requested output) the
-output is ``BYTES`` ``"score:index:label"`` strings instead, best first, ``[-1, k]``. The elements of
+logits, then softmax, as ``/classify``). Request parameters carry ``top_k``, ``clips``, ``crops``,
+``sampling`` and ``decoder``. With the classification extension (``"classification": k`` on the requested
+output) the output is ``BYTES`` ``"score:index:label"`` strings instead, best first, ``[-1, k]``. The elements of
 one request are classified concurrently through ``Classifier.run``, so their clips share batches with
 each other and with every other request; the first failure fails the request, with its own error.
 """
@@ -31,7 +31,13 @@ EXTENSIONS = ["classification", "binary_tensor_data"]
 SERVER_NAME = "tsm-serve"
 PLATFORM = "pytorch_tsm"
 _DEFAULTS = ClassifyOptions()
-_OPTION_TYPES: dict[str, tuple[type, ...]] = {"top_k": (int,), "clips": (int,), "crops": (int,), "sampling": (str,)}
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "top_k": (int,),
+    "clips": (int,),
+    "crops": (int,),
+    "sampling": (str,),
+    "decoder": (str,),
+}
 
 
 def bad(message: str) -> ServiceError:
@@ -128,7 +134,8 @@ def options(model: str, params: dict[str, Any]) -> ClassifyOptions:
         raise bad("parameter sampling must be 'uniform' or 'keyframes'")
     return ClassifyOptions(model=model, top_k=int(params.get("top_k", _DEFAULTS.top_k)),
                            clips=int(params.get("clips", _DEFAULTS.clips)),
-                           crops=int(params.get("crops", _DEFAULTS.crops)), sampling=sampling)  # fmt: skip
+                           crops=int(params.get("crops", _DEFAULTS.crops)), sampling=sampling,
+                           decoder=params.get("decoder"))  # fmt: skip
 
 
 def model_key(name: str, version: str | None) -> str:

@@ -227,7 +227,7 @@ class Classifier:
         c, engine = model.entry.config, model.batcher.runner.engine
         parts = [upload_sha256, c.name, c.version, c.weights_sha256, hashlib.sha256(c.model_dump_json().encode())
                  .hexdigest(), engine.name, engine.precision, o.top_k, o.clips, o.crops, o.sampling, o.timeline,
-                 o.window_s, o.stride_s]  # fmt: skip
+                 o.window_s, o.stride_s, o.decoder or self.pool.decoder]  # fmt: skip
         return "tsm:answer:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     async def _answer(
@@ -280,13 +280,15 @@ class Classifier:
         spec = sampling_spec(config, options, self.limits.max_windows)
         try:
             with self._stage(admission, "decode"):
-                decoded = await self.pool.decode(video, spec, time_left_s=self._remaining(admission))
+                decoded = await self.pool.decode(video, spec, self._remaining(admission), options.decoder)
         except ServiceError as e:
             if e.kind is not ErrorKind.deadline_exceeded:
                 self.metrics.decode_failures.labels(e.code).inc()
             raise
         finally:
             video.unlink(missing_ok=True)
+        if decoded.facts.decoder_fallback:
+            self.metrics.decoder_fallbacks.labels(options.decoder or self.pool.decoder, decoded.facts.decoder).inc()
         self._remaining(admission)
         timeline = None
         if options.timeline and config.online:

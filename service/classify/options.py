@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from service.core.errors import ErrorKind, ServiceError
 from service.models.store import ModelConfig
+from service.video.decoders import DECODERS, DECORD_MISSING, Decoder, decord_installed
 from service.video.sampling import SamplingSpec
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class ClassifyOptions:
     window_s: float | None = None  # None: the model's clip span
     stride_s: float | None = None  # None: half the window
     use_cache: bool = True  # False: Cache-Control: no-cache (computed afresh, then stored)
+    decoder: Decoder | None = None  # None: the server's (TSM_DECODER)
 
     @property
     def views(self) -> int:
@@ -54,6 +56,10 @@ class ClassifyOptions:
             raise ServiceError(ErrorKind.bad_request, "crops must be 1 (centre) or 3 (along the long side)")
         if self.sampling not in SAMPLINGS:
             raise ServiceError(ErrorKind.bad_request, "sampling must be uniform or keyframes")
+        if self.decoder is not None and self.decoder not in DECODERS:
+            raise ServiceError(ErrorKind.bad_request, "decoder must be pyav, nvdec or decord (or left out)")
+        if self.decoder == "decord" and not decord_installed():
+            raise ServiceError(ErrorKind.bad_request, f"decoder=decord: {DECORD_MISSING}; use pyav or leave it out")
         if not self.timeline and (self.window_s is not None or self.stride_s is not None):
             raise ServiceError(ErrorKind.bad_request, "window_s and stride_s shape a timeline: add timeline=true")
         if self.timeline and self.clips != 1:

@@ -10,7 +10,7 @@ import numpy as np
 
 from service.classify.timeline import Timeline, TimelineSegment, TimelineWindow
 from service.inference.answers import Prediction
-from service.video.decode import VideoFacts
+from service.video.decoded import VideoFacts
 
 
 @dataclass

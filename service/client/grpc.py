@@ -192,6 +192,7 @@ def classification_dict(c: pb.Classification) -> dict[str, Any]:
         "video": {
             "container": v.container, "codec": v.codec, "width": v.width, "height": v.height, "frames": v.frames,
             "fps": v.fps, "duration_s": v.duration_s, "rotation": v.rotation, "decoder": v.decoder,
+            "decoder_fallback": v.decoder_fallback,
         },
         "clips": c.clips,
         "crops": c.crops,

@@ -94,9 +94,12 @@ class Settings(BaseSettings):
     # --- decoding
     decode_workers: int = Field(default=0, ge=0, description="decode processes; 0: their share of cpu_budget")
     decode_timeout_s: float = Field(default=20.0, gt=0, description="a decode running longer is killed")
-    decode_memory_mb: int = Field(
-        default=2048, ge=768, description="address-space cap of each decode worker (FFmpeg maps ~400 MB)"
+    decoder: Literal["auto", "pyav", "nvdec", "decord"] = Field(
+        "auto",
+        description="auto: NVDEC when the model runs on CUDA, else PyAV; pyav: FFmpeg on the CPU; nvdec: FFmpeg "
+        "on the GPU's decoder; decord: mmaction2's frames (service/video/decoders.py)",
     )
+    decode_memory_mb: int = Field(default=2048, ge=768, description="memory cap (RLIMIT_DATA) of each decode worker")
     decode_threads: int = Field(default=1, ge=1, description="decoder threads per worker")
     decode_max_jobs: int = Field(default=200, ge=1, description="a worker is replaced after this many decodes")
     max_upload_bytes: int = Field(default=200 * MiB, ge=1)
@@ -152,14 +155,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"set both {proto}_tls_cert_file and {proto}_tls_key_file, or neither")
         return self
 
-    def cpu_split(self, accelerator: bool, seconds_per_clip: float = 0.0) -> CpuSplit:
+    def cpu_split(self, accelerator: bool, seconds_per_clip: float = 0.0, nvdec: bool = False) -> CpuSplit:
         """Divide the CPU budget between inference and decoding; refuse settings that oversubscribe.
 
-        Neither side may use more threads than the budget has cores. Inference gets every core (one
-        thread with an accelerator: it only feeds the device). Decode workers: as many as keep up with
-        the model, ``seconds_per_clip`` (its warm-up time per clip) against ~0.2 s of CPU per video,
-        up to the budget; with an accelerator, every core but one. The two sides take turns on the
-        same cores (a clip is decoded, then inferred); bench/RESULTS.md has the splits we measured."""
+        Neither side may use more threads than the budget has cores. Without an accelerator the two
+        sides take turns on the same cores (a clip is decoded, then inferred): inference gets every core,
+        and decode workers are as many as keep up with the model, ``seconds_per_clip`` (its warm-up time
+        per clip) against ~0.2 s of CPU per video, up to the budget. With one, the server process keeps
+        :func:`main_cores` for itself (HTTP and gRPC, batching, feeding the device: one inference
+        thread) and decode workers get the rest; with ``nvdec`` twice as many, since an NVDEC worker
+        spends most of a job waiting on the GPU's decoder. bench/RESULTS.md has the splits we measured."""
         budget = self.cpu_budget or available_cores()
         asked = {
             "TSM_TORCH_THREADS": self.torch_threads,
@@ -177,12 +182,18 @@ class Settings(BaseSettings):
         if self.decode_workers:
             workers = self.decode_workers
         elif accelerator:
-            workers = max(1, (budget - 1) // self.decode_threads)
+            workers = max(1, (budget - main_cores(budget)) // self.decode_threads) * (2 if nvdec else 1)
         elif seconds_per_clip > 0:
             workers = min(most, max(1, math.ceil(DECODE_S_PER_VIDEO / (seconds_per_clip * self.decode_threads))))
         else:
             workers = most
-        return CpuSplit(budget, inference, workers, self.decode_threads)
+        return CpuSplit(budget, inference, workers, self.decode_threads, main_cores(budget) if accelerator else 0)
+
+
+def main_cores(budget: int) -> int:
+    """Cores the server process keeps on a GPU host: one for the event loop (HTTP, gRPC, multipart,
+    batching) and, from 8 cores up, one more for the thread that feeds the device."""
+    return 1 if budget < 8 else 2
 
 
 # CPU seconds to decode a typical upload's sampled frames (bench/RESULTS.md: 0.05 s at 320×240, 0.12 s
@@ -196,10 +207,12 @@ class CpuSplit:
     inference_threads: int
     decode_workers: int
     decode_threads: int
+    main_cores: int = 0  # kept by the server process on a GPU host (0: it shares the cores, CPU inference)
 
     def describe(self) -> str:
+        kept = f"server process {self.main_cores} core(s), " if self.main_cores else ""
         return (
-            f"CPU budget {self.budget} core(s): inference {self.inference_threads} thread(s), decoding "
+            f"CPU budget {self.budget} core(s): {kept}inference {self.inference_threads} thread(s), decoding "
             f"{self.decode_workers} worker(s) × {self.decode_threads} thread(s)"
         )
 

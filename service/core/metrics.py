@@ -44,6 +44,13 @@ class Metrics:
         self.decode_failures = Counter(
             "tsm_decode_failures", "Uploads that could not be decoded, by error code.", ["reason"], registry=r
         )
+        self.decoder_fallbacks = Counter(
+            "tsm_decoder_fallbacks",
+            "Uploads the decoder asked for could not take (NVDEC: codec, GPU or error; decord: an unreadable "
+            "index), decoded by the one used instead; the answer's video.decoder_fallback says why.",
+            ["requested", "used"],
+            registry=r,
+        )
         self.decode_workers = Gauge(
             "tsm_decode_workers", "Decode workers (workers, busy, idle) and queued jobs.", ["state"], registry=r
         )

@@ -4,7 +4,9 @@
 decoded in worker processes (``service.video.pool``), never in the server process. The rules:
 
 - PyAV (FFmpeg) decodes every format; only what the sampled frames need is decoded
-  (:func:`decode_plan`), and the pixels equal those of decoding every frame.
+  (:func:`decode_plan`), and the pixels equal those of decoding every frame. The same plan runs on
+  NVDEC (``decoder="nvdec"``); ``decoder="decord"`` reads decord's frames (``decord_backend``). Either
+  falls back to PyAV on the CPU for a file it cannot take, saying why (``service.video.decoders``).
 - Everything is probed and checked against the limits before any frame is decoded at size:
   memory follows decoded pixels, not upload bytes.
 - Frames are resized while converting to RGB, straight to the model's scale size, then centre
@@ -16,24 +18,26 @@ Probing and the limits are ``service.video.probe``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+from av.codec.hwaccel import HWAccel
 
-from service.video.probe import DecodeLimits, Probe, probe, too_long, too_many_windows, undecodable, video_stream
+from service.video.decoded import DecodedVideo, DecoderFailed, facts, fill_gaps, plan_frames
+from service.video.decoders import Decoder, nvdec_accel, nvdec_error, nvdec_refuses
+from service.video.decord_backend import decode_decord
+from service.video.probe import DecodeLimits, Probe, probe, too_long, undecodable, video_stream
 from service.video.sampling import (
     SamplingSpec,
     assemble,
-    nearest_keyframes,
-    sample_indices,
     scaled_size,
-    stride_indices,
-    timeline_windows,
-    window_indices,
 )
 
 # Codecs whose sparse decoding (restarts at keyframes, frames nothing refers to skipped) returns the
@@ -44,45 +48,42 @@ SPARSE_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg1video", 
 DECODER_THREADS = 1
 
 
-@dataclass(frozen=True)
-class VideoFacts:
-    """What we learned about the upload. ``width``/``height`` are as displayed (after rotation);
-    ``rotation`` is the counter-clockwise turn applied for display (0, 90, 180 or 270)."""
-
-    container: str
-    codec: str
-    width: int
-    height: int
-    frames: int
-    fps: float
-    duration_s: float
-    rotation: int
-    decoder: str  # "pyav"
-
-
-@dataclass
-class DecodedVideo:
-    frames: np.ndarray  # uint8 [clips*crops (or windows*crops), T, input_size, input_size, 3], RGB, C-contiguous
-    facts: VideoFacts
-    windows: list[tuple[float, float]] = field(default_factory=list)  # a timeline's (start_s, end_s)
-
-
 def decode_file(
-    path: str | Path, spec: SamplingSpec, limits: DecodeLimits, threads: int = DECODER_THREADS
+    path: str | Path,
+    spec: SamplingSpec,
+    limits: DecodeLimits,
+    threads: int = DECODER_THREADS,
+    decoder: Decoder = "pyav",
+    gpu: int = 0,
 ) -> DecodedVideo:
-    """Probes, checks the limits, decodes the sampled frames. Raises :class:`ServiceError`."""
+    """Probes, checks the limits, decodes the sampled frames with ``decoder`` (``nvdec`` on GPU ``gpu``).
+    NVDEC falls back to PyAV on the CPU for a file it cannot take, and ``facts.decoder_fallback`` says
+    why. Raises :class:`ServiceError`."""
     info = probe(path, limits)
-    return _decode_pyav(str(path), info, spec, limits, threads)
+    reason = ""
+    if decoder == "decord":
+        try:
+            return decode_decord(str(path), info, spec, limits, threads)
+        except DecoderFailed as e:
+            reason = str(e)
+    elif decoder == "nvdec":
+        reason = nvdec_refuses(info.codec)
+        if not reason:
+            try:
+                return _decode_pyav(str(path), info, spec, limits, threads, nvdec_accel(gpu))
+            except DecoderFailed as e:
+                reason = str(e)
+    video = _decode_pyav(str(path), info, spec, limits, threads)
+    if reason:
+        video.facts = dataclasses.replace(video.facts, decoder_fallback=reason)
+    return video
 
 
-def _facts(info: Probe, frames: int, fps: float, decoder: str) -> VideoFacts:
-    width, height = info.display_size
-    duration = info.duration_s or (frames / fps if fps else 0.0)
-    return VideoFacts(info.container, info.codec, width, height, frames, round(fps, 3), round(duration, 3),
-                      info.rotation, decoder)  # fmt: skip
-
-
-def _decode_pyav(path: str, info: Probe, spec: SamplingSpec, limits: DecodeLimits, threads: int) -> DecodedVideo:
+def _decode_pyav(
+    path: str, info: Probe, spec: SamplingSpec, limits: DecodeLimits, threads: int, hwaccel: HWAccel | None = None
+) -> DecodedVideo:
+    """PyAV (FFmpeg): on the CPU, or through NVDEC with ``hwaccel`` (frames are copied back to host
+    memory by PyAV, then converted exactly as CPU-decoded ones)."""
     width, height = scaled_size(*info.display_size, spec.scale_size, spec.resize)
     coded_w, coded_h = (height, width) if info.rotation in (90, 270) else (width, height)
     turns = info.rotation // 90  # np.rot90 turns counter-clockwise, as the display matrix does
@@ -96,45 +97,49 @@ def _decode_pyav(path: str, info: Probe, spec: SamplingSpec, limits: DecodeLimit
         fps = info.fps or 25.0
         if not info.duration_s and count / fps > limits.max_duration_s:
             raise too_long(count / fps, limits)
-        windows: list[tuple[float, float]] = []
-        if spec.sampling == "every":  # refused before any frame is decoded when there are too many
-            starts = list(range(0, count, spec.stride))
-            if len(starts) > spec.max_windows:
-                raise too_many_windows(len(starts), count / fps, spec)
-            windows = [(i / fps, min(i + spec.stride, count) / fps) for i in starts]
-            indices = [[i] for i in starts]
-        elif spec.timeline:
-            windows = timeline_windows(count / fps, spec.window_s, spec.stride_s)
-            if len(windows) > spec.max_windows:
-                raise too_many_windows(len(windows), count / fps, spec)
-            indices = window_indices(count, fps, windows, spec.num_segments)
-        elif spec.sampling == "stride":
-            indices = [stride_indices(count, spec.num_segments, spec.stride)]
-        else:
-            indices = sample_indices(count, spec.num_segments, spec.clips)
         keyframes = packets.keyframe_indices()
-        only_keys = spec.sampling == "keyframes" and bool(keyframes)
-        if only_keys:
-            indices = nearest_keyframes(indices, keyframes)
-        order = sorted({i for clip in indices for i in clip})
+        plan = plan_frames(count, fps, keyframes, spec)
+        order = plan.order
         convert = Convert(coded_w, coded_h, turns)
-        if only_keys:
-            got = _in_order(path, order, convert, threads, keyframes)
+        opened = Opener(path, threads, hwaccel)
+        if plan.only_keys:
+            got = _in_order(opened, order, convert, keyframes)
         elif info.codec in SPARSE_CODECS and packets.timestamps_usable():
-            got, _ = sparse_decode(path, packets, order, convert, threads)
+            got, _ = sparse_decode(opened, packets, order, convert)
         else:
-            got = _in_order(path, order, convert, threads)
+            got = _in_order(opened, order, convert)
     except av.FFmpegError as exc:
+        if hwaccel is not None:
+            raise DecoderFailed(f"NVDEC failed on this file ({nvdec_error(exc)})") from exc
         raise undecodable() from exc
-    if not got:
-        raise undecodable("none of its frames decode")
-    # A damaged stream can yield fewer frames than packets: use the last frame before a gap.
-    unique = np.empty((len(order), height, width, 3), np.uint8)
-    last = got[min(got)]
-    for row, i in enumerate(order):
-        last = got.get(i, last)
-        unique[row] = last
-    return DecodedVideo(assemble(unique, order, indices, spec), _facts(info, count, fps, "pyav"), windows)
+    unique = fill_gaps(got, order, height, width)
+    decoder = "pyav" if hwaccel is None else "nvdec"
+    return DecodedVideo(assemble(unique, order, plan.indices, spec), facts(info, count, fps, decoder), plan.windows)
+
+
+@dataclass(frozen=True)
+class Opener:
+    """Opens the upload's video stream for decoding: on the CPU, or through ``hwaccel``."""
+
+    path: str
+    threads: int
+    hwaccel: HWAccel | None = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+        try:
+            opened = av.open(self.path, metadata_errors="ignore", hwaccel=self.hwaccel)
+        except av.FFmpegError as e:
+            if self.hwaccel is None:
+                raise
+            # The probe opened this file on the CPU: a failure here is the GPU's, not the file's.
+            raise DecoderFailed(f"NVDEC could not start on this machine ({nvdec_error(e)})") from e
+        with opened as container:
+            stream = video_stream(container)
+            if stream is None:
+                raise undecodable()
+            stream.thread_count = self.threads
+            yield container, stream
 
 
 @dataclass
@@ -215,7 +220,7 @@ def decode_plan(packets: Packets, wanted: list[int]) -> list[tuple[int, int]]:
 
 
 def sparse_decode(
-    path: str, packets: Packets, order: list[int], convert: Convert, threads: int
+    opened: Opener, packets: Packets, order: list[int], convert: Convert
 ) -> tuple[dict[int, np.ndarray], int]:
     """Decodes only what the sampled frames need (plan: :func:`decode_plan`); the same pixels as
     decoding every frame, which the tests check on B-frames, open GOPs and other codecs. Returns the
@@ -234,10 +239,7 @@ def sparse_decode(
             if i is not None and i not in got:
                 got[i] = convert(frame)
 
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = video_stream(container)
-        assert stream is not None
-        stream.thread_count = threads
+    with opened() as (container, stream):
         ctx = stream.codec_context
         run, n = 0, -1
         for packet in container.demux(stream):
@@ -261,17 +263,14 @@ def sparse_decode(
 
 
 def _in_order(
-    path: str, order: list[int], convert: Convert, threads: int, keyframes: list[int] | None = None
+    opened: Opener, order: list[int], convert: Convert, keyframes: list[int] | None = None
 ) -> dict[int, np.ndarray]:
     """Every frame in turn up to the last sampled one, the n-th out being display index n: for streams
     whose timestamps cannot place frames (missing or repeated). With ``keyframes``
     (``sampling=keyframes``) only keyframes are decoded and the n-th one is ``keyframes[n]``."""
     wanted = set(order)
     got: dict[int, np.ndarray] = {}
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = video_stream(container)
-        assert stream is not None
-        stream.thread_count = threads
+    with opened() as (container, stream):
         if keyframes is not None:
             stream.codec_context.skip_frame = "NONKEY"
         n = 0

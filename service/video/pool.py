@@ -32,7 +32,9 @@ import numpy as np
 
 import service
 from service.core.errors import ErrorKind, ServiceError, shutting_down
-from service.video.decode import DECODER_THREADS, DecodedVideo, VideoFacts
+from service.video.decode import DECODER_THREADS
+from service.video.decoded import DecodedVideo, VideoFacts
+from service.video.decoders import Decoder
 from service.video.probe import DecodeLimits
 from service.video.sampling import SamplingSpec
 from service.video.worker import BOOT, crashed
@@ -42,7 +44,7 @@ log = logging.getLogger("tsm.decode")
 _READY_TIMEOUT_S = 60.0
 _ROOT = str(Path(service.__file__).resolve().parent.parent)  # the folder (or zip) that holds the package
 _WORKER_ENV = {
-    # Small, predictable address space under RLIMIT_AS: no 64 MB malloc arena per thread, no
+    # Small, predictable memory under the worker's RLIMIT_DATA cap: no 64 MB malloc arena per thread, no
     # BLAS thread pools.
     "MALLOC_ARENA_MAX": "2",
     "OMP_NUM_THREADS": "1",
@@ -69,6 +71,7 @@ class _Job:
     spec: SamplingSpec
     timeout_s: float
     deadline_first: bool  # the caller's time runs out before the decode limit: its error, not ours
+    decoder: Decoder
     future: asyncio.Future[DecodedVideo]
 
 
@@ -89,12 +92,22 @@ class _Slot:
 class DecodePool:
     """``workers`` decode processes behind one asyncio queue."""
 
-    def __init__(self, limits: DecodeLimits, workers: int, decoder_threads: int = DECODER_THREADS) -> None:
-        """``decoder_threads`` per worker: 1 suits one worker per core (see bench/decode.py)."""
+    def __init__(
+        self,
+        limits: DecodeLimits,
+        workers: int,
+        decoder_threads: int = DECODER_THREADS,
+        decoder: Decoder = "pyav",
+        gpu: int = 0,
+    ) -> None:
+        """``decoder_threads`` per worker: 1 suits one worker per core (see bench/decode.py). ``decoder``
+        decodes the jobs that name none; ``nvdec`` decodes on CUDA device ``gpu``."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._limits = limits
         self._decoder_threads = decoder_threads
+        self.decoder = decoder
+        self._gpu = gpu
         self._slots = [_Slot() for _ in range(workers)]
         self._queue: asyncio.Queue[_Job] | None = None
         # One thread per slot waits on that slot's socket.
@@ -109,16 +122,19 @@ class DecodePool:
         for slot in self._slots:
             slot.task = asyncio.create_task(self._serve(slot))
 
-    async def decode(self, path: Path, spec: SamplingSpec, time_left_s: float | None = None) -> DecodedVideo:
-        """Decodes in a worker, killed after the limits' ``timeout_s`` (decode_timeout) or, when the
-        caller's ``time_left_s`` ends first, then (deadline_exceeded). Cancelling the await drops a
-        queued job or recycles its worker."""
+    async def decode(
+        self, path: Path, spec: SamplingSpec, time_left_s: float | None = None, decoder: Decoder | None = None
+    ) -> DecodedVideo:
+        """Decodes in a worker (with ``decoder``, else the pool's), killed after the limits' ``timeout_s``
+        (decode_timeout) or, when the caller's ``time_left_s`` ends first, then (deadline_exceeded).
+        Cancelling the await drops a queued job or recycles its worker."""
         if self._queue is None or self._closed:
             raise ServiceError(ErrorKind.not_ready, "The decoder is not running; retry shortly.")
         future: asyncio.Future[DecodedVideo] = asyncio.get_running_loop().create_future()
         limit = self._limits.timeout_s
         time_left_s = limit if time_left_s is None else time_left_s
-        self._queue.put_nowait(_Job(Path(path), spec, min(limit, time_left_s), time_left_s < limit, future))
+        job = _Job(Path(path), spec, min(limit, time_left_s), time_left_s < limit, decoder or self.decoder, future)
+        self._queue.put_nowait(job)
         return await future
 
     async def close(self) -> None:
@@ -207,6 +223,8 @@ class DecodePool:
             "spec": dataclasses.asdict(job.spec),
             "limits": dataclasses.asdict(self._limits),
             "threads": self._decoder_threads,
+            "decoder": job.decoder,
+            "gpu": self._gpu,
         }
         try:
             worker.conn.send_bytes(json.dumps(message).encode())

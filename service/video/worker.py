@@ -1,9 +1,14 @@
 """The decode worker process: a fresh interpreter without torch that decodes one job at a time.
 
 Started by ``service.video.pool`` as ``python -c BOOT <fd> <parent pid> <memory MB> <root>``; it
-caps its own address space, dies with its parent, and answers each JSON job on its socket with a
-JSON header, then the raw frame bytes. It imports only the decoders, numpy and ``service.video.decode``
-(which keeps ``service.core.errors`` free of grpc for this reason).
+caps its own memory, dies with its parent, and answers each JSON job on its socket with a JSON header,
+then the raw frame bytes.
+
+The memory cap is ``RLIMIT_DATA`` (heap and private writable mappings: every decoded frame and every
+numpy array), not ``RLIMIT_AS``: CUDA reserves tens of GiB of address space it never touches, so an
+address-space cap makes ``cuInit`` (NVDEC) fail, while the data cap still stops a decompression bomb.
+It imports only the decoders, numpy and ``service.video.decode`` (which keeps ``service.core.errors``
+free of grpc for this reason).
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ def worker_main() -> None:
     av.logging.set_level(None)
     conn = Connection(fd)
     cap = memory_mb * MiB
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard if hard != resource.RLIM_INFINITY and hard < cap else cap))
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard if hard != resource.RLIM_INFINITY and hard < cap else cap))
     conn.send_bytes(json.dumps({"ready": True, "pid": os.getpid()}).encode())
     while True:
         try:
@@ -60,7 +65,8 @@ def worker_main() -> None:
         try:
             spec = SamplingSpec(**message["spec"])
             limits = DecodeLimits(**message["limits"])
-            result = decode_file(message["path"], spec, limits, threads=int(message["threads"]))
+            result = decode_file(message["path"], spec, limits, int(message["threads"]), message["decoder"],
+                                 int(message["gpu"]))  # fmt: skip
             frames = result.frames
             reply = {"ok": True, "shape": list(frames.shape), "facts": dataclasses.asdict(result.facts),
                      "windows": result.windows}  # fmt: skip

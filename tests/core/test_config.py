@@ -86,8 +86,15 @@ def test_the_cpu_budget_is_split_without_oversubscribing() -> None:
     assert Settings(cpu_budget=8).cpu_split(False, seconds_per_clip=0.02).decode_workers == 8
     assert Settings(cpu_budget=8).cpu_split(False, seconds_per_clip=0.05).decode_workers == 4
     assert Settings(cpu_budget=8, decode_threads=2).cpu_split(False, 0.02).decode_workers == 4
+    # On a GPU host the server process keeps its own cores (event loop, the thread feeding the device), the
+    # CPU decoders get the rest, NVDEC workers twice as many (they mostly wait on the GPU's decoder).
     on_gpu = Settings(cpu_budget=8).cpu_split(accelerator=True, seconds_per_clip=0.001)
-    assert (on_gpu.inference_threads, on_gpu.decode_workers) == (1, 7)  # one thread feeds the device
+    assert (on_gpu.main_cores, on_gpu.inference_threads, on_gpu.decode_workers) == (2, 1, 6)
+    assert "server process 2 core(s), inference 1 thread(s), decoding 6 worker(s)" in on_gpu.describe()
+    assert Settings(cpu_budget=16).cpu_split(True, nvdec=True).decode_workers == 28
+    assert Settings(cpu_budget=16).cpu_split(True).decode_workers == 14
+    small_gpu_host = Settings(cpu_budget=2).cpu_split(True)
+    assert (small_gpu_host.main_cores, small_gpu_host.decode_workers) == (1, 1)
     assert Settings(cpu_budget=6, torch_threads=1, decode_workers=5).cpu_split(False).decode_workers == 5
     one_core = Settings(cpu_budget=1).cpu_split(False)
     assert (one_core.inference_threads, one_core.decode_workers) == (1, 1)

@@ -27,7 +27,8 @@ from harness.media import (
     truncate,
 )
 from service.core.errors import ServiceError
-from service.video.decode import DecodedVideo, decode_file
+from service.video.decode import decode_file
+from service.video.decoded import DecodedVideo
 from service.video.pool import DecodePool
 from service.video.probe import DecodeLimits
 from service.video.sampling import SamplingSpec, sample_indices

@@ -17,7 +17,7 @@ SAMPLING_UNIFORM: Sampling
 SAMPLING_KEYFRAMES: Sampling
 
 class ClassifyOptions(_message.Message):
-    __slots__ = ("top_k", "model", "clips", "crops", "sampling", "filename", "content_type", "no_cache")
+    __slots__ = ("top_k", "model", "clips", "crops", "sampling", "filename", "content_type", "no_cache", "decoder")
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLIPS_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class ClassifyOptions(_message.Message):
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     NO_CACHE_FIELD_NUMBER: _ClassVar[int]
+    DECODER_FIELD_NUMBER: _ClassVar[int]
     top_k: int
     model: str
     clips: int
@@ -34,7 +35,8 @@ class ClassifyOptions(_message.Message):
     filename: str
     content_type: str
     no_cache: bool
-    def __init__(self, top_k: _Optional[int] = ..., model: _Optional[str] = ..., clips: _Optional[int] = ..., crops: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, str]] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., no_cache: _Optional[bool] = ...) -> None: ...
+    decoder: str
+    def __init__(self, top_k: _Optional[int] = ..., model: _Optional[str] = ..., clips: _Optional[int] = ..., crops: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, str]] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., no_cache: _Optional[bool] = ..., decoder: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("options", "video")
@@ -169,7 +171,7 @@ class Prediction(_message.Message):
     def __init__(self, label: _Optional[str] = ..., index: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class VideoFacts(_message.Message):
-    __slots__ = ("container", "codec", "width", "height", "frames", "fps", "duration_s", "rotation", "decoder")
+    __slots__ = ("container", "codec", "width", "height", "frames", "fps", "duration_s", "rotation", "decoder", "decoder_fallback")
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +181,7 @@ class VideoFacts(_message.Message):
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     ROTATION_FIELD_NUMBER: _ClassVar[int]
     DECODER_FIELD_NUMBER: _ClassVar[int]
+    DECODER_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     container: str
     codec: str
     width: int
@@ -188,7 +191,8 @@ class VideoFacts(_message.Message):
     duration_s: float
     rotation: int
     decoder: str
-    def __init__(self, container: _Optional[str] = ..., codec: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., duration_s: _Optional[float] = ..., rotation: _Optional[int] = ..., decoder: _Optional[str] = ...) -> None: ...
+    decoder_fallback: str
+    def __init__(self, container: _Optional[str] = ..., codec: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ..., duration_s: _Optional[float] = ..., rotation: _Optional[int] = ..., decoder: _Optional[str] = ..., decoder_fallback: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("upload_ms", "decode_ms", "queue_ms", "inference_ms", "total_ms")
