@@ -10,8 +10,11 @@ An engine maps uint8 clips ``[B, T, H, W, 3]`` (a tensor on the runner's device)
   (float32, or bfloat16 where the CPU has it and ``dtype=bfloat16`` asks for it). It won on our CPU
   (bench/RESULTS.md, engines table).
 
-``auto`` builds every engine the device offers (CPU: openvino, torch; CUDA: torch), verifies each and
-takes the fastest at batch 1 on this machine.
+``auto`` builds every engine the device offers (CPU: openvino, torch; CUDA: compile where a C compiler
+is present, for Triton, and torch), verifies each and takes the fastest at batch 1 on this machine. On
+CUDA, when torch eager wins, its CUDA graphs are verified and timed too, and replace it when faster.
+``torch.compile``'s artefacts (Inductor's FX graph and autotuning caches) are kept under the engine
+cache folder, ``inductor/``, so a restart recompiles from the cache in seconds.
 
 **Verification.** Seeded clips go through the engine and through the float32 eager reference; the
 engine is refused unless ``max|engine - reference| <= tol * max(1, max|reference|)`` and the top
@@ -28,6 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -40,7 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.inference.engine_cache import EngineCache, ModelIdentity
+from service.inference.cuda_graphs import capture
+from service.inference.engine_cache import EngineCache, ModelIdentity, default_cache_dir
 
 log = logging.getLogger("tsm.engines")
 
@@ -60,6 +65,15 @@ def cpu_has_native_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def compiler_available() -> str | None:
+    """The C compiler torch.compile would use on CUDA (Triton builds its launchers with ``$CC``, else
+    cc/gcc/clang), or None: the GPU image documents it (docs/deploy.md)."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
+
+
 def openvino_available() -> bool:
     try:
         import openvino  # noqa: F401
@@ -75,10 +89,11 @@ class Engine:
     compute: Compute
     build_s: float = 0.0
     cached: bool = False  # loaded from the disk cache rather than converted now
+    graphs: bool = False  # torch eager replayed through CUDA graphs, one per batch bucket (the runner's)
 
     @property
     def label(self) -> str:
-        return engine_label(self.name, self.precision)
+        return engine_label(self.name, self.precision) + ("+graphs" if self.graphs else "")
 
 
 def why(error: BaseException) -> str:
@@ -219,6 +234,7 @@ class EngineChooser:
     normalise: Callable[[Tensor], Tensor]
     eager: Compute
     reference: Compute
+    graphable: Compute  # ``eager`` as a CUDA graph may record it (no autocast weight cache)
     identity: ModelIdentity | None
     clip_shape: tuple[int, int, int, int]
     threads: int
@@ -233,7 +249,12 @@ class EngineChooser:
         if wanted in ("torch", "compile"):
             return [(wanted, torch_precision)]
         if self.device.type == "cuda":
-            return [("torch", torch_precision)] if wanted == "auto" else [(wanted, torch_precision)]
+            if wanted != "auto":
+                return [(wanted, torch_precision)]
+            if compiler_available() is None:
+                log.info("engine compile not tried: no C compiler for Triton (set CC, or install gcc)")
+                return [("torch", torch_precision)]
+            return [("compile", torch_precision), ("torch", torch_precision)]
         if wanted == "openvino" or (wanted == "auto" and openvino_available()):
             bf16 = dtype == "bfloat16" or (dtype == "auto" and cpu_has_native_bf16())
             ov = [("openvino", "bfloat16")] if bf16 else []
@@ -245,6 +266,9 @@ class EngineChooser:
         if name == "torch":
             return Engine("torch", precision, self.eager)
         if name == "compile":
+            # Inductor's caches beside our converted engines (a volume in production), unless set already.
+            inductor = Path(self.cache_dir or default_cache_dir()) / "inductor"
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor))
             mode = "reduce-overhead" if self.device.type == "cuda" and self.cuda_graphs else "default"
             return Engine("compile", precision, torch.compile(self.eager, mode=mode, dynamic=False))
         if name == "openvino":
@@ -306,4 +330,32 @@ class EngineChooser:
             timed.append((seconds, engine))
             if len(chosen) > 1:
                 log.info("engine %s: %.1f clips/s at batch 1", engine.label, 1 / max(seconds, 1e-9))
-        return min(timed, key=lambda pair: pair[0])[1]
+        best = min(timed, key=lambda pair: pair[0])[1]
+        if self.device.type == "cuda" and self.wanted == "auto" and best.name == "torch" and not self.cuda_graphs:
+            best.graphs = self.graphs_faster(best, clips)
+        return best
+
+    def graphs_faster(self, eager: Engine, clips: Tensor) -> bool:
+        """Whether CUDA graphs of the eager engine pass verification and beat it by 5% at batch 1."""
+        try:
+            graph = capture(self.graphable, self.clip_shape, 1, self.device, {})
+            if graph is None:
+                return False
+
+            def replay(x: Tensor) -> Tensor:
+                graph.inp.copy_(x)
+                graph.graph.replay()
+                return graph.out.clone()
+
+            arch = self.identity.arch if self.identity else ""
+            verdict = verify(replay, self.reference, clips[:1], arch, eager.precision)
+            if not verdict.ok:
+                log.warning("CUDA graphs refused: %s against the float32 reference", verdict.reason)
+                return False
+            with_graphs, without = time_batch1(replay, clips), time_batch1(eager.compute, clips)
+        except Exception as e:  # a capture error (an op that cannot be captured): eager serves
+            log.warning("CUDA graphs refused: %s", why(e))
+            return False
+        log.info("engine %s: %.1f clips/s at batch 1 with CUDA graphs, %.1f without", eager.label,
+                 1 / max(with_graphs, 1e-9), 1 / max(without, 1e-9))  # fmt: skip
+        return with_graphs < 0.95 * without

@@ -253,9 +253,17 @@ class Runner:
         return self.model(self._model_input(x))
 
     def _compute_eager(self, x: Tensor) -> Tensor:
+        return self._autocast_forward(x, cache=not self._use_graphs)
+
+    def _compute_graphable(self, x: Tensor) -> Tensor:
+        return self._autocast_forward(x, cache=False)
+
+    def _autocast_forward(self, x: Tensor, cache: bool) -> Tensor:
+        """Eager at the runner's precision; a CUDA graph records it without autocast's weight cache
+        (a cache filled inside a capture would be freed under the graph)."""
         if not self._autocast:
             return self._compute_reference(x)
-        with torch.autocast(self.device.type, self.dtype, cache_enabled=not self._use_graphs):
+        with torch.autocast(self.device.type, self.dtype, cache_enabled=cache):
             return self.model(self._model_input(x).to(self.dtype))
 
     # ------------------------------------------------------------------------------- engines
@@ -263,7 +271,8 @@ class Runner:
         chooser = EngineChooser(
             wanted=self.config.engine, dtype=self.config.dtype, device=self.device,
             torch_precision=str(self.dtype).removeprefix("torch."), model=self.model, normalise=self._normalise,
-            eager=self._compute_eager, reference=self._compute_reference, identity=self.identity,
+            eager=self._compute_eager, reference=self._compute_reference, graphable=self._compute_graphable,
+            identity=self.identity,
             clip_shape=self.clip_shape, threads=self.config.torch_threads, cache_dir=self.config.engine_cache_dir,
             cuda_graphs=self.config.cuda_graphs,
         )  # fmt: skip
@@ -272,7 +281,7 @@ class Runner:
     def _use(self, engine: Engine) -> None:
         self.engine = engine
         self._compute = engine.compute
-        self._use_graphs = self._cuda and self.config.cuda_graphs and engine.name == "torch"
+        self._use_graphs = self._cuda and engine.name == "torch" and (self.config.cuda_graphs or engine.graphs)
         self._pad = self._cuda or engine.name == "compile"
         log.info("engine %s serves on %s", engine.label, self.device)
 

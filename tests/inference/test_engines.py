@@ -16,7 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from service.inference.engine_cache import EngineCache, ModelIdentity
-from service.inference.engines import cpu_has_native_bf16, openvino_available, seeded_clips, verify
+from service.inference.engines import (
+    EngineChooser,
+    compiler_available,
+    cpu_has_native_bf16,
+    openvino_available,
+    seeded_clips,
+    verify,
+)
 from service.inference.runner import Runner, RunnerConfig
 from service.models.checkpoints import load_state_strict
 from service.models.store import ModelConfig, build_model
@@ -232,3 +239,45 @@ def test_a_compile_that_fails_on_its_first_run_falls_back_to_eager_in_one_log_li
     assert done.stdout.strip() == "torch [1, 2]", done.stdout
     ours = [line for line in done.stderr.splitlines() if line.startswith("tsm.engines engine compile")]
     assert len(ours) == 1 and ours[0].endswith("; falling back") and "C++ compiler" in ours[0], done.stderr
+
+
+def cuda_chooser(wanted: str = "auto", cuda_graphs: bool = False) -> EngineChooser:
+    """A chooser for a CUDA runner: which engines it would try is decided before any CUDA call."""
+    model = small_tsm()
+    return EngineChooser(wanted=wanted, dtype="auto", device=torch.device("cuda"), torch_precision="float16",
+                         model=model, normalise=lambda x: x.float(), eager=model, reference=model, graphable=model,
+                         identity=IDENTITY, clip_shape=(SEGMENTS, SIZE, SIZE, 3), threads=1, cache_dir=None,
+                         cuda_graphs=cuda_graphs)  # fmt: skip
+
+
+def test_auto_on_cuda_tries_compile_where_a_compiler_is_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Triton builds its launchers with $CC (else cc, gcc, clang): without one, compile is not tried.
+    assert cuda_chooser().candidates() == [("compile", "float16"), ("torch", "float16")]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert compiler_available() is None
+    assert cuda_chooser().candidates() == [("torch", "float16")]
+    assert cuda_chooser("compile").candidates() == [("compile", "float16")]  # asked for: tried, and may fall back
+    assert cuda_chooser("openvino").candidates() == [("openvino", "float16")]  # refused by build() on CUDA
+
+
+def test_compiled_artefacts_are_kept_beside_the_converted_engines(tmp_path: Path) -> None:
+    """Building the compile engine points Inductor's caches to the engine cache folder (a volume in
+    production), unless set already; Inductor then writes its code there. Its own process: the variable
+    is read when inductor starts. (A tiny function is compiled, not the model: minutes on 2 cores.)"""
+    code = (
+        "import os, sys, torch\n"
+        "from pathlib import Path\n"
+        "from tests.inference.test_engines import cuda_chooser\n"
+        "chooser = cuda_chooser('compile')\n"
+        "chooser.cache_dir = Path(sys.argv[1])\n"
+        "chooser.build('compile', 'float32')\n"
+        "print(os.environ['TORCHINDUCTOR_CACHE_DIR'])\n"
+        "torch.compile(lambda x: x * 2 + 1)(torch.ones(4))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == str(tmp_path / "inductor"), done.stdout
+    assert any((tmp_path / "inductor").rglob("*.py")), "inductor wrote its compiled code there"
