@@ -269,7 +269,9 @@ def test_compose_runs_the_server_with_prometheus_and_grafana(profile: str) -> No
     devices = server.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
     if profile == "gpu":
         assert settings.device == "cuda"
-        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+        # video: the driver's NVDEC library, for TSM_DECODER auto (the image asks for it too)
+        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu", "compute", "utility", "video"]}]
+        assert "video" in dockerfile_env()["NVIDIA_DRIVER_CAPABILITIES"].split(",")
     else:
         assert settings.device == "cpu" and not devices
     # Prometheus discovers the server by this name, whichever profile runs it.
@@ -394,6 +396,12 @@ def test_k8s_deployment_drains_runs_locked_down_and_fits_its_device(overlay: str
     resources = json.dumps(c["resources"])
     if overlay == "gpu":
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and settings.device == "cuda"
+        assert "video" in container_env(overlay)["NVIDIA_DRIVER_CAPABILITIES"].split(",")  # NVDEC
+        # A cold torch.compile of every bucket: the startup probe allows 15 minutes, and the compiled
+        # artefacts stay on a disk volume for the next start.
+        assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 900
+        assert settings.engine_cache_dir is not None
+        assert any(str(settings.engine_cache_dir).startswith(v["mountPath"] + "/") for v in c["volumeMounts"])
     else:
         assert "nvidia.com/gpu" not in resources and settings.device == "cpu"
     assert "memory" in c["resources"]["limits"] and "cpu" in c["resources"]["requests"]
