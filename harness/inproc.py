@@ -64,7 +64,9 @@ class _Bridge(httpx.BaseTransport):
         async def send() -> tuple[int, httpx.Headers, bytes]:
             forwarded = httpx.Request(request.method, request.url, headers=request.headers, stream=body)
             response = await self._asgi.handle_async_request(forwarded)
-            return response.status_code, response.headers, await response.aread()
+            # the bytes as sent (a compressed answer stays compressed: the outer client decodes it)
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+            return response.status_code, response.headers, raw
 
         status, headers, content = self._srv.run(send())
         return httpx.Response(status, headers=headers, content=content, request=request)

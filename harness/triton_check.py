@@ -6,8 +6,10 @@
 Runs in its own virtual environment (``make triton-client``): tritonclient pins protobuf below the
 version our own stubs need, so the two cannot share one. Prints one JSON object: per protocol, the
 server's liveness and readiness, the model's metadata, and for the videos the probabilities
-(``PROBABILITIES``, binary and JSON) and the classification extension's top 3; with ``--manage``,
-the repository extension's index, unload and load.
+(``PROBABILITIES``, binary and JSON) and the classification extension's top 3; the extensions each
+protocol advertises, the statistics extension, compressed requests and answers, a request id echoed as
+sent and the ``timeout`` parameter (``protocol_gaps``); with ``--manage``, the repository extension's
+index, unload and load.
 """
 
 from __future__ import annotations
@@ -57,6 +59,43 @@ def run(client: Any, module: Any, model: str, videos: list[bytes], binary: bool)
     }  # fmt: skip
 
 
+def protocol_gaps(http: Any, grpc: Any, model: str, video: bytes) -> dict[str, Any]:
+    """What the Open Inference Protocol conformance run found missing, through tritonclient's own calls."""
+
+    def inputs(module: Any) -> list[Any]:
+        tensor = module.InferInput("VIDEO", [1], "BYTES")
+        data = np.array([video], dtype=np.object_)
+        tensor.set_data_from_numpy(data, **({"binary_data": True} if module is httpclient else {}))
+        return [tensor]
+
+    plain = http.infer(model, inputs(httpclient)).as_numpy("PROBABILITIES").tolist()
+    compressed = {}
+    for request_coding, answer_coding in (("gzip", "gzip"), ("deflate", "deflate"), ("gzip", None), (None, "gzip")):
+        result = http.infer(model, inputs(httpclient), request_compression_algorithm=request_coding,
+                            response_compression_algorithm=answer_coding)  # fmt: skip
+        compressed[f"{request_coding}/{answer_coding}"] = result.as_numpy("PROBABILITIES").tolist()
+    grpc_compressed = grpc.infer(model, inputs(grpcclient), compression_algorithm="gzip")
+    odd_id = "client id / with spaces, slashes & a #hash"
+    try:
+        http.infer(model, inputs(httpclient), timeout=1)  # microseconds: past before the video decodes
+        timeout_error = None
+    except InferenceServerException as e:
+        timeout_error = {"status": str(e.status()), "message": e.message()}
+    return {
+        "extensions": {"http": http.get_server_metadata()["extensions"],
+                       "grpc": list(grpc.get_server_metadata().extensions)},
+        "plain": plain,
+        "compressed": {**compressed, "grpc/gzip": grpc_compressed.as_numpy("PROBABILITIES").tolist()},
+        "ids": {"http": http.infer(model, inputs(httpclient), request_id=odd_id).get_response()["id"],
+                "grpc": grpc.infer(model, inputs(grpcclient), request_id=odd_id).get_response().id,
+                "sent": odd_id},
+        "timeout_error": timeout_error,
+        "stats": {"http": http.get_inference_statistics(model),
+                  "grpc": grpc.get_inference_statistics(model, as_json=True),
+                  "http_all": http.get_inference_statistics()},
+    }  # fmt: skip
+
+
 def manage(client: Any, model: str) -> dict[str, Any]:
     """Triton's model repository extension (HTTP): unload ``model``, then load it again."""
     listed = client.get_model_repository_index()
@@ -84,6 +123,8 @@ def main() -> int:
         "http_json": run(httpclient.InferenceServerClient(args.http), httpclient, args.model, videos, False),
         "grpc": run(grpcclient.InferenceServerClient(args.grpc), grpcclient, args.model, videos, True),
     }
+    http, grpc = httpclient.InferenceServerClient(args.http), grpcclient.InferenceServerClient(args.grpc)
+    out["protocol_gaps"] = protocol_gaps(http, grpc, args.model, videos[0])
     if args.manage:
         out["repository"] = manage(httpclient.InferenceServerClient(args.http), args.manage)
     json.dump(out, sys.stdout)

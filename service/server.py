@@ -45,7 +45,7 @@ class Server:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.access = Access(settings.api_keys, settings.admin_api_keys)
+        self.access = Access(settings.api_keys, settings.admin_api_keys, settings.control_api)
         self.api_keys = self.access.users  # both front doors check the same keys
         self.metrics = Metrics()
         self.classifier: Classifier | None = None
@@ -154,8 +154,9 @@ class Server:
             )
         self.live = repository.live = LiveService(hubs, online_default, live_limits, self.metrics)
         self.catalog = Catalog(repository, s.default_model)
-        if s.model_poll_s > 0:
-            repository.start_polling(s.model_poll_s)
+        log.info("%s", s.describe_model_control())
+        if s.poll_every_s > 0:
+            repository.start_polling(s.poll_every_s)
         self.metrics.ready.set(1)
 
     def refresh_gauges(self) -> None:

@@ -59,5 +59,5 @@ def server(tiny_store: Path) -> Iterator[InProcessServer]:
     loopback HTTP port for clients that need a socket."""
     # engine auto, as a server out of the box: the shared server also checks the engine choice end to end
     with InProcessServer(tiny_store, http_port=True, max_delay_ms=300, max_upload_bytes=UPLOAD_LIMIT,
-                         engine="auto") as srv:  # fmt: skip
+                         engine="auto", model_control="explicit") as srv:  # fmt: skip
         yield srv

@@ -16,7 +16,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ["proto/tsm/v1/classifier.proto", "proto/inference/open_inference_grpc.proto"]
+PROTOS = [
+    "proto/tsm/v1/classifier.proto",
+    "proto/inference/open_inference_grpc.proto",
+    "proto/inference/model_statistics.proto",
+]
 PACKAGE = Path("service/api/pb")
 
 

@@ -29,6 +29,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
+from service.api.wire import json_value
 from service.core.errors import ErrorKind, ServiceError
 from service.live.hub import LiveOptions, LiveResult
 from service.server import Server
@@ -100,7 +101,7 @@ async def _receive(websocket: WebSocket) -> Message | None:
 
 def _json_object(text: str, fields: dict[str, type], what: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = json_value(text)
     except ValueError:
         raise ServiceError(ErrorKind.bad_request, f"the {what} must be a JSON object") from None
     if not isinstance(value, dict):

@@ -5,7 +5,9 @@ the v2 REST routes (``service.api.oip_http``) and the ``inference.GRPCInferenceS
 Every model exposes one input, ``VIDEO`` (``BYTES``, shape ``[-1]``: each element one whole encoded
 video file) and one output, ``PROBABILITIES`` (``FP32``, ``[-1, classes]``: the mean of the views'
 logits, then softmax, as ``/classify``). Request parameters carry ``top_k``, ``clips``, ``crops``,
-``sampling`` and ``decoder``. With the classification extension (``"classification": k`` on the requested
+``sampling`` and ``decoder``; the protocol's ``timeout`` (microseconds, Triton's unit) is the request's
+deadline (the sooner of it and a gRPC deadline), ``priority`` is accepted (requests are served in
+arrival order). With the classification extension (``"classification": k`` on the requested
 output) the output is ``BYTES`` ``"score:index:label"`` strings instead, best first, ``[-1, k]``. The elements of
 one request are classified concurrently through ``Classifier.run``, so their clips share batches with
 each other and with every other request; the first failure fails the request, with its own error.
@@ -20,14 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from service.classify.options import ClassifyOptions
+from service.classify.options import MAX_TIMEOUT_S, ClassifyOptions
 from service.classify.result import Classification
 from service.core.errors import ErrorKind, ServiceError
 from service.management.catalog import ModelInfo
 from service.server import Server
 
 INPUT, OUTPUT = "VIDEO", "PROBABILITIES"
-EXTENSIONS = ["classification", "binary_tensor_data"]
+# What each front door serves of the protocol's extensions (exactly: clients check before they call).
+HTTP_EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+GRPC_EXTENSIONS = ["classification", "statistics"]
 SERVER_NAME = "tsm-serve"
 PLATFORM = "pytorch_tsm"
 _DEFAULTS = ClassifyOptions()
@@ -37,6 +41,8 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "crops": (int,),
     "sampling": (str,),
     "decoder": (str,),
+    "timeout": (int,),
+    "priority": (int,),
 }
 
 
@@ -138,6 +144,20 @@ def options(model: str, params: dict[str, Any]) -> ClassifyOptions:
                            decoder=params.get("decoder"))  # fmt: skip
 
 
+def _timeout_param(params: dict[str, Any]) -> float | None:
+    """The v2 ``timeout`` parameter (microseconds) in seconds; None when absent."""
+    if "timeout" not in params:
+        return None
+    micros = params["timeout"]
+    if micros <= 0 or micros > MAX_TIMEOUT_S * 1e6:
+        raise bad(f"parameter timeout is in microseconds: between 1 and {int(MAX_TIMEOUT_S * 1e6)}")
+    return float(micros) / 1e6
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def model_key(name: str, version: str | None) -> str:
     """How the classifier names a model: its newest served version, or NAME:VERSION."""
     return f"{name}:{version}" if version else name
@@ -164,6 +184,16 @@ def model_metadata(info: ModelInfo, versions: list[str]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def statistics(server: Server, name: str | None, version: str | None) -> list[dict[str, Any]]:
+    """The statistics extension's ``model_stats``: every served version, or those of ``name`` (its
+    ``version``). An unknown model or version is ``unknown_model``."""
+    served = [(info.name, info.version) for info in server.catalog.models_info()]
+    if name:
+        model_info(server, name, version)  # the error naming what is served
+        served = [(n, v) for n, v in served if n == name and (not version or v == version)]
+    return server.metrics.statistics.snapshot(served)
+
+
 def model_config(info: ModelInfo, versions: list[str]) -> dict[str, Any]:
     """Triton's model configuration, as much as clients such as perf_analyzer read: no batch
     dimension of Triton's own (``max_batch_size`` 0), the request's videos are the first dimension."""
@@ -184,6 +214,7 @@ async def infer(
     classifier = server.require_classifier()
     info = server.catalog.model_info(key)
     opts = options(key, params)
+    timeout_s = _sooner(timeout_s, _timeout_param(params))
     opts.check(info.num_classes, classifier.limits.max_clips)
     if wanted.classification is not None and wanted.classification > info.num_classes:
         raise bad(f"classification k must be at most {info.num_classes} (the model's classes)")

@@ -15,6 +15,7 @@ import grpc
 from service import __version__
 from service.api import oip
 from service.api.grpc_common import call_request_id, call_timeout, status_from_errors
+from service.api.pb.inference import model_statistics_pb2 as stats_pb
 from service.api.pb.inference import open_inference_grpc_pb2 as pb
 from service.api.pb.inference import open_inference_grpc_pb2_grpc as pb_grpc
 from service.api.wire import request_id
@@ -32,6 +33,10 @@ def _videos(request: pb.ModelInferRequest) -> list[bytes]:
     if len(request.inputs) != 1:
         raise oip.bad(f"the request needs exactly one input, {oip.INPUT} (BYTES, one encoded video per element)")
     tensor = request.inputs[0]
+    if request.raw_input_contents and tensor.HasField("contents"):
+        raise oip.bad(
+            f"input {oip.INPUT} has both raw_input_contents and contents: the protocol allows one or the other"
+        )
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise oip.bad("raw_input_contents must hold one entry per input")
@@ -69,7 +74,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=oip.SERVER_NAME, version=__version__, extensions=oip.EXTENSIONS)
+        return pb.ServerMetadataResponse(name=oip.SERVER_NAME, version=__version__, extensions=oip.GRPC_EXTENSIONS)
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
@@ -103,11 +108,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         output = pb.ModelInferResponse.InferOutputTensor(
             name=oip.OUTPUT, datatype=result.output_datatype, shape=result.output_shape
         )
-        return pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=rid,
+        # The request's id is data, echoed as sent; our request id (logs, metadata) keeps its own rule.
+        return pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=request.id or rid,
                                      outputs=[output], raw_output_contents=[result.output_bytes()])  # fmt: skip
+
+    async def ModelStatistics(
+        self, request: stats_pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> stats_pb.ModelStatisticsResponse:
+        """The statistics extension (Triton's RPC, beside the protocol's own; see model_statistics.proto)."""
+        async with status_from_errors(context, call_request_id(context)):
+            entries = oip.statistics(self._server, request.name or None, request.version or None)
+        return stats_pb.ModelStatisticsResponse(model_stats=[stats_pb.ModelStatistics(**e) for e in entries])
 
 
 def add_inference_service(server: Server, rpc: grpc.aio.Server) -> str:
-    """Registers the servicer; returns its full name (for reflection)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), rpc)
+    """Registers the servicer, and the statistics RPC under the same service name; returns the
+    service's full name (for reflection)."""
+    servicer = InferenceServicer(server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, rpc)
+    statistics = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelStatistics,
+        request_deserializer=stats_pb.ModelStatisticsRequest.FromString,
+        response_serializer=stats_pb.ModelStatisticsResponse.SerializeToString,
+    )
+    rpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {"ModelStatistics": statistics}),))
     return SERVICE_NAME

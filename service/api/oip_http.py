@@ -6,11 +6,17 @@ header is the first ``Inference-Header-Content-Length`` bytes of the body, the t
 input naming its ``binary_data_size``). The answer is JSON, or JSON + binary when the request asks for
 it (``"binary_data": true`` on the output, or ``"binary_data_output": true`` on the request). Errors
 have the v2 shape, ``{"error": "..."}``, with the status of our error table.
+
+Compression, as tritonclient's ``request_compression_algorithm`` and ``response_compression_algorithm``
+use it: an inference body may come with ``Content-Encoding: gzip`` or ``deflate`` (zlib, or raw
+deflate), inflated to at most the upload limit; an answer is compressed when ``Accept-Encoding`` asks
+for gzip or deflate.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -21,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from service.api import oip
-from service.api.wire import request_id, retry_after_header
+from service.api.wire import TooDeep, json_value, request_id, retry_after_header
 from service.core.errors import ErrorKind, ServiceError
 from service.management.repository import Repository, VersionState
 from service.server import Server
@@ -59,6 +65,55 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _inflated(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before ``Content-Encoding``, refused past ``limit`` bytes (a small gzip can
+    inflate to gigabytes)."""
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding not in ("gzip", "deflate"):
+        raise ServiceError(ErrorKind.unsupported_media_type,
+                           f"Content-Encoding {coding!r} is not supported: send gzip, deflate or none")  # fmt: skip
+    # gzip; deflate as HTTP means it (zlib), then as some clients send it (raw deflate)
+    for wbits in (16 + zlib.MAX_WBITS,) if coding == "gzip" else (zlib.MAX_WBITS, -zlib.MAX_WBITS):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise ServiceError(ErrorKind.too_large, f"the request inflates to more than the limit of {limit} bytes")
+        if not inflater.eof:
+            raise oip.bad(f"the {coding} body is cut short")
+        return out
+    raise oip.bad(f"the body is not valid {coding} data (Content-Encoding: {coding})")
+
+
+def _encoding(accept: str | None) -> str | None:
+    """gzip or deflate when ``Accept-Encoding`` takes one (q > 0), gzip first; None: identity."""
+    offered = {}
+    for part in (accept or "").lower().split(","):
+        name, _, params = part.strip().partition(";")
+        q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+        try:
+            offered[name.strip()] = float(q)
+        except ValueError:
+            continue
+    return next((c for c in ("gzip", "deflate") if offered.get(c, 0) > 0), None)
+
+
+def _compressed(response: Response, coding: str | None) -> Response:
+    if coding is None:
+        return response
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    response.body = packer.compress(bytes(response.body)) + packer.flush()
+    response.headers["Content-Encoding"] = coding
+    response.headers["Content-Length"] = str(len(response.body))
+    response.headers["Vary"] = "Accept-Encoding"
+    return response
+
+
 def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON header and the binary part after it."""
     if header_length is None:
@@ -68,7 +123,9 @@ def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byte
             raise oip.bad(f"{HEADER_LENGTH} must be the byte length of the JSON header at the start of the body")
         head, binary = body[: int(header_length)], body[int(header_length) :]
     try:
-        request = json.loads(head)
+        request = json_value(head)
+    except TooDeep:
+        raise oip.bad("the inference request's JSON is nested too deeply (arrays or objects in each other)") from None
     except ValueError:
         what = "the inference request must be JSON (binary tensors after it: Inference-Header-Content-Length)"
         raise oip.bad(what) from None
@@ -115,10 +172,12 @@ def _wanted(request: dict[str, Any]) -> tuple[oip.OutputWanted, bool]:
     return wanted, bool(params.get("binary_data", binary))
 
 
-def _answer(result: oip.InferResult, binary: bool) -> Response:
+def _answer(result: oip.InferResult, binary: bool, client_id: str | None) -> Response:
+    """``client_id``: the request's v2 ``id``, echoed as sent (it is data; our request id, which logs
+    and X-Request-ID carry, keeps its own character rule)."""
     output: dict[str, Any] = {"name": oip.OUTPUT, "datatype": result.output_datatype, "shape": result.output_shape}
-    head = {"model_name": result.model, "model_version": result.version, "id": result.request_id,
-            "outputs": [output]}  # fmt: skip
+    head = {"model_name": result.model, "model_version": result.version,
+            "id": result.request_id if client_id is None else client_id, "outputs": [output]}  # fmt: skip
     if not binary:
         if result.classification is None:
             output["data"] = [float(x) for x in result.probabilities.ravel()]
@@ -184,7 +243,7 @@ def add_oip_routes(
     probe_auth = (401,) if probe_guard else ()
 
     async def metadata() -> dict[str, Any]:
-        return {"name": oip.SERVER_NAME, "version": app.version, "extensions": oip.EXTENSIONS}
+        return {"name": oip.SERVER_NAME, "version": app.version, "extensions": oip.HTTP_EXTENSIONS}
 
     async def live() -> dict[str, bool]:
         return {"live": True}
@@ -208,6 +267,12 @@ def add_oip_routes(
         oip.model_info(server, name, version)
         return JSONResponse({"name": name, "ready": True}) if server.ready else not_ready()
 
+    async def all_stats() -> JSONResponse:
+        return JSONResponse({"model_stats": oip.statistics(server, None, None)})
+
+    async def model_stats(name: str, version: str | None = None) -> JSONResponse:
+        return JSONResponse({"model_stats": oip.statistics(server, name, version)})
+
     async def model_config(name: str, version: str | None = None) -> JSONResponse:
         info = oip.model_info(server, name, version)
         return JSONResponse(oip.model_config(info, server.catalog.versions_of(info.name)))
@@ -216,17 +281,22 @@ def add_oip_routes(
         rid = request.state.request_id = request_id(request.headers.get("x-request-id"))
         oip.model_info(server, name, version)
         classifier = server.require_classifier()
-        body = await _read_body(request, classifier.limits.max_upload_bytes + _FRAMING)
+        limit = classifier.limits.max_upload_bytes + _FRAMING
+        body = _inflated(await _read_body(request, limit), request.headers.get("content-encoding"), limit)
         head, binary = _parse(body, request.headers.get(HEADER_LENGTH))
-        if isinstance(head.get("id"), str) and head["id"]:
-            rid = request.state.request_id = request_id(head["id"])
+        client_id = head.get("id")
+        if client_id is not None and not isinstance(client_id, str):
+            raise oip.bad("id must be a string")
+        if client_id:
+            rid = request.state.request_id = request_id(client_id)
         videos = _videos(head, binary)
         wanted, binary_out = _wanted(head)
         params = head.get("parameters") or {}
         if not isinstance(params, dict):
             raise oip.bad("parameters must be a JSON object")
         key = oip.model_key(name, version)
-        return _answer(await oip.infer(server, "v2-http", key, videos, params, wanted, rid, None), binary_out)
+        result = await oip.infer(server, "v2-http", key, videos, params, wanted, rid, None)
+        return _compressed(_answer(result, binary_out, client_id), _encoding(request.headers.get("accept-encoding")))
 
     def repository() -> Repository:
         if server.repository is None or server.classifier is None:
@@ -238,10 +308,12 @@ def add_oip_routes(
         return repository().index(ready_only=body.ready)
 
     async def load(request: Request, name: str) -> LoadResponse:
+        server.access.check_control()
         await _small_json(request, LoadRequest)
         return LoadResponse(name=name, versions=await repository().load(name))
 
     async def unload(request: Request, name: str) -> JSONResponse:
+        server.access.check_control()
         await _small_json(request, LoadRequest)
         await repository().unload(name)
         return JSONResponse({})
@@ -252,7 +324,12 @@ def add_oip_routes(
                       summary="v2 liveness")  # fmt: skip
     app.add_api_route("/v2/health/ready", ready, dependencies=probe_guard, responses=_errors(*probe_auth, 503),
                       summary="v2 readiness")  # fmt: skip
+    # Before /v2/models/{name}: "stats" is this route, not a model's metadata.
+    app.add_api_route("/v2/models/stats", all_stats, dependencies=guarded, responses=_errors(*auth),
+                      summary="Statistics extension: every served version's counts and times")  # fmt: skip
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.add_api_route(f"{base}/stats", model_stats, dependencies=guarded, responses=_errors(*auth, 404),
+                          summary="Statistics extension: a model's (or version's) counts and times")  # fmt: skip
         app.add_api_route(base, model_metadata, dependencies=guarded, responses=_errors(*auth, 404),
                           summary="v2 model metadata")  # fmt: skip
         app.add_api_route(f"{base}/ready", model_ready, dependencies=probe_guard,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
+from typing import Any
 
 RAW_MEDIA_TYPES = ("application/octet-stream",)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -29,3 +31,16 @@ def is_video_upload(content_type: str) -> bool:
 def retry_after_header(retry_after_s: float) -> str:
     """Whole seconds, at least 1, as HTTP's Retry-After (and gRPC's ``retry-after-s``) carry them."""
     return str(max(1, math.ceil(retry_after_s)))
+
+
+def json_value(text: str | bytes) -> Any:
+    """Parsed JSON; ``ValueError`` for anything that is not, including nesting deeper than the parser's
+    recursion limit (``[[[[...]]]]``: a ``RecursionError`` that would otherwise answer 500)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise TooDeep("the JSON is nested too deeply") from None
+
+
+class TooDeep(ValueError):
+    """JSON nested beyond the parser's recursion limit."""

@@ -109,6 +109,7 @@ class Classifier:
         timeline's windows also go to ``on_window`` as they are scored (in order), for streaming."""
         code = "ok"
         timings: dict[str, float] = {}
+        admission: Admission | None = None
         model_label = options.model or self.default_model
         task = asyncio.current_task()
         assert task is not None, "run() is a coroutine on an asyncio loop"
@@ -144,6 +145,10 @@ class Classifier:
             self.metrics.in_flight.dec()
             known_model = model_label if model_label in self.models else ""
             self.metrics.requests.labels(protocol, known_model, code).inc()
+            if admission is not None:
+                c = admission.model.entry.config
+                timings.setdefault("total", round((time.monotonic() - admission.started) * 1000, 3))
+                self.metrics.statistics.request(c.name, c.version, code == "ok", timings)
             log.info(
                 "request", extra={"request_id": request_id, "protocol": protocol, "model": known_model,
                                   "outcome": code, "timings_ms": timings},

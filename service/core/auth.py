@@ -46,9 +46,20 @@ class Access:
     """Who may call what: ``users`` (API keys, and admin keys) everything but model management,
     ``admins`` everything."""
 
-    def __init__(self, api_keys: list[SecretStr], admin_keys: list[SecretStr]):
+    def __init__(self, api_keys: list[SecretStr], admin_keys: list[SecretStr], control_api: bool = True):
+        """``control_api``: model loading and unloading is allowed at all (``Settings.control_api``)."""
         self.admins = ApiKeys(admin_keys)
         self.users = ApiKeys([*api_keys, *admin_keys] if ApiKeys(api_keys).enabled else [])
+        self.control_api = control_api
+
+    def check_control(self) -> None:
+        """Raises ``forbidden`` when loading and unloading models is off on this server."""
+        if not self.control_api:
+            raise ServiceError(
+                ErrorKind.forbidden,
+                "model control is off on this server: set TSM_MODEL_CONTROL=explicit (or TSM_ADMIN_API_KEYS) "
+                "to load and unload models over the API",
+            )
 
     def check_admin(self, authorization: str | None, api_key: str | None) -> None:
         if not self.admins.enabled:

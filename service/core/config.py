@@ -57,8 +57,17 @@ class Settings(BaseSettings):
         description="versions served per model: NAME=latest:N or NAME=specific:V1,V2 (*=... for every model); "
         "default latest:1. Requests pin one as NAME:VERSION",
     )
+    model_control: Literal["none", "explicit", "poll"] = Field(
+        "none",
+        description="Triton's words. none: the store is read at start, /v2/repository load and unload are refused "
+        "(unless admin_api_keys are set); explicit: they are allowed; poll: the store is also checked every "
+        "model_poll_s (default 30 s) and what changed is loaded or unloaded",
+    )
     model_poll_s: float = Field(
-        default=0.0, ge=0, description="check the store this often and load or unload what changed; 0: never"
+        default=0.0,
+        ge=0,
+        description="check the store this often and load or unload what changed; 0: never "
+        "(30 s with model_control=poll)",
     )
     default_online_model: str = Field(
         default="", description="online model of live streams that name none; empty: the first online model loaded"
@@ -147,6 +156,26 @@ class Settings(BaseSettings):
     def policy(self) -> VersionPolicy:
         return self._policy
 
+    @property
+    def control_api(self) -> bool:
+        """Whether /v2/repository may load and unload: asked for, or admin keys were configured for it."""
+        return self.model_control == "explicit" or any(k.get_secret_value() for k in self.admin_api_keys)
+
+    @property
+    def poll_every_s(self) -> float:
+        """How often the store is polled (0: never)."""
+        return self.model_poll_s or (DEFAULT_POLL_S if self.model_control == "poll" else 0.0)
+
+    def describe_model_control(self) -> str:
+        """The start-up log line's words for who may change the models served."""
+        polling = f"; the store is polled every {self.poll_every_s:g} s" if self.poll_every_s else ""
+        if not self.control_api:
+            return (f"model control {self.model_control}: /v2/repository load and unload are refused (set "
+                    f"TSM_MODEL_CONTROL=explicit or TSM_ADMIN_API_KEYS to allow them){polling}")  # fmt: skip
+        who = "admin keys only" if any(k.get_secret_value() for k in self.admin_api_keys) else (
+            "anyone who reaches the HTTP port (no admin keys: set TSM_ADMIN_API_KEYS)")  # fmt: skip
+        return f"model control {self.model_control}: /v2/repository load and unload allowed to {who}{polling}"
+
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:
         for proto in ("http", "grpc"):
@@ -195,6 +224,8 @@ def main_cores(budget: int) -> int:
     batching) and, from 8 cores up, one more for the thread that feeds the device."""
     return 1 if budget < 8 else 2
 
+
+DEFAULT_POLL_S = 30.0  # model_control=poll without model_poll_s
 
 # CPU seconds to decode a typical upload's sampled frames (bench/RESULTS.md: 0.05 s at 320×240, 0.12 s
 # at 640×360, 0.27 s at 1280×720): how many decode workers keep one inference thread pool busy.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.core.statistics import Statistics
+
 # Latency buckets from 5 ms (a cached small batch) to 2 min (a long decode under load).
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _CLIPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -17,6 +19,7 @@ class Metrics:
     """One registry per server, so tests can run several servers in one process."""
 
     def __init__(self) -> None:
+        self.statistics = Statistics()  # the v2 statistics extension's numbers, beside Prometheus's
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

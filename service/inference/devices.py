@@ -8,6 +8,8 @@ half-precision convolutions are slower than float32 on the machines we serve fro
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 import torch
 
@@ -31,3 +33,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             log.warning("dtype float16 ignored on %s: CPU inference runs in float32 (or bfloat16)", device)
         return torch.float32
     return torch.float16 if name == "auto" else _DTYPES[name]
+
+
+def compiler_available() -> str | None:
+    """The C compiler torch.compile would use on CUDA (Triton builds its launchers with ``$CC``, else
+    cc/gcc/clang), or None: the GPU image documents it (docs/deploy.md)."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -45,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from service.inference.cuda_graphs import capture
+from service.inference.devices import compiler_available
 from service.inference.engine_cache import EngineCache, ModelIdentity, default_cache_dir
 
 log = logging.getLogger("tsm.engines")
@@ -63,15 +63,6 @@ def cpu_has_native_bf16() -> bool:
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-def compiler_available() -> str | None:
-    """The C compiler torch.compile would use on CUDA (Triton builds its launchers with ``$CC``, else
-    cc/gcc/clang), or None: the GPU image documents it (docs/deploy.md)."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and (path := shutil.which(name)):
-            return path
-    return None
 
 
 def openvino_available() -> bool:

@@ -68,7 +68,7 @@ class VersionLoader:
         except BaseException:
             runner.close()
             raise
-        batcher = Batcher(runner, self.batcher_config, name=label, on_batch=self._batch_observer(label))
+        batcher = Batcher(runner, self.batcher_config, name=label, on_batch=self._batch_observer(label, name, version))
         await batcher.start()
         model = LoadedModel(entry, batcher)
         labels = (label, c.version, c.arch, str(c.num_segments), str(runner.device), runner.engine.precision,
@@ -91,13 +91,16 @@ class VersionLoader:
         log.info("model %s: live streams on engine %s", name, hub.engine.label)
         return hub
 
-    def _batch_observer(self, label: str) -> Callable[[BatchInfo], None]:
+    def _batch_observer(self, label: str, name: str, version: str) -> Callable[[BatchInfo], None]:
         clips = self.metrics.batch_clips.labels(label)
         seconds = self.metrics.batch_duration.labels(label)
+        statistics = self.metrics.statistics
 
         def observe(info: BatchInfo) -> None:
             clips.observe(info.size)
             seconds.observe(info.inference_s)
+            if info.error is None and info.size:
+                statistics.batch(name, version, info.size, info.inference_s)
 
         return observe
 

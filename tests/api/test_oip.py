@@ -3,6 +3,7 @@ gRPC port, against the real server in this process. Answers equal /classify's fo
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 import subprocess
@@ -16,9 +17,10 @@ import numpy as np
 import pytest
 
 from harness.inproc import InProcessServer
+from service.api import oip
 from service.api.pb.inference import open_inference_grpc_pb2 as pb
 from service.api.pb.inference import open_inference_grpc_pb2_grpc as pb_grpc
-from tests.support import ROOT, SAMPLE_VIDEOS, TINY_LABELS
+from tests.support import ROOT, SAMPLE_VIDEOS, TINY_LABELS, UPLOAD_LIMIT
 
 Infer = pb.ModelInferRequest
 
@@ -174,6 +176,39 @@ def test_v2_errors_have_the_v2_shape_and_our_status(server: InProcessServer, vid
     assert isinstance(error, str) and words in error
 
 
+def test_malformed_v2_bodies_get_a_v2_400_or_413_never_a_500(server: InProcessServer, videos: list[bytes]) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000  # 200 KB: deeper than the JSON parser's recursion limit
+    answer = post_infer(server, deep, str(len(deep)))
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"], answer.text
+    body, length = v2_body(videos[:1])
+    headers = {"Inference-Header-Content-Length": length, "Content-Type": "application/octet-stream"}
+    unknown = server.http.post("/v2/models/tiny/infer", content=body, headers={**headers, "Content-Encoding": "br"})
+    assert unknown.status_code == 415 and "gzip, deflate or none" in unknown.json()["error"]
+    garbage = server.http.post("/v2/models/tiny/infer", content=b"not gzip at all",
+                               headers={**headers, "Content-Encoding": "gzip"})  # fmt: skip
+    assert garbage.status_code == 400 and "not valid gzip" in garbage.json()["error"]
+    bomb = gzip.compress(b"\0" * (UPLOAD_LIMIT + 2 * 1024 * 1024))  # ~ a few KB that inflate past the limit
+    inflated = server.http.post("/v2/models/tiny/infer", content=bomb, headers={**headers, "Content-Encoding": "gzip"})
+    assert inflated.status_code == 413 and "inflates to more than" in inflated.json()["error"]
+    cut = gzip.compress(body)[:-20]
+    short = server.http.post("/v2/models/tiny/infer", content=cut, headers={**headers, "Content-Encoding": "gzip"})
+    assert short.status_code == 400, short.text
+    assert server.http.get("/v2/models/nope/stats").status_code == 404
+    assert server.http.get("/v2/models/tiny/versions/9/stats").status_code == 404
+
+
+def test_v2_timeout_and_priority_parameters(server: InProcessServer, videos: list[bytes]) -> None:
+    body, length = v2_body(videos[:1], timeout=1, priority=2)  # timeout in microseconds: passes at once
+    answer = post_infer(server, body, length)
+    assert answer.status_code == 504 and "deadline" in answer.json()["error"]
+    body, length = v2_body(videos[:1], timeout=60_000_000, priority=2)
+    assert post_infer(server, body, length).status_code == 200
+    for bad in ({"timeout": 0}, {"timeout": "soon"}, {"priority": "high"}):
+        body, length = v2_body(videos[:1], **bad)
+        answer = post_infer(server, body, length)
+        assert answer.status_code == 400, (bad, answer.text)
+
+
 # ------------------------------------------------------------------------------------------ gRPC
 def test_grpc_health_metadata_and_readiness(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     assert stub.ServerLive(pb.ServerLiveRequest()).live
@@ -223,6 +258,11 @@ def test_grpc_errors_carry_our_statuses(stub: pb_grpc.GRPCInferenceServiceStub) 
          grpc.StatusCode.INVALID_ARGUMENT),
         (Infer(model_name="tiny", inputs=[tensor], raw_input_contents=[b"\xff\xff"]), grpc.StatusCode.INVALID_ARGUMENT),
         (Infer(model_name="tiny", inputs=[]), grpc.StatusCode.INVALID_ARGUMENT),
+        # raw_input_contents and typed contents for the same input: the protocol says one or the other
+        (Infer(model_name="tiny", raw_input_contents=[bytes_tensor([b"x"])], inputs=[
+            Infer.InferInputTensor(name="VIDEO", datatype="BYTES", shape=[1],
+                                   contents=pb.InferTensorContents(bytes_contents=[b"x"]))]),
+         grpc.StatusCode.INVALID_ARGUMENT),
     ]  # fmt: skip
     for request, status in cases:
         with pytest.raises(grpc.RpcError) as caught:
@@ -245,6 +285,7 @@ def test_tritonclient_http_and_grpc_work_unchanged(server: InProcessServer, clip
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
+    check_protocol_gaps(results.pop("protocol_gaps"))
     repository = results.pop("repository")  # unload, then load tiny4 again: its tables are as before
     assert {"name": "tiny4", "version": "1", "state": "READY", "reason": ""} in repository["index"]
     assert repository["unloaded_ready"] is False and repository["reloaded_ready"] is True
@@ -262,3 +303,28 @@ def test_tritonclient_http_and_grpc_work_unchanged(server: InProcessServer, clip
             np.testing.assert_allclose(row, [scores[i] for i in range(len(TINY_LABELS))], atol=1e-6, err_msg=protocol)
             best = sorted(scores, key=lambda i: -scores[i])[:3]
             assert [s.split(":", 1)[1] for s in top3] == [f"{i}:{TINY_LABELS[i]}" for i in best], protocol
+
+
+def check_protocol_gaps(gaps: dict[str, Any]) -> None:
+    """What tritonclient saw of the extensions, statistics, compression, ids and the timeout parameter."""
+    assert gaps["extensions"]["http"] == list(oip.HTTP_EXTENSIONS)
+    assert set(gaps["extensions"]["http"]) >= {"model_repository", "model_configuration", "statistics"}
+    assert gaps["extensions"]["grpc"] == list(oip.GRPC_EXTENSIONS) and "statistics" in gaps["extensions"]["grpc"]
+    for coding, probabilities in gaps["compressed"].items():
+        np.testing.assert_allclose(probabilities, gaps["plain"], atol=1e-6, err_msg=coding)
+    assert gaps["ids"]["http"] == gaps["ids"]["sent"] and gaps["ids"]["grpc"] == gaps["ids"]["sent"]
+    error = gaps["timeout_error"]
+    assert error is not None and error["status"] == "504" and "deadline" in error["message"], error
+    for protocol in ("http", "grpc"):
+        (entry,) = gaps["stats"][protocol]["model_stats"]
+        assert (entry["name"], entry["version"]) == ("tiny", "1"), protocol
+        stats = entry["inference_stats"]
+        # tritonclient's gRPC JSON writes uint64 as strings, as protobuf's JSON mapping says
+        count = {stage: int(stats[stage]["count"]) for stage in ("success", "queue", "compute_infer")}
+        assert count["success"] >= 10 and count["queue"] == count["compute_infer"] == count["success"], protocol
+        assert int(stats["fail"]["count"]) >= 1, "the timed-out request"
+        assert int(entry["inference_count"]) >= count["success"] and int(entry["execution_count"]) >= 1
+        assert int(stats["compute_infer"]["ns"]) > 0 and int(entry["last_inference"]) > 0
+        assert entry["batch_stats"] and all(int(b["batch_size"]) >= 1 for b in entry["batch_stats"])
+    names = {(e["name"], e["version"]) for e in gaps["stats"]["http_all"]["model_stats"]}
+    assert ("tiny", "1") in names and ("tiny4", "1") in names

@@ -118,7 +118,7 @@ def test_grpc_and_timelines_use_the_cache_too(srv: InProcessServer, clip: Path) 
 def test_a_new_version_never_gets_the_old_versions_answer(tmp_path: Path, clip: Path) -> None:
     write_random_entry(tmp_path, name="tiny", labels=TINY_LABELS, seed=1, **SMALL)
     video = clip.read_bytes()
-    with InProcessServer(tmp_path, cache_entries=64) as srv:
+    with InProcessServer(tmp_path, cache_entries=64, model_control="explicit") as srv:
         old = post(srv.http, video, top_k=5)
         assert post(srv.http, video, top_k=5).headers["X-Cache"] == "hit"
         write_random_entry(tmp_path, name="tiny", labels=TINY_LABELS, seed=2, version="2", **SMALL)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from service.inference.devices import compiler_available
 from service.inference.engine_cache import EngineCache, ModelIdentity
 from service.inference.engines import (
     EngineChooser,
-    compiler_available,
     cpu_has_native_bf16,
     openvino_available,
     seeded_clips,

@@ -683,7 +683,7 @@ def test_a_reload_moves_new_streams_to_the_new_version_while_open_ones_finish_on
             assert not srv.server.live.retiring
             return answers, new
 
-    with InProcessServer(store) as srv:
+    with InProcessServer(store, model_control="explicit") as srv:
         old_answers, new_answers = srv.run(scenario(srv))
         assert_answers_match(old_answers, reference(store, frames, "1"))
         assert_answers_match(new_answers, reference(store, frames, "2"))

@@ -5,6 +5,7 @@ old one serves, and model management needs an admin key when keys are configured
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import time
@@ -46,7 +47,7 @@ def served(srv: InProcessServer) -> list[tuple[str, str]]:
 
 def test_a_new_version_rolls_in_while_requests_are_in_flight_and_none_fails(store: Path, clip: Path) -> None:
     video = clip.read_bytes()
-    with InProcessServer(store) as srv:
+    with InProcessServer(store, model_control="explicit") as srv:
         stop = asyncio.Event()
 
         async def traffic() -> list[tuple[int, str]]:
@@ -86,7 +87,7 @@ def test_a_new_version_rolls_in_while_requests_are_in_flight_and_none_fails(stor
 
 
 def test_unload_and_load_again(store: Path, clip: Path) -> None:
-    with InProcessServer(store) as srv:
+    with InProcessServer(store, model_control="explicit") as srv:
         assert srv.http.post("/v2/repository/models/other/unload").status_code == 200
         assert served(srv) == [("tiny", "1")]
         refused = srv.http.post("/classify", params={"model": "other"}, content=clip.read_bytes(), headers=MP4)
@@ -109,7 +110,7 @@ def test_unload_and_load_again(store: Path, clip: Path) -> None:
 
 
 def test_readiness_reflects_loading_and_grpc_lists_the_repository(store: Path) -> None:
-    with InProcessServer(store) as srv:
+    with InProcessServer(store, model_control="explicit") as srv:
         add_version(store, "third", "1", seed=7)
 
         async def load_and_watch() -> list[int]:
@@ -136,7 +137,7 @@ def test_readiness_reflects_loading_and_grpc_lists_the_repository(store: Path) -
 
 
 def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(store: Path, clip: Path) -> None:
-    with InProcessServer(store) as srv:
+    with InProcessServer(store, model_control="explicit") as srv:
         before = srv.http.post("/classify", params={"model": "other"}, content=clip.read_bytes(), headers=MP4)
         entry = add_version(store, "other", "2", seed=6)
         with (entry / "model.safetensors").open("r+b") as f:  # one flipped byte: the sha256 no longer matches
@@ -164,7 +165,7 @@ def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(store: Pa
 
 
 def test_a_load_that_the_version_policy_cannot_satisfy_is_refused(store: Path) -> None:
-    with InProcessServer(store, version_policy=["other=specific:1"]) as srv:
+    with InProcessServer(store, version_policy=["other=specific:1"], model_control="explicit") as srv:
         shutil.rmtree(store / "other" / "1")
         add_version(store, "other", "2", seed=6)
         refused = srv.http.post("/v2/repository/models/other/load")
@@ -181,7 +182,7 @@ def test_polling_picks_up_new_and_removed_entries(store: Path, clip: Path) -> No
             time.sleep(0.05)
         assert served(srv) == expected
 
-    with InProcessServer(store, model_poll_s=0.1) as srv:
+    with InProcessServer(store, model_poll_s=0.1, model_control="explicit") as srv:
         add_version(store, "other", "2", seed=6)
         wait_for(srv, [("other", "2"), ("tiny", "1")])
         add_version(store, "third", "1", seed=7)
@@ -216,6 +217,25 @@ def test_model_management_needs_an_admin_key_when_keys_are_configured(store: Pat
         assert ("other", "1") in served_with_key(srv, "user-key")
 
 
+def test_model_control_is_off_by_default_and_says_which_setting_turns_it_on(
+    store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO), InProcessServer(store) as srv:
+        for action in ("load", "unload"):
+            refused = srv.http.post(f"/v2/repository/models/other/{action}")
+            assert refused.status_code == 403, refused.text
+            assert "TSM_MODEL_CONTROL=explicit" in refused.json()["error"]
+        assert ("other", "1") in served(srv), "nothing was unloaded"
+        assert srv.http.post("/v2/repository/index").status_code == 200, "the index is read-only: still served"
+    assert "model control none: /v2/repository load and unload are refused" in caplog.text
+    # Admin keys are an explicit choice too: with them, admins may load and unload.
+    with InProcessServer(store, admin_api_keys=["admin-key"]) as srv:
+        admin = {"Authorization": "Bearer admin-key"}
+        assert srv.http.post("/v2/repository/models/other/unload", headers=admin).status_code == 200
+        assert srv.http.post("/v2/repository/models/other/load").status_code == 401
+        assert srv.http.post("/v2/repository/models/other/load", headers=admin).status_code == 200
+
+
 def served_with_key(srv: InProcessServer, key: str) -> list[tuple[str, str]]:
     models = srv.http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["models"]
     return [(m["name"], m["version"]) for m in models]
@@ -223,7 +243,7 @@ def served_with_key(srv: InProcessServer, key: str) -> list[tuple[str, str]]:
 
 def test_the_repository_routes_keep_their_openapi_promises(store: Path) -> None:
     """schemathesis on the model management routes alone, on a server of their own (they change it)."""
-    with InProcessServer(store, http_port=True) as srv:
+    with InProcessServer(store, http_port=True, model_control="explicit") as srv:
         done = subprocess.run(
             [ROOT / ".venv/bin/schemathesis", "--config-file", ROOT / "tests/schemathesis.toml", "run",
              f"{srv.url}/openapi.json", "--max-examples", "15", "--checks", "all", "--include-path-regex",
