@@ -18,6 +18,8 @@ from service import __version__
 from service.classify.cache import CacheConfig, ResultCache
 from service.classify.classifier import Classifier
 from service.classify.options import RequestLimits
+from service.classify.records import PredictionLog, Records
+from service.classify.tracing import Tracing
 from service.core.auth import Access
 from service.core.config import Settings
 from service.core.errors import ErrorKind, ServiceError, shutting_down
@@ -59,6 +61,7 @@ class Server:
         self.catalog = Catalog(None, settings.default_model)  # empty until the models are loaded
         self.cache: ResultCache | None = None
         self._spool_dir: Path | None = None
+        self._records: Records | None = None
 
     @property
     def ready(self) -> bool:
@@ -135,6 +138,8 @@ class Server:
         if s.cache_entries > 0:
             self.cache = ResultCache(CacheConfig(s.cache_entries, s.cache_max_bytes, s.cache_url, s.cache_ttl_s),
                                      self.metrics)  # fmt: skip
+        self._records = Records(self.metrics, Tracing(s.otel_endpoint), PredictionLog(s.prediction_log))
+        log.info("%s; prediction log %s", self._records.tracing.describe(), s.prediction_log or "off")
         self.classifier = Classifier(
             repository.models,
             s.default_model,
@@ -144,6 +149,7 @@ class Server:
             self.metrics,
             self.cache,
             repository.hubs,
+            self._records,
         )
         hubs = repository.hubs
         online_default = s.default_online_model or next(iter(sorted(hubs)), None)
@@ -221,5 +227,8 @@ class Server:
             await self.cache.close()
         if self._pool is not None:
             await self._pool.close()
+        if self._records is not None:  # every request has ended: export the last spans, close the log
+            await asyncio.to_thread(self._records.tracing.shutdown)
+            self._records.prediction_log.close()
         if self._spool_dir is not None and self.settings.spool_dir is None:  # ours: a fresh dir per start
             shutil.rmtree(self._spool_dir, ignore_errors=True)

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import grpc
 
-from service.api.wire import request_id, retry_after_header
+from service.api.wire import TRACE_HEADERS, caller_trace, request_id, retry_after_header
 from service.classify.options import MAX_TIMEOUT_S
 from service.core.errors import HTTP_STATUS, ErrorKind, ServiceError
 
@@ -41,11 +41,14 @@ def grpc_status(kind: ErrorKind) -> grpc.StatusCode:
 
 @contextlib.asynccontextmanager
 async def status_from_errors(context: grpc.aio.ServicerContext, request_id: str) -> AsyncIterator[None]:
-    """ServiceError → its gRPC status and message; anything else → INTERNAL without internals.
+    """ServiceError → its gRPC status and message; anything else → INTERNAL without internals. The
+    caller's trace context (``traceparent`` metadata) is current meanwhile.
     Cancellation (the client went away or its deadline passed) is a BaseException and passes
     through, so the classifier's ``finally`` blocks release what the request held."""
+    carrier = {k: v for k, v in context.invocation_metadata() or () if k in TRACE_HEADERS and isinstance(v, str)}
     try:
-        yield
+        with caller_trace(carrier):
+            yield
     except ServiceError as e:
         await abort(context, e, request_id)
     except Exception:

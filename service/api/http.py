@@ -31,6 +31,7 @@ from service.api.http_schemas import (
     ReadyResponse,
     error_responses,
 )
+from service.api.http_trace import CallerTrace
 from service.api.multipart import multipart_file
 from service.api.oip_http import add_oip_routes, v2_error
 from service.api.wire import is_video_upload, media_type, request_id, retry_after_header
@@ -293,6 +294,7 @@ def create_app(server: Server) -> FastAPI:
     add_oip_routes(app, server, guarded, probe_guard, admin_guard)
     app.state.open_requests = open_requests = OpenRequests()
     app.add_middleware(BodyBeforeAnswerWhileDraining, server=server, open_requests=open_requests)
+    app.add_middleware(CallerTrace)
     return app
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 
 RAW_MEDIA_TYPES = ("application/octet-stream",)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -31,6 +36,23 @@ def is_video_upload(content_type: str) -> bool:
 def retry_after_header(retry_after_s: float) -> str:
     """Whole seconds, at least 1, as HTTP's Retry-After (and gRPC's ``retry-after-s``) carry them."""
     return str(max(1, math.ceil(retry_after_s)))
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")  # W3C Trace Context: HTTP headers and gRPC metadata alike
+
+
+@contextlib.contextmanager
+def caller_trace(carrier: dict[str, str]) -> Iterator[None]:
+    """The caller's W3C trace context (``traceparent``, ``tracestate``) as the current OpenTelemetry
+    context while the call is served: a request's span (``service.classify.tracing``) is its child."""
+    if not carrier:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def json_value(text: str | bytes) -> Any:

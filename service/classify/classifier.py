@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 from service.classify.cache import ResultCache
 from service.classify.options import ClassifyOptions, RequestLimits, sampling_spec
+from service.classify.records import PredictionLog, Records
 from service.classify.result import Classification
 from service.classify.timeline import (
     TimelineWindow,
@@ -31,6 +31,7 @@ from service.classify.timeline import (
     score_frames,
     score_windows,
 )
+from service.classify.tracing import RequestSpan, Tracing
 from service.core.errors import ErrorKind, ServiceError, shutting_down
 from service.core.metrics import Metrics
 from service.inference.admission import Reservation
@@ -39,8 +40,6 @@ from service.live.hub import ModelHub
 from service.models.store import ModelConfig
 from service.video.pool import DecodePool
 from service.video.spool import Spooled, spool_upload
-
-log = logging.getLogger("tsm.request")
 
 
 @dataclass
@@ -51,6 +50,7 @@ class Admission:
     options: ClassifyOptions  # a timeline's window_s and stride_s filled in
     reservation: Reservation
     deadline: float  # time.monotonic()
+    span: RequestSpan
     started: float = field(default_factory=time.monotonic)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -66,7 +66,10 @@ class Classifier:
         metrics: Metrics,
         cache: ResultCache | None = None,
         hubs: dict[str, ModelHub] | None = None,
+        records: Records | None = None,
     ):
+        """``records``: what is kept of each request (default: metrics and the log line, no traces or
+        prediction log)."""
         self.models = models
         self.cache = cache
         self.hubs = hubs if hubs is not None else {}  # online models' live hubs: per-frame timelines
@@ -75,6 +78,7 @@ class Classifier:
         self.pool = pool
         self.limits = limits
         self.metrics = metrics
+        self.records = records or Records(metrics, Tracing(""), PredictionLog(""))
         self.accepting = True  # false while draining
         self._tasks: set[asyncio.Task[Any]] = set()  # the requests being handled now
         self._aborting = False
@@ -110,21 +114,21 @@ class Classifier:
         code = "ok"
         timings: dict[str, float] = {}
         admission: Admission | None = None
+        result: Classification | None = None
+        span = self.records.start(protocol, request_id)
         model_label = options.model or self.default_model
         task = asyncio.current_task()
         assert task is not None, "run() is a coroutine on an asyncio loop"
         self._tasks.add(task)
         self.metrics.in_flight.inc()
         try:
-            admission = self._admit(options, timeout_s)
+            admission = self._admit(options, timeout_s, span)
             timings = admission.timings_ms
             try:
                 spooled = await self._receive(admission, upload)
                 result = await self._answer(admission, spooled, request_id, on_window)
             finally:
                 admission.reservation.release()
-            for stage, ms in result.timings_ms.items():
-                self.metrics.request_duration.labels(protocol, stage).observe(ms / 1000)
             return result
         except ServiceError as e:
             code = e.code
@@ -144,15 +148,11 @@ class Classifier:
             self._tasks.discard(task)
             self.metrics.in_flight.dec()
             known_model = model_label if model_label in self.models else ""
-            self.metrics.requests.labels(protocol, known_model, code).inc()
+            admitted = None
             if admission is not None:
-                c = admission.model.entry.config
+                admitted = admission.model.entry.config
                 timings.setdefault("total", round((time.monotonic() - admission.started) * 1000, 3))
-                self.metrics.statistics.request(c.name, c.version, code == "ok", timings)
-            log.info(
-                "request", extra={"request_id": request_id, "protocol": protocol, "model": known_model,
-                                  "outcome": code, "timings_ms": timings},
-            )  # fmt: skip
+            self.records.finish(span, code, known_model, timings, admitted, result if code == "ok" else None)
 
     async def timeline(
         self,
@@ -174,7 +174,7 @@ class Classifier:
         finally:
             task.cancel()
 
-    def _admit(self, options: ClassifyOptions, timeout_s: float | None) -> Admission:
+    def _admit(self, options: ClassifyOptions, timeout_s: float | None, span: RequestSpan) -> Admission:
         """Cheap checks before any byte of the upload is read."""
         if not self.accepting:
             self.metrics.rejected.labels("draining").inc()
@@ -203,15 +203,16 @@ class Classifier:
         except ServiceError as e:
             self.metrics.rejected.labels(e.code).inc()
             raise
-        return Admission(model, options, reservation, deadline)
+        return Admission(model, options, reservation, deadline, span)
 
     @contextlib.contextmanager
     def _stage(self, admission: Admission, stage: str) -> Iterator[None]:
-        start = time.monotonic()
+        start, wall = time.monotonic(), time.time_ns()
         try:
             yield
         finally:
             admission.timings_ms[stage] = round((time.monotonic() - start) * 1000, 3)
+            admission.span.stage(stage, wall, time.time_ns())
 
     @staticmethod
     def _remaining(admission: Admission) -> float:
@@ -318,6 +319,7 @@ class Classifier:
             result = await model.batcher.infer(decoded.frames, admission.reservation, admission.deadline)
         admission.timings_ms["queue"] = round(result.queue_ms, 3)
         admission.timings_ms["inference"] = round(result.inference_ms, 3)
+        admission.span.batch_done(result.queue_ms, result.inference_ms)
         admission.timings_ms["total"] = round((time.monotonic() - admission.started) * 1000, 3)
         return Classification(
             request_id=request_id,

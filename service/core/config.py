@@ -136,6 +136,14 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, ge=0, description="in-flight work may finish this long on SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(default="json", description="json: one object per line")
+    otel_endpoint: str = Field(
+        default="",
+        description="OTLP/gRPC endpoint traces are exported to (http://host:4317: plaintext); empty: "
+        "OTEL_EXPORTER_OTLP_ENDPOINT if set, else no traces",
+    )
+    prediction_log: str = Field(
+        default="", description="stdout or a file: one JSON line per answered request (never the video); empty: off"
+    )
 
     _store: StoreChoice = PrivateAttr()
     _policy: VersionPolicy = PrivateAttr()

@@ -11,6 +11,8 @@ _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 _CLIPS = (1, 2, 4, 8, 16, 32, 64, 128)
 # A live frame's answer: from 2 ms (one small frame) to 2 s (far behind a frame interval).
 _FRAME_SECONDS = (0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.067, 0.1, 0.133, 0.2, 0.5, 1.0, 2.0)
+# A probability: confidence shows in the top decile, so finer there.
+_SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # The stages of a request, in order: the keys of an answer's timings and of the duration histogram.
 STAGES = ("upload", "decode", "queue", "inference", "total")
 
@@ -47,6 +49,14 @@ class Metrics:
         self.decode_failures = Counter(
             "tsm_decode_failures", "Uploads that could not be decoded, by error code.", ["reason"], registry=r
         )
+        # What the models answer: drift (the mix of top-1 labels) and confidence (the top-1 score).
+        self.predictions = Counter(
+            "tsm_predictions", "Answered requests by model and top-1 label.", ["model", "label"], registry=r
+        )
+        self.top1_score = Histogram(
+            "tsm_prediction_top1_score", "The top-1 class's probability of each answer.", ["model"],
+            buckets=_SCORES, registry=r,
+        )  # fmt: skip
         self.decoder_fallbacks = Counter(
             "tsm_decoder_fallbacks",
             "Uploads the decoder asked for could not take (NVDEC: codec, GPU or error; decord: an unreadable "

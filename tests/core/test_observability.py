@@ -49,6 +49,16 @@ def test_metrics_pass_promtool_and_move_with_requests(server: InProcessServer, c
     assert metric(after, "tsm_decode_worker_restarts_total") == metric(before, "tsm_decode_worker_restarts_total")
     assert metric(after, "tsm_ready") == 1
     assert "tsm_queue_clips{" in after
+    # What the model answered: one more top-1 label counted and one more top-1 score observed.
+    predicted = sum(
+        float(v) for v in re.findall(r'^tsm_predictions_total\{[^}]*model="tiny"[^}]*\} (\S+)$', after, re.M)
+    )
+    before_predicted = sum(
+        float(v) for v in re.findall(r'^tsm_predictions_total\{[^}]*model="tiny"[^}]*\} (\S+)$', before, re.M)
+    )
+    assert predicted == before_predicted + 1
+    top1 = "tsm_prediction_top1_score_count"
+    assert metric(after, top1, model="tiny") == metric(before, top1, model="tiny") + 1
 
 
 def test_a_decode_worker_killed_for_overrunning_is_counted_as_a_restart(tiny_store: Path, clip: Path) -> None:

@@ -768,9 +768,10 @@ def test_dashboard_and_autoscaling_queries_answer_from_real_series(prometheus: P
         return sum(float(v) >= counted for r in result for _, v in r["values"])
 
     prometheus.wait_for("two samples after the requests", lambda: samples_after() >= 2)
-    # Families that stay empty without overload, bad uploads, CUDA on this machine, or the result cache
-    # (off in the test servers: they send the same clips on purpose).
-    may_be_empty = ("tsm_rejected_total", "tsm_decode_failures_total", "tsm_device_memory_bytes", "tsm_cache_")
+    # Families that stay empty without overload, bad uploads, CUDA on this machine, the result cache
+    # (off in the test servers: they send the same clips on purpose), or a decoder that falls back.
+    may_be_empty = ("tsm_rejected_total", "tsm_decode_failures_total", "tsm_device_memory_bytes", "tsm_cache_",
+                    "tsm_decoder_fallbacks_total")  # fmt: skip
     for expr in dashboard_exprs():
         result = prometheus.query(grafana_to_promql(expr))
         assert result or any(name in expr for name in may_be_empty), f"no data: {expr}"
@@ -841,3 +842,9 @@ def test_kserve_runtime_serves_what_the_inference_service_asks(server: InProcess
     assert settings.default_model in {p.name for p in bundled_store().iterdir()}
     for probe in ("readinessProbe", "livenessProbe"):  # the probes' routes answer on a ready server
         assert httpx.get(f"{server.url}{c[probe]['httpGet']['path']}", timeout=5).status_code == 200, probe
+    # KServe's Prometheus integration scrapes the port and path the runtime names: our metrics are there.
+    annotations = runtime["spec"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == env["TSM_HTTP_PORT"]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    scrape = httpx.get(f"{server.url}{annotations['prometheus.kserve.io/path']}", timeout=5)
+    assert scrape.status_code == 200 and "tsm_requests_total" in scrape.text
