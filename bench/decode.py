@@ -14,6 +14,8 @@ Methods:
 - decord:     the decoder we served with before: decord get_batch of the sampled frames, resized at decode
 - full-res:   what other servers do: decord get_batch at full resolution, then resize each frame
 - ours-kf:    decode_file with sampling="keyframes" (approximate: the nearest keyframes)
+- ours-decord: decode_file with decoder="decord" (TSM_DECODER=decord: full-res like "full-res", then
+              swscale bilinear; what teams with mmaction2-trained models serve with)
 
 Frames: "minimum" counts, in the decode runs the sampled frames need, the I and P frames (references
 in any H.264 stream) plus the sampled frames: a lower bound for exact decoding (x264's B-pyramid also
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SPEC = {"num_segments": 8, "scale_size": 256, "input_size": 224}
-METHODS = ["ours", "sequential", "decord", "full-res", "ours-kf"]
+METHODS = ["ours", "sequential", "decord", "full-res", "ours-kf", "ours-decord"]
 CLIPS = ((320, 240, 10), (640, 360, 10), (1280, 720, 5))  # width, height, seconds: the issue #19 mix
 
 
@@ -77,6 +79,15 @@ def cached_clip(directory: Path, width: int, height: int, seconds: int) -> Path:
         make_clip(tmp, width, height, seconds)
         tmp.rename(path)
     return path
+
+
+def parse_clips(text: str) -> list[tuple[int, int, int]]:
+    """``320x240x10,1280x720x5``: width x height x seconds of each clip."""
+    clips = []
+    for item in text.split(","):
+        w, h, seconds = (int(x) for x in item.lower().split("x"))
+        clips.append((w, h, seconds))
+    return clips
 
 
 def run_one(method: str, path: str, repeat: int) -> dict[str, float]:
@@ -128,6 +139,8 @@ def run_one(method: str, path: str, repeat: int) -> dict[str, float]:
             return decode_file(path, spec, limits)
         if method == "ours-kf":
             return decode_file(path, SamplingSpec(**SPEC, sampling="keyframes"), limits)  # type: ignore[arg-type]
+        if method == "ours-decord":
+            return decode_file(path, spec, limits, decoder="decord")
         if method == "sequential":
             return sequential()
         if method in ("decord", "full-res"):

@@ -4,6 +4,8 @@
     bench/e2e.sh --quick                           # a smoke run (a few minutes)
     bench/e2e.sh --baseline naive                  # against our own server with batching off
     bench/e2e.sh --results bench/RESULTS.md        # append the tables to RESULTS.md
+    python -m bench.e2e --models resnet50_224 --clips 320x240x10 --concurrency 64 --baseline naive \
+        --decoders pyav,nvdec --set-all device=cuda --json out.json --markdown out.md   # bench/gpu.sh's P2
 
 Two server processes start side by side on loopback (same model store, same weights): ``default``
 (our server as it ships: engine auto, the CPU budget derived from the machine, batches of up to 16
@@ -19,6 +21,11 @@ texture, a keyframe every 2 s, see ``bench.decode.make_clip``), for the models n
 (ResNet-50 TSM at 8×224²), the last two untrained (400 classes, He-initialised with calibrated
 BatchNorm: the cost of a real one). Alongside: per-stage server timings, decode-worker busy fraction
 (``/metrics``), mean batch size, server and machine CPU use.
+
+``--decoders pyav,nvdec`` runs the default server once per decoder (``TSM_DECODER``), each its own row
+against the same baseline (``naive`` decodes with the first of them); the table says which decoder
+really decoded (an NVDEC request falls back to PyAV where NVDEC cannot serve, and the answer says why).
+``--clips`` picks the clips, ``--set-all`` sets a setting of every server (``device=cuda``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.decode import CLIPS, make_clip  # noqa: E402
+from bench.decode import CLIPS, cached_clip, parse_clips  # noqa: E402
 from harness.load import HttpTarget, Record, Sampler, closed_loop, load_average, load_videos, metric, summarize  # noqa: E402
 from harness.process import ServerProcess  # noqa: E402
 from service.core.metrics import STAGES  # noqa: E402
@@ -62,22 +71,14 @@ CONFIGS: dict[str, dict[str, object]] = {
 SIZES = CLIPS
 
 
-def make_videos(directory: Path) -> list[Path]:
+def make_videos(directory: Path, sizes: Sequence[tuple[int, int, int]] = SIZES) -> list[Path]:
     """The clip mix, encoded once and cached (encoding 720p takes a while on 2 cores)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for w, h, seconds in SIZES:
-        path = directory / f"shapes_{w}x{h}_{seconds}s.mp4"
-        if not path.exists():
-            tmp = path.with_suffix(".part.mp4")
-            make_clip(tmp, w, h, seconds)
-            tmp.rename(path)
-        paths.append(path)
-    return paths
+    return [cached_clip(directory, w, h, seconds) for w, h, seconds in sizes]
 
 
-def make_store(directory: Path) -> Path:
-    """The default entry (copied) plus MobileNetV2 and ResNet-50 TSMs at 8×224² with random weights."""
+def make_store(directory: Path, models: Sequence[str] = ("mbv2_224", "resnet50_224")) -> Path:
+    """The default entry (copied) plus, of ``models``, MobileNetV2 and ResNet-50 TSMs at 8×224² with
+    random weights."""
     from harness.entries import write_random_entry
     from service.core.resources import bundled_labels, bundled_store
 
@@ -85,9 +86,63 @@ def make_store(directory: Path) -> Path:
     shutil.copytree(bundled_store() / DEFAULT_MODEL, store / DEFAULT_MODEL)
     labels = bundled_labels()["kinetics400"].read_text().split("\n")
     labels = [label for label in labels if label.strip()]
-    write_random_entry(store, name="mbv2_224", labels=labels, width_mult=1.0, input_size=224, scale_size=256)
-    write_random_entry(store, name="resnet50_224", labels=labels, arch="resnet50", input_size=224, scale_size=256)
+    if "mbv2_224" in models:
+        write_random_entry(store, name="mbv2_224", labels=labels, width_mult=1.0, input_size=224, scale_size=256)
+    if "resnet50_224" in models:
+        write_random_entry(store, name="resnet50_224", labels=labels, arch="resnet50", input_size=224, scale_size=256)
     return store
+
+
+def server_configs(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """Name -> settings of every server a cell compares: the default (once per decoder with
+    ``--decoders``), then the baseline, last."""
+    every = dict(item.split("=", 1) for item in args.set_all)
+    default = {**CONFIGS["default"], **every}
+    base = {**CONFIGS[args.baseline], **every}
+    if not args.decoders:
+        return {"default": default, args.baseline: base}
+    decoders = args.decoders.split(",")
+    configs: dict[str, dict[str, object]] = {f"default/{d}": {**default, "decoder": d} for d in decoders}
+    configs[args.baseline] = {**base, "decoder": decoders[0]} if args.baseline == "naive" else base
+    return configs
+
+
+def start_servers(
+    servers: dict[str, ServerProcess], store: Path, model: str, configs: dict[str, dict[str, object]], parallel: bool
+) -> None:
+    """Fills ``servers`` (the caller stops them, started or not); ``parallel``: all at once, on a machine
+    with the cores for it (a GPU host: start-up is most of a short run)."""
+
+    def start(name: str) -> ServerProcess:
+        t = time.monotonic()
+        server = ServerProcess(store, default_model=model, models=f'["{model}"]', **configs[name])  # type: ignore[arg-type]
+        print(f"{model}: {name} ready in {time.monotonic() - t:.1f} s", flush=True)
+        return server
+
+    if not parallel:
+        for name in configs:
+            servers[name] = start(name)
+        return
+    with ThreadPoolExecutor(len(configs)) as pool:
+        futures = {name: pool.submit(start, name) for name in configs}
+    errors = {name: f.exception() for name, f in futures.items()}
+    servers.update({name: f.result() for name, f in futures.items() if errors[name] is None})
+    for error in errors.values():
+        if error is not None:
+            raise error
+
+
+def decoded_by(server: ServerProcess, video: Any, model: str) -> str:
+    """The decoder that decoded one upload, as the answer says, and why it is not the one asked for."""
+    r = httpx.post(
+        f"{server.url}/classify", params={"model": model, "top_k": 1}, files={"file": (video.name, video.data)},
+        headers={"Cache-Control": "no-cache"}, timeout=120,
+    )  # fmt: skip
+    if r.status_code != 200:
+        return f"? (HTTP {r.status_code})"
+    facts = r.json().get("video", {})
+    why = facts.get("decoder_fallback") or facts.get("fallback") or ""
+    return str(facts.get("decoder", "?")) + (f" (fallback: {why})" if why else "")
 
 
 def default_model_name() -> str:
@@ -107,7 +162,7 @@ def started_with(server: ServerProcess) -> str:
             message = json.loads(line).get("message", "")
         except ValueError:
             continue
-        if message.startswith(("CPU budget", "model ")):
+        if message.startswith(("CPU budget", "model ", "decoder", "decoding")):
             found.append(message)
     return "; ".join(found)
 
@@ -181,7 +236,8 @@ def fmt_s(ms: float) -> str:
 
 
 BASELINE_NOTES = {
-    "naive": "naive = our server with `TSM_MAX_BATCH_CLIPS=1` (one request = one forward pass), otherwise as shipped.",
+    "naive": "naive = our server with `TSM_MAX_BATCH_CLIPS=1` (one request = one forward pass), otherwise as shipped"
+    " (with `--decoders`: the first decoder).",
     "plain": "plain = `bench/plain_server.py`: a FastAPI handler with decord in the request thread (full-resolution "
     "frames, then resized), one eager forward per request, 2 torch threads; same weights and sampling.",
 }
@@ -189,28 +245,34 @@ BASELINE_NOTES = {
 
 def tables(results: list[dict[str, Any]], head: dict[str, Any]) -> str:
     base = head["baseline"]
-    names = ["default", base]
+    variants = head.get("variants", ["default"])
+    names = [*variants, base]
+    decoded = "; ".join(f"{k}: {v}" for k, v in head.get("decoded_by", {}).items())
+    decoded_note = f"Decoded by (one upload per server, after warm-up): {decoded}. " if decoded else ""
     lines = [
         f"## End to end (`bench/e2e.sh{head['flags']}`), {head['date']}, {head['machine']}",
         "",
         f"Load average {head['load_before']} before, {head['load_after']} after (other jobs share this machine). "
         f"HTTP multipart, closed loop, {head['requests_note']}; mix of {', '.join(head['videos'])} round-robin. "
         f"default = tsm-serve as shipped ({'; '.join(head['default_start'])}). {BASELINE_NOTES[base]} "
-        "Latency in seconds.",
+        f"{decoded_note}Latency in seconds.",
         "",
         f"| model | c | default videos/s | {base} videos/s | ratio | default p50 / p99 | {base} p50 / p99 "
         "| p99 ratio | mean batch default |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        d, n = r["default"], r[base]
-        ratio = d["videos_per_s"] / n["videos_per_s"] if n["videos_per_s"] else float("nan")
-        p99 = d["latency_ms"]["p99"] / n["latency_ms"]["p99"] if n["latency_ms"]["p99"] else float("nan")
-        lines.append(
-            f"| {r['label']} | {r['c']} | {d['videos_per_s']:.2f} | {n['videos_per_s']:.2f} | {ratio:.2f}x "
-            f"| {fmt_s(d['latency_ms']['p50'])} / {fmt_s(d['latency_ms']['p99'])} "
-            f"| {fmt_s(n['latency_ms']['p50'])} / {fmt_s(n['latency_ms']['p99'])} | {p99:.2f} | {d['mean_batch']} |"
-        )
+        n = r[base]
+        for variant in variants:
+            d = r[variant]
+            label = r["label"] if variant == "default" else f"{r['label']} ({variant})"
+            ratio = d["videos_per_s"] / n["videos_per_s"] if n["videos_per_s"] else float("nan")
+            p99 = d["latency_ms"]["p99"] / n["latency_ms"]["p99"] if n["latency_ms"]["p99"] else float("nan")
+            lines.append(
+                f"| {label} | {r['c']} | {d['videos_per_s']:.2f} | {n['videos_per_s']:.2f} | {ratio:.2f}x "
+                f"| {fmt_s(d['latency_ms']['p50'])} / {fmt_s(d['latency_ms']['p99'])} "
+                f"| {fmt_s(n['latency_ms']['p50'])} / {fmt_s(n['latency_ms']['p99'])} | {p99:.2f} | {d['mean_batch']} |"
+            )
     lines += [
         "",
         "Profile of the same cells: mean server-reported stage times (ms), decode workers busy (share of "
@@ -273,15 +335,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "load_before": load_average(),
         "flags": (" --quick" if args.quick else "") + getattr(args, "flags_note", ""),
     }
-    paths = make_videos(args.video_dir)
+    sizes = parse_clips(args.clips) if args.clips else SIZES
+    paths = make_videos(args.video_dir, sizes)
     videos = load_videos(paths)
-    head["videos"] = [f"{w}×{h} {seconds} s" for w, h, seconds in SIZES]
-    store = make_store(work)
+    head["videos"] = [f"{w}×{h} {seconds} s" for w, h, seconds in sizes]
+    store = make_store(work, args.models.split(","))
     labels = {DEFAULT_MODEL: default_model_name(), **MODELS}
     models = [(DEFAULT_MODEL if m == "default" else m, labels[DEFAULT_MODEL if m == "default" else m])
               for m in args.models.split(",")]  # fmt: skip
-    names = ["default", args.baseline]
+    configs = server_configs(args)
+    names = list(configs)
     head["baseline"] = args.baseline
+    head["variants"] = names[:-1]
+    head["decoded_by"] = {}
+    head["load_after"] = "(still running)"
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     head["requests_note"] = (
         f"max({args.min_requests}, {args.per_client}×c) requests per cell and configuration in {args.rounds} "
@@ -295,15 +362,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             # Each model on its own pair of servers, as it would be deployed: the CPU split follows it.
             servers: dict[str, ServerProcess] = {}
             try:
-                for name in names:
-                    t = time.monotonic()
-                    servers[name] = ServerProcess(store, default_model=model, models=f'["{model}"]', **CONFIGS[name])  # type: ignore[arg-type]
-                    print(f"{model}: {name} ready in {time.monotonic() - t:.1f} s", flush=True)
-                head["default_start"].append(started_with(servers["default"]))
+                start_servers(servers, store, model, configs, args.parallel_start)
+                head["default_start"].append(started_with(servers[names[0]]))
                 for name in names:
                     await warm_up(servers[name], videos, model)
+                    if args.decoders:
+                        head["decoded_by"][name] = decoded_by(servers[name], videos[0], model)
+                        print(f"{model}: {name} decoded by {head['decoded_by'][name]}", flush=True)
                 for i, c in enumerate(concurrencies):
                     results.append(await cell(servers, names, videos, model, label, i, c, args))
+                    save(args, {"head": head, "results": results, "table": tables(results, head)})  # kept if cut short
             finally:
                 for name, server in servers.items():
                     code = server.stop()
@@ -313,6 +381,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     head["load_after"] = load_average()
     return {"head": head, "results": results, "table": tables(results, head)}
+
+
+def save(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(out["table"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,10 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-seconds", type=float, default=150.0, help="no new request in a cell after this long")
     p.add_argument("--baseline", choices=["plain", "naive"], default="plain", help="what default is compared with")
     p.add_argument("--models", default="mbv2_224,resnet50_224", help="comma-separated: default, mbv2_224, resnet50_224")
+    p.add_argument("--clips", help="comma-separated WxHxS clips (default: the mix, 320x240x10,640x360x10,1280x720x5)")
+    p.add_argument("--decoders", help="comma-separated TSM_DECODER values: the default server once per decoder")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a setting of the default server (e.g. torch_threads=1); repeatable")  # fmt: skip
+    p.add_argument("--set-all", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of every server, baseline too (e.g. device=cuda); repeatable")  # fmt: skip
+    p.add_argument("--parallel-start", action="store_true", help="start the servers at once (a machine with cores)")
     p.add_argument("--video-dir", type=Path, default=Path(tempfile.gettempdir()) / "tsm-bench-videos")
-    p.add_argument("--json", type=Path, help="write every number here")
+    p.add_argument("--json", type=Path, help="write every number here (rewritten after each cell)")
+    p.add_argument("--markdown", type=Path, help="write the tables here (rewritten after each cell)")
     p.add_argument("--results", type=Path, help="append the tables to this markdown file (bench/RESULTS.md)")
     args = p.parse_args(argv)
     if args.quick:
@@ -336,12 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     args.concurrency = args.concurrency or ("1,4,16" if args.quick else "1,4,16,64")
     overrides = dict(item.split("=", 1) for item in args.set)
     CONFIGS["default"] = {**CONFIGS["default"], **overrides}
-    if overrides:
-        args.flags_note = " " + " ".join(f"--set {k}={v}" for k, v in overrides.items())
+    shown = [f"--set {k}={v}" for k, v in overrides.items()] + [f"--set-all {x}" for x in args.set_all]
+    shown += [f"--{k} {getattr(args, k)}" for k in ("clips", "decoders") if getattr(args, k)]
+    if shown:
+        args.flags_note = " " + " ".join(shown)
     out = asyncio.run(main_async(args))
     print(out["table"])
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    save(args, out)
     if args.results:
         with args.results.open("a") as f:
             f.write("\n" + out["table"])

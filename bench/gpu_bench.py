@@ -1,7 +1,9 @@
 """GPU benchmark, run by ``bench/gpu.sh``: model-only clips/s, then the batcher under load.
 
-    python -m bench.gpu_bench --device cuda --results bench/RESULTS.md   # what gpu.sh runs
+    python -m bench.gpu_bench --device cuda --results bench/RESULTS.md   # every section
     python -m bench.gpu_bench --device cpu --quick                       # checks the script itself
+    python -m bench.gpu_bench --archs resnet50 --dtypes float16 --batches 1,16,128 \
+        --sections eager,graphs,compile --json out.json --markdown out.md   # bench/gpu.sh's P4
 
 Sections, in order, each cut short when the time budget (``--budget-s``) runs low:
 
@@ -13,16 +15,23 @@ Sections, in order, each cut short when the time budget (``--budget-s``) runs lo
 4. model-only with ``torch.compile`` (float16, channels_last, two batch sizes: compiles are slow).
 
 "Model-only" times launch + forward + logits back for frames already on the device (the
-runner's own path: normalise on device, autocast, channels_last). The whole service over HTTP
-is measured after this script by ``bench/gpu.sh`` (``bench/e2e.py --quick``).
+runner's own path: normalise on device, autocast, channels_last). A configuration whose engine the
+runner refused (a compile without a working compiler falls back to eager) says so instead of
+timing the fallback. The whole service over HTTP is ``bench/e2e.py`` (``bench/gpu.sh``'s P2).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import json
+import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,8 +68,10 @@ def time_point(runner: Runner, batch: int, seconds: float) -> float:
 
 
 def model_rows(
-    a: argparse.Namespace, budget: Budget, stop_at: float, configs: list[dict[str, object]], batches: list[int]
-) -> list[str]:
+    a: argparse.Namespace, budget: Budget, stop_at: float, configs: list[dict[str, object]], batches: list[int],
+    records: list[dict[str, Any]],
+) -> list[str]:  # fmt: skip
+    """Markdown rows; ``records`` gets one entry per configuration (clips/s by batch, or why none)."""
     rows = []
     for cfg in configs:
         arch = str(cfg.pop("arch"))
@@ -69,8 +80,13 @@ def model_rows(
             f"{'yes' if cfg['channels_last'] else 'no'} |"
         )
         mode = cfg.pop("mode", "eager")
+        record: dict[str, Any] = {
+            "arch": arch, "mode": mode, "dtype": cfg["dtype"], "channels_last": cfg["channels_last"], "clips_per_s": {},
+        }  # fmt: skip
+        records.append(record)
         if budget.used_fraction() >= stop_at:
             rows.append(label + " skipped (time budget) |" * len(batches))
+            record["note"] = "skipped (time budget)"
             continue
         cells = []
         runner = None
@@ -86,14 +102,24 @@ def model_rows(
             )
             warm = batches if mode != "compile" else a.compile_batches
             runner.warmup(buckets=warm)
-            for b in batches:
+            wanted = "compile" if mode == "compile" else "torch"
+            if runner.engine.name != wanted:  # refused or fell back: its numbers would be another engine's
+                record["note"] = f"engine {wanted} not used: the runner serves with {runner.engine.label}"
+                cells = [f" {record['note']} |"]
+                print(f"{label} {record['note']}", flush=True)
+                batches_to_time: list[int] = []
+            else:
+                batches_to_time = batches
+            for b in batches_to_time:
                 if b not in warm or budget.used_fraction() >= stop_at:
                     cells.append(" - |")
                     continue
-                rate = runner.submit(lambda r=runner, b=b: time_point(r, b, a.point_s)).result()
+                rate = runner.submit(functools.partial(time_point, runner, b, a.point_s)).result()
                 cells.append(f" {rate:,.0f} |")
+                record["clips_per_s"][b] = round(rate, 1)
         except Exception as e:  # one failing configuration must not cost the rest of the run
             cells = [f" error: {type(e).__name__} |"]
+            record["note"] = f"error: {e!r}"[:300]
             print(f"{label} failed: {e!r}", flush=True)
         if runner is not None:
             runner.close()
@@ -105,7 +131,7 @@ def model_rows(
     return rows
 
 
-def serve_rows(a: argparse.Namespace, budget: Budget, stop_at: float) -> list[str]:
+def serve_rows(a: argparse.Namespace, budget: Budget, stop_at: float, records: list[dict[str, Any]]) -> list[str]:
     rows = []
     config = BatcherConfig(max_delay_ms=a.delay_ms, max_queue_clips=4 * max(a.concurrency))
     runner = Runner(
@@ -128,6 +154,8 @@ def serve_rows(a: argparse.Namespace, budget: Budget, stop_at: float) -> list[st
             if max_batch == 1:
                 base[c] = r.clips_per_s
             gain = f"{r.clips_per_s / base[c]:.1f}x" if c in base else "-"
+            records.append({"max_batch_clips": max_batch, "concurrency": c, "clips_per_s": round(r.clips_per_s, 1),
+                            "mean_batch": r.mean_batch, "p50_ms": r.p50_ms, "p95_ms": r.p95_ms})  # fmt: skip
             rows.append(
                 f"| {max_batch}{' (off)' if max_batch == 1 else ''} | {c} | {r.clips_per_s:,.0f} | "
                 f"{gain} | {r.mean_batch:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} |"
@@ -137,7 +165,7 @@ def serve_rows(a: argparse.Namespace, budget: Budget, stop_at: float) -> list[st
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a check that the script runs (CPU)")
@@ -154,9 +182,11 @@ def main() -> None:
     p.add_argument("--delay-ms", type=float, default=2.0)
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new work after this long")
     p.add_argument("--results", help="append the tables to this markdown file")
+    p.add_argument("--json", type=Path, help="write every number here")
+    p.add_argument("--markdown", type=Path, help="write the tables here")
     p.add_argument("--sections", default="eager,graphs,serve,compile", help="which sections to run, in this order")
     p.add_argument("--dtypes", default="float32,float16,bfloat16", help="model-only dtypes (CPU: float32 only)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.quick:
         a.size, a.batches, a.compile_batches, a.point_s = 64, "1,2", "2", 0.05
         a.concurrency, a.serve_s, a.serve_batch = "1,4", 1.0, 4
@@ -190,32 +220,50 @@ def main() -> None:
         "| max_batch_clips | concurrency | clips/s | vs off | mean batch | p50 ms | p95 ms |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    models: list[dict[str, Any]] = []
+    serving: list[dict[str, Any]] = []
     sections: dict[str, tuple[Callable[[], list[str]], list[str]]] = {
-        "eager": (lambda: model_rows(a, budget, 0.40, eager, batches), model_table),
-        "graphs": (lambda: model_rows(a, budget, 0.55, graphs, batches), model_table),
-        "serve": (lambda: serve_rows(a, budget, 0.80), serve_table),
-        "compile": (lambda: model_rows(a, budget, 0.98, compiled, batches), model_table),
+        "eager": (lambda: model_rows(a, budget, 0.40, eager, batches, models), model_table),
+        "graphs": (lambda: model_rows(a, budget, 0.55, graphs, batches, models), model_table),
+        "serve": (lambda: serve_rows(a, budget, 0.80, serving), serve_table),
+        "compile": (lambda: model_rows(a, budget, 0.98, compiled, batches, models), model_table),
     }
+    wanted = a.sections.split(",")
     interrupted = False
     try:
-        for name in a.sections.split(","):
+        for name in wanted:
             run, table = sections[name]
             table.extend(run())
     except KeyboardInterrupt:  # gpu.sh's hard timeout: keep what was measured
         interrupted = True
-    card = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    on_gpu = cuda and torch.cuda.is_available()  # asked for cuda where there is none: the rows say so
+    card = torch.cuda.get_device_name() if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
     cu = f", CUDA {torch.version.cuda}" if cuda else ""
     text = (
-        f"### bench/gpu.sh on {card}: torch {torch.__version__}{cu}, TSM {a.segments}x{a.size}², "
+        f"### bench/gpu_bench.py on {card}: torch {torch.__version__}{cu}, TSM {a.segments}x{a.size}², "
         f"{time.strftime('%Y-%m-%d %H:%M')}{' (interrupted)' if interrupted else ''}\n\n"
-        f"Model-only clips/s (frames already on the device):\n\n"
-        + "\n".join(model_table)
-        + f"\n\nServing in-process ({a.serve_arch}, {'fp16' if cuda else 'fp32'}, channels_last, "
-        f"delay {a.delay_ms:g} ms, "
-        f"1 clip per request, closed-loop clients):\n\n" + "\n".join(serve_table) + "\n"
     )
+    if os.environ.get("TORCHDYNAMO_DISABLE") == "1":  # gpu.sh's dry run: no inductor builds on a CPU check
+        text += "TORCHDYNAMO_DISABLE=1: the compile rows ran eager (a check of the script, not a measurement).\n\n"
+    if any(s != "serve" for s in wanted):
+        text += "Model-only clips/s (frames already on the device):\n\n" + "\n".join(model_table) + "\n"
+    if "serve" in wanted:
+        text += (
+            f"\nServing in-process ({a.serve_arch}, {'fp16' if cuda else 'fp32'}, channels_last, "
+            f"delay {a.delay_ms:g} ms, 1 clip per request, closed-loop clients):\n\n" + "\n".join(serve_table) + "\n"
+        )
     report(text, a.results)
+    if a.markdown:
+        a.markdown.write_text(text)
+    if a.json:
+        a.json.write_text(json.dumps({
+            "card": card, "torch": torch.__version__, "cuda": torch.version.cuda, "device": a.device,
+            "segments": a.segments, "size": a.size, "interrupted": interrupted, "model_only": models,
+            "serving": serving,
+        }, indent=2) + "\n")  # fmt: skip
+    # Every configuration failing is the run failing (gpu.sh's summary says so), not a table of errors.
+    return 1 if models and not any(m["clips_per_s"] for m in models) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
