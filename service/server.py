@@ -10,6 +10,7 @@ import asyncio
 import logging
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -20,9 +21,10 @@ from service.classify.classifier import Classifier
 from service.classify.options import RequestLimits
 from service.classify.records import PredictionLog, Records
 from service.classify.tracing import Tracing
-from service.core.auth import Access
+from service.core.auth import Access, Identify
 from service.core.config import Settings
 from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.core.fair import flow_weights
 from service.core.metrics import Metrics
 from service.core.resources import STORE_SETTING
 from service.inference.batching import Batcher, BatcherConfig
@@ -49,6 +51,7 @@ class Server:
         self.settings = settings
         self.access = Access(settings.api_keys, settings.admin_api_keys, settings.control_api)
         self.api_keys = self.access.users  # both front doors check the same keys
+        self.identify = Identify(self.access, settings.client_header)  # whose request it is (fair share)
         self.metrics = Metrics()
         self.classifier: Classifier | None = None
         self.live: LiveService | None = None
@@ -131,7 +134,7 @@ class Server:
         log.info("%s", split.describe())
         log.info("decoder %s (%s)", decoding.decoder, decoding.why)
         self._pool = DecodePool(DecodeLimits.from_settings(s), split.decode_workers, split.decode_threads,
-                                decoding.decoder, decoding.gpu)  # fmt: skip
+                                decoding.decoder, decoding.gpu, flow_weights(s.client_weights))  # fmt: skip
         await self._pool.start()
         self._spool_dir = default_spool_dir(s.spool_dir)
         limits = RequestLimits.from_settings(s)
@@ -171,8 +174,13 @@ class Server:
             batchers = [model.batcher for _, model in self.catalog.loaded()]
             # Batchers keep lifetime totals; a reload brings a new batcher under the same label.
             self._dropped_counted = {k: v for k, v in self._dropped_counted.items() if k[0] in batchers}
+            clients: Counter[str] = Counter()
             for batcher in batchers:
                 self.metrics.queue_clips.labels(batcher.name).set(batcher.pending_clips)
+                clients.update(batcher.budget.by_client)
+            self.metrics.client_clips_in_flight.clear()  # clients that left have none
+            for name, clips in clients.items():
+                self.metrics.client_clips_in_flight.labels(self.metrics.client_label(name)).inc(clips)
                 for reason, total in batcher.dropped_clips.items():
                     counted = self._dropped_counted.get((batcher, reason), 0)
                     self.metrics.dropped_clips.labels(batcher.name, reason).inc(total - counted)

@@ -51,7 +51,7 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         request_id = call_request_id(context)
-        async with status_from_errors(context, request_id):
+        async with status_from_errors(context, request_id, self._server.identify):
             classifier = self._server.require_classifier()
             options = _options(request.options)
             result = await classifier.run("grpc", options, _one(request.video), request_id, call_timeout(context))
@@ -62,7 +62,7 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
         self, request_iterator: AsyncIterable[pb.ClassifyStreamRequest], context: grpc.aio.ServicerContext
     ) -> pb.ClassifyStreamResponse:
         request_id = call_request_id(context)
-        async with status_from_errors(context, request_id):
+        async with status_from_errors(context, request_id, self._server.identify):
             classifier = self._server.require_classifier()
             messages = aiter(request_iterator)
             options = _options(await _first_options(messages))
@@ -74,7 +74,7 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
         self, request_iterator: AsyncIterable[pb.ClassifyTimelineRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyTimelineResponse]:
         request_id = call_request_id(context)
-        async with status_from_errors(context, request_id):
+        async with status_from_errors(context, request_id, self._server.identify):
             classifier = self._server.require_classifier()
             messages = aiter(request_iterator)
             first = await anext(messages, None)
@@ -100,7 +100,7 @@ class VideoClassifierServicer(pb_grpc.VideoClassifierServicer):
         self, request_iterator: AsyncIterable[pb.LiveRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.LiveResponse]:
         request_id = call_request_id(context)
-        async with status_from_errors(context, request_id):
+        async with status_from_errors(context, request_id, self._server.identify):
             live = self._server.require_live()
             live.admit()  # before waiting for the options
             messages = aiter(request_iterator)

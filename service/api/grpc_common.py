@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import grpc
 
-from service.api.wire import TRACE_HEADERS, caller_trace, request_id, retry_after_header
+from service.api.wire import Identify, caller_context, request_id, retry_after_header
 from service.classify.options import MAX_TIMEOUT_S
 from service.core.errors import HTTP_STATUS, ErrorKind, ServiceError
 
@@ -40,14 +40,17 @@ def grpc_status(kind: ErrorKind) -> grpc.StatusCode:
 
 
 @contextlib.asynccontextmanager
-async def status_from_errors(context: grpc.aio.ServicerContext, request_id: str) -> AsyncIterator[None]:
+async def status_from_errors(
+    context: grpc.aio.ServicerContext, request_id: str, identify: Identify | None = None
+) -> AsyncIterator[None]:
     """ServiceError → its gRPC status and message; anything else → INTERNAL without internals. The
-    caller's trace context (``traceparent`` metadata) is current meanwhile.
+    caller's client (named by ``identify``) and trace context (``traceparent`` metadata) are current
+    meanwhile.
     Cancellation (the client went away or its deadline passed) is a BaseException and passes
     through, so the classifier's ``finally`` blocks release what the request held."""
-    carrier = {k: v for k, v in context.invocation_metadata() or () if k in TRACE_HEADERS and isinstance(v, str)}
+    metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
     try:
-        with caller_trace(carrier):
+        with caller_context(metadata, identify):
             yield
     except ServiceError as e:
         await abort(context, e, request_id)

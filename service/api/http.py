@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service import __version__
+from service.api.http_caller import CallerContext
 from service.api.http_drain import BodyBeforeAnswerWhileDraining, OpenRequests
 from service.api.http_live import add_live_routes
 from service.api.http_schemas import (
@@ -31,7 +32,6 @@ from service.api.http_schemas import (
     ReadyResponse,
     error_responses,
 )
-from service.api.http_trace import CallerTrace
 from service.api.multipart import multipart_file
 from service.api.oip_http import add_oip_routes, v2_error
 from service.api.wire import is_video_upload, media_type, request_id, retry_after_header
@@ -294,7 +294,7 @@ def create_app(server: Server) -> FastAPI:
     add_oip_routes(app, server, guarded, probe_guard, admin_guard)
     app.state.open_requests = open_requests = OpenRequests()
     app.add_middleware(BodyBeforeAnswerWhileDraining, server=server, open_requests=open_requests)
-    app.add_middleware(CallerTrace)
+    app.add_middleware(CallerContext, identify=server.identify)
     return app
 
 

@@ -42,6 +42,7 @@ CLOSE_CODES = {
     ErrorKind.frame_too_large: 1009,  # message too big
     ErrorKind.internal: 1011,
     ErrorKind.overloaded: 1013,  # try again later
+    ErrorKind.client_limit: 1013,
 }
 _OPTIONS = {"model": str, "top_k": int, "smoothing_frames": int, "frame_stride": int}
 _HEADER = {"format": str, "width": int, "height": int, "pts_us": int, "end": bool}

@@ -24,6 +24,7 @@ import numpy as np
 
 from service.classify.options import MAX_TIMEOUT_S, ClassifyOptions
 from service.classify.result import Classification
+from service.core import fair
 from service.core.errors import ErrorKind, ServiceError
 from service.management.catalog import ModelInfo
 from service.server import Server
@@ -215,6 +216,8 @@ async def infer(
     info = server.catalog.model_info(key)
     opts = options(key, params)
     timeout_s = _sooner(timeout_s, _timeout_param(params))
+    if fair.priority_of(str(params.get("priority", ""))) == "bulk":  # Triton's: 1 the highest, 0 the default
+        fair.current.set(fair.Client(fair.current.get().name, "bulk"))
     opts.check(info.num_classes, classifier.limits.max_clips)
     if wanted.classification is not None and wanted.classification > info.num_classes:
         raise bad(f"classification k must be at most {info.num_classes} (the model's classes)")

@@ -79,14 +79,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        async with status_from_errors(context, call_request_id(context)):
+        async with status_from_errors(context, call_request_id(context), self._server.identify):
             oip.model_info(self._server, request.name, request.version)
         return pb.ModelReadyResponse(ready=self._server.ready)
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        async with status_from_errors(context, call_request_id(context)):
+        async with status_from_errors(context, call_request_id(context), self._server.identify):
             info = oip.model_info(self._server, request.name, request.version)
             meta = oip.model_metadata(info, self._server.catalog.versions_of(info.name))
         tensors = pb.ModelMetadataResponse.TensorMetadata
@@ -99,7 +99,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         rid = request_id(request.id) if request.id else call_request_id(context)
-        async with status_from_errors(context, rid):
+        async with status_from_errors(context, rid, self._server.identify):
             oip.model_info(self._server, request.model_name, request.model_version)
             params = {key: _param(value) for key, value in request.parameters.items()}
             key = oip.model_key(request.model_name, request.model_version)
@@ -116,7 +116,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: stats_pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> stats_pb.ModelStatisticsResponse:
         """The statistics extension (Triton's RPC, beside the protocol's own; see model_statistics.proto)."""
-        async with status_from_errors(context, call_request_id(context)):
+        async with status_from_errors(context, call_request_id(context), self._server.identify):
             entries = oip.statistics(self._server, request.name or None, request.version or None)
         return stats_pb.ModelStatisticsResponse(model_stats=[stats_pb.ModelStatistics(**e) for e in entries])
 

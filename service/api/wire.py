@@ -7,11 +7,14 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+
+from service.core import fair
+from service.core.auth import Identify
 
 RAW_MEDIA_TYPES = ("application/octet-stream",)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -42,17 +45,21 @@ TRACE_HEADERS = ("traceparent", "tracestate")  # W3C Trace Context: HTTP headers
 
 
 @contextlib.contextmanager
-def caller_trace(carrier: dict[str, str]) -> Iterator[None]:
-    """The caller's W3C trace context (``traceparent``, ``tracestate``) as the current OpenTelemetry
-    context while the call is served: a request's span (``service.classify.tracing``) is its child."""
-    if not carrier:
-        yield
-        return
-    token = otel_context.attach(propagate.extract(carrier))
+def caller_context(headers: Mapping[str, str], identify: Identify | None) -> Iterator[None]:
+    """While a call is served (``headers``: HTTP headers or gRPC metadata, lower-case names): its
+    client, named by ``identify`` (``service.core.fair.current``: fair share and limits), and its W3C
+    trace context (``traceparent``, ``tracestate``) as the current OpenTelemetry context, so a
+    request's span (``service.classify.tracing``) is the caller's child."""
+    client = fair.current.set(identify(headers)) if identify is not None else None
+    carrier = {name: headers[name] for name in TRACE_HEADERS if name in headers}
+    trace = otel_context.attach(propagate.extract(carrier)) if carrier else None
     try:
         yield
     finally:
-        otel_context.detach(token)
+        if trace is not None:
+            otel_context.detach(trace)
+        if client is not None:
+            fair.current.reset(client)
 
 
 def json_value(text: str | bytes) -> Any:

@@ -33,8 +33,9 @@ from service.classify.timeline import (
 )
 from service.classify.tracing import RequestSpan, Tracing
 from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.core.fair import current
 from service.core.metrics import Metrics
-from service.inference.admission import Reservation
+from service.inference.admission import RequestRate, Reservation
 from service.inference.answers import LoadedModel, softmax, top_k
 from service.live.hub import ModelHub
 from service.models.store import ModelConfig
@@ -79,6 +80,7 @@ class Classifier:
         self.limits = limits
         self.metrics = metrics
         self.records = records or Records(metrics, Tracing(""), PredictionLog(""))
+        self.request_rate = RequestRate(limits.client_max_rps)
         self.accepting = True  # false while draining
         self._tasks: set[asyncio.Task[Any]] = set()  # the requests being handled now
         self._aborting = False
@@ -198,10 +200,17 @@ class Classifier:
                 "sampling do not apply; leave them at their defaults",
             )
         deadline = time.monotonic() + self.limits.timeout(timeout_s)
+        client = current.get()
         try:
-            reservation = model.batcher.reserve(options.views)
+            reservation = model.batcher.reserve(options.views, client)
+            try:
+                self.request_rate.admit(client.name)
+            except ServiceError:
+                reservation.release()
+                raise
         except ServiceError as e:
             self.metrics.rejected.labels(e.code).inc()
+            self.metrics.client_rejected.labels(self.metrics.client_label(client.name), e.code).inc()
             raise
         return Admission(model, options, reservation, deadline, span)
 

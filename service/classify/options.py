@@ -77,10 +77,12 @@ class RequestLimits:
     max_clips: int
     request_timeout_s: float  # the deadline of a request that sets none
     max_windows: int  # of a timeline
+    client_max_rps: float = 0.0  # requests a client may start per second; 0: no limit
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
-        return cls(settings.max_upload_bytes, settings.max_clips, settings.request_timeout_s, settings.max_windows)
+        return cls(settings.max_upload_bytes, settings.max_clips, settings.request_timeout_s, settings.max_windows,
+                   settings.client_max_rps)  # fmt: skip
 
     def timeout(self, asked_s: float | None) -> float:
         """The request's time budget: what it asked for (0 < t ≤ 3600 s), else the server's default."""

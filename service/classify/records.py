@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from service.classify.result import Classification
 from service.classify.tracing import RequestSpan, Tracing
+from service.core.fair import current
 from service.core.logs import trace_id
 from service.core.metrics import STAGES, Metrics
 from service.models.store import ModelConfig
@@ -103,6 +104,10 @@ class Records:
         if admitted is not None:
             self.metrics.statistics.request(admitted.name, admitted.version, code == "ok", timings_ms)
         if result is not None:
+            client = current.get()
+            self.metrics.client_clips.labels(self.metrics.client_label(client.name), client.priority).inc(
+                result.clips * result.crops
+            )
             for stage, ms in result.timings_ms.items():
                 self.metrics.request_duration.labels(protocol, stage).observe(ms / 1000)
             self._prediction(protocol, result)

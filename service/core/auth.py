@@ -7,10 +7,12 @@ unload models (``/v2/repository``). No key of either kind configured: auth is of
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 from pydantic import SecretStr
 
 from service.core.errors import ErrorKind, ServiceError
+from service.core.fair import ANONYMOUS, Client, header_name, key_name, priority_of
 
 
 class ApiKeys:
@@ -74,6 +76,27 @@ class Access:
         if presented and not self.admins.accepts(presented) and self.users.accepts(presented):
             raise ServiceError(ErrorKind.forbidden, "this key may classify but not manage models: use an admin key")
         self.admins.check(authorization, api_key)
+
+
+class Identify:
+    """Names a request's client (``service.core.fair``) from its headers or gRPC metadata (lower-case
+    names): the API key it presented when keys are configured, else the trusted gateway's
+    ``client_header``, else anonymous; and its priority class from ``X-Priority``."""
+
+    def __init__(self, access: Access, client_header: str = "") -> None:
+        self.access = access
+        self.header = client_header.strip().lower()
+        self.keyed = access.users.enabled or access.admins.enabled
+
+    def __call__(self, headers: Mapping[str, str]) -> Client:
+        priority = priority_of(headers.get("x-priority"))
+        if self.keyed:
+            key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
+            known = key and (self.access.users.accepts(key) or self.access.admins.accepts(key))
+            return Client(key_name(key) if key and known else ANONYMOUS.name, priority)
+        if self.header and headers.get(self.header):
+            return Client(header_name(headers[self.header]), priority)
+        return Client(ANONYMOUS.name, priority)
 
 
 def presented_key(authorization: str | None, api_key: str | None) -> str | None:

@@ -96,6 +96,24 @@ class Settings(BaseSettings):
     max_queue_clips: int = Field(default=256, ge=1, description="admitted but unfinished clips; beyond: 429")
     request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of a request that sets none")
 
+    # --- clients (service/core/fair.py): fair share, weights, limits
+    client_header: str = Field(
+        default="",
+        description="a header (and gRPC metadata key) a trusted gateway sets to name the client, when "
+        "no API keys are configured; empty: one client",
+    )
+    client_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="a client's share of decoding and batches by its name (key-<8 hex> for "
+        "an API key; see README), JSON; 1 when absent",
+    )
+    client_max_clips: int = Field(
+        default=0, ge=0, description="clips one client may have admitted per model at once (429 beyond); 0: no limit"
+    )
+    client_max_rps: float = Field(
+        default=0.0, ge=0, description="requests per second one client may start (429 beyond); 0: no limit"
+    )
+
     # --- the CPU budget: inference threads + decode workers × decoder threads <= cpu_budget
     cpu_budget: int = Field(default=0, ge=0, description="cores this server may use; 0: the cores it may run on "
                             "(CPU affinity and cgroup quota)")  # fmt: skip

@@ -34,6 +34,7 @@ class ErrorKind(Enum):
     frame_too_large = "frame_too_large"
     stream_timeout = "stream_timeout"
     overloaded = "overloaded"
+    client_limit = "client_limit"  # one client over its own share (TSM_CLIENT_MAX_CLIPS, _RPS)
     internal = "internal"
     not_ready = "not_ready"
     draining = "draining"
@@ -64,6 +65,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.frame_too_large: 413,
     ErrorKind.stream_timeout: 408,
     ErrorKind.overloaded: 429,
+    ErrorKind.client_limit: 429,
     ErrorKind.internal: 500,
     ErrorKind.not_ready: 503,
     ErrorKind.draining: 503,
@@ -72,7 +74,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 
 
 class ServiceError(Exception):
-    """An expected failure of one request. ``retry_after_s`` is set for ``overloaded``."""
+    """An expected failure of one request. ``retry_after_s`` is set for ``overloaded`` and ``client_limit``."""
 
     def __init__(self, kind: ErrorKind, message: str, retry_after_s: float | None = None):
         super().__init__(message)

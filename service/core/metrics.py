@@ -11,6 +11,7 @@ _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 _CLIPS = (1, 2, 4, 8, 16, 32, 64, 128)
 # A live frame's answer: from 2 ms (one small frame) to 2 s (far behind a frame interval).
 _FRAME_SECONDS = (0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.067, 0.1, 0.133, 0.2, 0.5, 1.0, 2.0)
+MAX_CLIENT_LABELS = 100
 # A probability: confidence shows in the top decile, so finer there.
 _SCORES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # The stages of a request, in order: the keys of an answer's timings and of the duration histogram.
@@ -20,7 +21,16 @@ STAGES = ("upload", "decode", "queue", "inference", "total")
 class Metrics:
     """One registry per server, so tests can run several servers in one process."""
 
+    def client_label(self, name: str) -> str:
+        """A client's label value: the first 100 names seen, then "other" (a gateway's client header
+        could otherwise create a series per caller)."""
+        if name in self._client_names or len(self._client_names) < MAX_CLIENT_LABELS:
+            self._client_names.add(name)
+            return name
+        return "other"
+
     def __init__(self) -> None:
+        self._client_names: set[str] = set()
         self.statistics = Statistics()  # the v2 statistics extension's numbers, beside Prometheus's
         self.registry = CollectorRegistry()
         r = self.registry
@@ -49,6 +59,18 @@ class Metrics:
         self.decode_failures = Counter(
             "tsm_decode_failures", "Uploads that could not be decoded, by error code.", ["reason"], registry=r
         )
+        # Fair share (service.core.fair): clients by name (key-<8 hex> for an API key), never a key.
+        self.client_clips_in_flight = Gauge(
+            "tsm_client_clips_in_flight", "Admitted clips not yet finished, by client (all models).", ["client"],
+            registry=r,
+        )  # fmt: skip
+        self.client_clips = Counter(
+            "tsm_client_clips", "Clips answered, by client and priority class.", ["client", "priority"], registry=r
+        )
+        self.client_rejected = Counter(
+            "tsm_client_rejected", "Requests refused as overloaded or over the client's own limits, by client.",
+            ["client", "reason"], registry=r,
+        )  # fmt: skip
         # What the models answer: drift (the mix of top-1 labels) and confidence (the top-1 score).
         self.predictions = Counter(
             "tsm_predictions", "Answered requests by model and top-1 label.", ["model", "label"], registry=r

@@ -14,8 +14,10 @@ The unit of work is a **clip** (T frames of one view of one video). Lifecycle of
                               batch while the current one runs, checks rows out == rows in
       fan-out (event loop)    each row lands in its request; the last row resolves the future
 
-Fairness: a batch takes one clip per waiting request in turn, and a request that still has
-clips goes to the back of the line, so a 10-view request does not hold up 1-view ones.
+Fairness: clips wait per *flow* (a client and its priority class, ``service.core.fair``) and a batch
+takes them in weighted turns (deficit round robin), so one client's backlog never sits in front of
+another client's next clip: a client that sends one clip while another has hundreds queued gets it
+into the next batch. Within a flow, clips go in the order they came.
 
 Views are combined as the official TSM test script does: the **mean of the logits** over a
 request's views, then (by the caller) a softmax. Averaging logits rather than probabilities lets
@@ -35,15 +37,16 @@ import itertools
 import logging
 import queue
 import time
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.core.config import default
 from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.core.fair import Client, FairQueue, current, flow_weights
 from service.inference.admission import ClipBudget, Reservation
 from service.inference.pipeline import STOP, Batch, DropReason, InferResult, QueuedRequest, run_batches
 from service.inference.runner import Runner
@@ -77,10 +80,13 @@ class BatcherConfig:
     max_delay_ms: float = default("max_delay_ms")
     max_queue_clips: int = default("max_queue_clips")
     request_timeout_s: float = default("request_timeout_s")
+    client_weights: Mapping[str, float] = field(default_factory=dict)  # by client name; 1 when absent
+    client_max_clips: int = default("client_max_clips")  # a client's share of max_queue_clips; 0: all
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BatcherConfig:
-        return cls(settings.max_delay_ms, settings.max_queue_clips, settings.request_timeout_s)
+        return cls(settings.max_delay_ms, settings.max_queue_clips, settings.request_timeout_s,
+                   dict(settings.client_weights), settings.client_max_clips)  # fmt: skip
 
 
 class Batcher:
@@ -107,10 +113,10 @@ class Batcher:
         self.dropped_clips: Counter[DropReason] = Counter()  # lifetime totals, read on the event loop
         # clips/s through the model, seeded from warm-up so that the first 429 has an estimate
         warm_rate = max((b / t for b, t in runner.warmup_s.items() if t > 0), default=0.0)
-        self.budget = ClipBudget(name, config.max_queue_clips, warm_rate)
+        self.budget = ClipBudget(name, config.max_queue_clips, warm_rate, config.client_max_clips)
         self._batch_ids = itertools.count(1)
-        self._waiting: deque[QueuedRequest] = deque()  # requests with clips not yet in a batch
-        self._queued = 0  # clips not yet in a batch
+        # requests with clips not yet in a batch (a unit per clip), by flow
+        self._waiting: FairQueue[QueuedRequest] = FairQueue(flow_weights(config.client_weights))
         self._in_flight = 0  # batches handed to the thread and not yet delivered
         self._handoff: queue.SimpleQueue[Batch] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,10 +156,11 @@ class Batcher:
             await self._thread
 
     # ------------------------------------------------------------------------- the requests
-    def reserve(self, clips: int) -> Reservation:
+    def reserve(self, clips: int, client: Client | None = None) -> Reservation:
+        """Admits ``clips`` for ``client`` (default: the request's, ``service.core.fair.current``)."""
         if self._stopping:
             raise shutting_down()
-        return self.budget.reserve(clips)
+        return self.budget.reserve(clips, client or current.get())
 
     async def infer(self, frames: np.ndarray, reservation: Reservation, deadline: float | None = None) -> InferResult:
         """Score uint8 ``[V, T, H, W, 3]`` frames; the logits are the mean over the V views.
@@ -171,13 +178,12 @@ class Batcher:
         if deadline <= now:
             self.dropped_clips["expired"] += len(frames)
             raise ServiceError(ErrorKind.deadline_exceeded, "the request's deadline passed before inference")
-        req = QueuedRequest(reservation.id, frames, self._loop.create_future(), deadline, now)
+        req = QueuedRequest(reservation.id, frames, self._loop.create_future(), deadline, now, reservation.flow)
         if self._last_arrival is not None:  # smoothed gap between arrivals, for the batch delay
             self._gap_s = 0.8 * self._gap_s + 0.2 * (now - self._last_arrival)
         self._last_arrival = now
         timer = self._loop.call_later(deadline - now, self._expire, req)
-        self._waiting.append(req)
-        self._queued += req.views
+        self._waiting.push(req.flow, req, req.views)
         assert self._wakeup is not None
         self._wakeup.set()
         try:
@@ -205,10 +211,8 @@ class Batcher:
             return
         req.dropped = reason
         if req.next_clip < req.views:
-            self.dropped_clips[reason] += req.views - req.next_clip
-            self._queued -= req.views - req.next_clip
+            self.dropped_clips[reason] += self._waiting.remove(req.flow, req)
             req.next_clip = req.views
-            self._waiting.remove(req)
 
     # ------------------------------------------------------------------- the batching task
     async def _batch_loop(self) -> None:
@@ -216,8 +220,8 @@ class Batcher:
         wakeup = self._wakeup
         try:
             while True:
-                while self._queued == 0 or self._in_flight >= self.pipeline_depth:
-                    if self._stopping and self._queued == 0:
+                while not self._waiting or self._in_flight >= self.pipeline_depth:
+                    if self._stopping and not self._waiting:
                         return
                     wakeup.clear()
                     await wakeup.wait()
@@ -226,7 +230,7 @@ class Batcher:
                 close_at = min(r.submitted for r in self._waiting) + self.max_delay_s
                 if self._gap_s > self.max_delay_s:
                     close_at = 0.0
-                while self._queued < self.max_batch and not self._stopping:
+                while len(self._waiting) < self.max_batch and not self._stopping:
                     left = close_at - time.monotonic()
                     if left <= 0:
                         break
@@ -240,25 +244,18 @@ class Batcher:
                     self._in_flight += 1
                     self._handoff.put(Batch(next(self._batch_ids), rows))
         finally:
-            for req in list(self._waiting):  # only left here if this task itself failed
+            for req in set(self._waiting):  # only left here if this task itself failed
                 self._fail(req, ServiceError(ErrorKind.internal, "the batching task stopped"), "failed")
             self._handoff.put(STOP)
 
     def _take_batch(self) -> list[tuple[QueuedRequest, int]]:
-        """One clip per waiting request in turn; requests with clips left go to the back."""
+        """Up to a batch of clips: flows in weighted turns, a flow's requests in turn, a request's
+        clips in order."""
         rows: list[tuple[QueuedRequest, int]] = []
-        again: list[QueuedRequest] = []
-        while len(rows) < self.max_batch and (self._waiting or again):
-            if not self._waiting:
-                self._waiting.extend(again)
-                again.clear()
-            req = self._waiting.popleft()
+        while len(rows) < self.max_batch and self._waiting:
+            _, req = self._waiting.pop()
             rows.append((req, req.next_clip))
             req.next_clip += 1
-            if req.next_clip < req.views:
-                again.append(req)
-        self._waiting.extend(again)
-        self._queued -= len(rows)
         return rows
 
     # ------------------------------------------------------------------ fan-out (event loop)

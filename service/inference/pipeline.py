@@ -37,6 +37,7 @@ class QueuedRequest:
     future: asyncio.Future[InferResult]
     deadline: float | None
     submitted: float
+    flow: str = ""  # its client and priority class (service.core.fair): whose turn its clips wait for
     next_clip: int = 0  # clips [0, next_clip) have been put in a batch
     scored: int = 0
     logits: np.ndarray | None = None  # [V, C], filled row by row

@@ -2,10 +2,12 @@
 job at a time each, killed and replaced when they crash, hang or exceed their memory cap, recycled
 after ``max_jobs`` (a bound on whatever a native decoder leaks).
 
-Shape: an asyncio queue of jobs; one slot task per worker takes a job, sends it down the worker's
-socket and waits for the answer in a thread (so the event loop never blocks on a pipe), with the
-decode timeout. Workers are fresh interpreters (``python -c``), not multiprocessing children:
-spawn and forkserver re-import the parent's ``__main__``, which in the server imports torch.
+Shape: a queue of jobs served per client in weighted turns (``service.core.fair``: one client's
+backlog never sits in front of another client's next upload); one slot task per worker takes a job,
+sends it down the worker's socket and waits for the answer in a thread (so the event loop never
+blocks on a pipe), with the decode timeout. Workers are fresh interpreters (``python -c``), not
+multiprocessing children: spawn and forkserver re-import the parent's ``__main__``, which in the
+server imports torch.
 
 The wire protocol is JSON plus raw frame bytes in both directions; the parent never unpickles
 anything a worker (which parses hostile files) sends.
@@ -22,6 +24,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -32,6 +35,7 @@ import numpy as np
 
 import service
 from service.core.errors import ErrorKind, ServiceError, shutting_down
+from service.core.fair import FairQueue, current
 from service.video.decode import DECODER_THREADS
 from service.video.decoded import DecodedVideo, VideoFacts
 from service.video.decoders import Decoder
@@ -73,6 +77,7 @@ class _Job:
     deadline_first: bool  # the caller's time runs out before the decode limit: its error, not ours
     decoder: Decoder
     future: asyncio.Future[DecodedVideo]
+    flow: str = ""  # its client and priority class
 
 
 @dataclass
@@ -99,6 +104,7 @@ class DecodePool:
         decoder_threads: int = DECODER_THREADS,
         decoder: Decoder = "pyav",
         gpu: int = 0,
+        weight_of: Callable[[str], float] | None = None,
     ) -> None:
         """``decoder_threads`` per worker: 1 suits one worker per core (see bench/decode.py). ``decoder``
         decodes the jobs that name none; ``nvdec`` decodes on CUDA device ``gpu``."""
@@ -109,7 +115,8 @@ class DecodePool:
         self.decoder = decoder
         self._gpu = gpu
         self._slots = [_Slot() for _ in range(workers)]
-        self._queue: asyncio.Queue[_Job] | None = None
+        self._waiting: FairQueue[_Job] = FairQueue(weight_of)
+        self._queue: asyncio.Queue[None] | None = None  # one token per queued job: slots wait on it
         # One thread per slot waits on that slot's socket.
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode-wait")
         self._restarts = 0
@@ -133,8 +140,12 @@ class DecodePool:
         future: asyncio.Future[DecodedVideo] = asyncio.get_running_loop().create_future()
         limit = self._limits.timeout_s
         time_left_s = limit if time_left_s is None else time_left_s
-        job = _Job(Path(path), spec, min(limit, time_left_s), time_left_s < limit, decoder or self.decoder, future)
-        self._queue.put_nowait(job)
+        flow = current.get().flow
+        job = _Job(
+            Path(path), spec, min(limit, time_left_s), time_left_s < limit, decoder or self.decoder, future, flow
+        )
+        self._waiting.push(flow, job)
+        self._queue.put_nowait(None)
         return await future
 
     async def close(self) -> None:
@@ -143,11 +154,10 @@ class DecodePool:
             if slot.task is not None:
                 slot.task.cancel()
         await asyncio.gather(*(s.task for s in self._slots if s.task is not None), return_exceptions=True)
-        if self._queue is not None:
-            while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if not job.future.done():
-                    job.future.set_exception(shutting_down())
+        while self._waiting:
+            _, job = self._waiting.pop()
+            if not job.future.done():
+                job.future.set_exception(shutting_down())
         await asyncio.gather(*(self._stop(slot) for slot in self._slots))
         self._threads.shutdown(wait=True)
 
@@ -158,7 +168,7 @@ class DecodePool:
             "workers": alive,
             "busy": busy,
             "idle": alive - busy,
-            "queued": self._queue.qsize() if self._queue is not None else 0,
+            "queued": len(self._waiting),
             "restarts": self._restarts,
             "jobs": self._jobs,
         }
@@ -181,7 +191,8 @@ class DecodePool:
                     log.exception("could not start a decode worker; retrying")
                     await asyncio.sleep(1.0)
                     continue
-            job = await self._queue.get()
+            await self._queue.get()
+            _, job = self._waiting.pop()
             if job.future.done():  # cancelled while queued
                 continue
             if slot.worker is None or slot.worker.process.poll() is not None:  # died while idle
