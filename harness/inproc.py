@@ -105,7 +105,7 @@ class InProcessServer:
             raise
         if http_port:
             config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="off", log_config=None,
-                                    access_log=False)  # fmt: skip
+                                    access_log=False, **self.runtime.uvicorn_options())  # fmt: skip
             self._web = uvicorn.Server(config)
             self._web_task = asyncio.create_task(self._web.serve())
             while not self._web.started:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 import types
@@ -49,14 +50,18 @@ async def serve(settings: Settings) -> int:
     SIGTERM: gRPC health turns NOT_SERVING and readiness false, new work is refused (503 /
     UNAVAILABLE), in-flight requests of both protocols get ``drain_timeout_s`` to finish, then both
     servers stop and the process exits 0. A second signal stops at once."""
+    from service.core.limits import connection_cap, raise_open_file_limit
     from service.runtime import STOP_GRACE_S, Runtime
 
+    files = raise_open_file_limit()  # before the ports' connection caps are derived from it
     runtime = Runtime(settings)
+    log.info("open-file limit %d; each port holds at most %d connections", files,
+             connection_cap(settings.max_connections))  # fmt: skip
     loop = asyncio.get_running_loop()
     config = uvicorn.Config(
         runtime.app, host=settings.host, port=settings.http_port, lifespan="off", log_config=None,
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=STOP_GRACE_S,
-        ssl_certfile=settings.http_tls_cert_file, ssl_keyfile=settings.http_tls_key_file,
+        ssl_certfile=settings.http_tls_cert_file, ssl_keyfile=settings.http_tls_key_file, **runtime.uvicorn_options(),
     )  # fmt: skip
     try:
         grpc_port = runtime.listen_grpc()
@@ -103,6 +108,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         help_text = f"{field.description or ''} [env TSM_{name.upper()}, default {field.get_default()!r}]".strip()
+        help_text = help_text.replace("%", "%%")  # argparse formats help strings with %
         kind = field.annotation
         args: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         origin = typing.get_origin(kind)
@@ -112,6 +118,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, choices=typing.get_args(kind), **args)
         elif origin is list:
             parser.add_argument(flag, nargs="*", metavar="NAME", **args)
+        elif origin is dict:
+            parser.add_argument(flag, type=json.loads, metavar="JSON", **args)
         elif kind is int:
             parser.add_argument(flag, type=int, **args)
         elif kind is float:

@@ -12,9 +12,13 @@ uvicorn and signals, the in-process test harness under its own loop. The order m
 
 from __future__ import annotations
 
+from typing import Any
+
 from service.api.grpc_server import build_grpc_server, server_credentials
 from service.api.http import create_app
+from service.api.http_guard import HeaderLimits, guarded_protocol
 from service.core.config import Settings
+from service.core.limits import connection_cap
 from service.server import Server
 
 STOP_GRACE_S = 5  # after the drain: the last moments for connections of both protocols to close
@@ -28,6 +32,13 @@ class Runtime:
         self.server = Server(settings)
         self.app = create_app(self.server)
         self.rpc = build_grpc_server(self.server)
+        limits = HeaderLimits(settings.header_timeout_s, settings.max_header_bytes)
+        self.http_protocol, self.server.http_guard = guarded_protocol(limits, connection_cap(settings.max_connections))
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """What uvicorn's Config needs beside the app and address: the guarded protocol, and idle
+        keep-alive connections closed well within the header timeout."""
+        return {"http": self.http_protocol, "timeout_keep_alive": min(5.0, self.settings.header_timeout_s)}
 
     def listen_grpc(self) -> int:
         """Binds the gRPC port (TLS when Settings name a certificate); returns it (``grpc_port`` 0 picks

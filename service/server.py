@@ -25,6 +25,7 @@ from service.core.auth import Access, Identify
 from service.core.config import Settings
 from service.core.errors import ErrorKind, ServiceError, shutting_down
 from service.core.fair import flow_weights
+from service.core.limits import ConnectionGuard
 from service.core.metrics import Metrics
 from service.core.resources import STORE_SETTING
 from service.inference.batching import Batcher, BatcherConfig
@@ -65,6 +66,8 @@ class Server:
         self.cache: ResultCache | None = None
         self._spool_dir: Path | None = None
         self._records: Records | None = None
+        self.http_guard: ConnectionGuard | None = None  # the HTTP port's connections (the runtime's)
+        self._guard_counted: dict[str, int] = {}
 
     @property
     def ready(self) -> bool:
@@ -178,13 +181,20 @@ class Server:
             for batcher in batchers:
                 self.metrics.queue_clips.labels(batcher.name).set(batcher.pending_clips)
                 clients.update(batcher.budget.by_client)
-            self.metrics.client_clips_in_flight.clear()  # clients that left have none
-            for name, clips in clients.items():
-                self.metrics.client_clips_in_flight.labels(self.metrics.client_label(name)).inc(clips)
                 for reason, total in batcher.dropped_clips.items():
                     counted = self._dropped_counted.get((batcher, reason), 0)
                     self.metrics.dropped_clips.labels(batcher.name, reason).inc(total - counted)
                     self._dropped_counted[batcher, reason] = total
+            self.metrics.client_clips_in_flight.clear()  # clients that left have none
+            for name, clips in clients.items():
+                self.metrics.client_clips_in_flight.labels(self.metrics.client_label(name)).inc(clips)
+        if self.http_guard is not None:
+            guard = self.http_guard
+            self.metrics.http_connections.set(len(guard.open))
+            for why, total in (("evicted", guard.evicted), ("header_timeout", guard.timed_out),
+                               ("headers_too_large", guard.too_large)):  # fmt: skip
+                self.metrics.http_connections_closed.labels(why).inc(total - self._guard_counted.get(why, 0))
+                self._guard_counted[why] = total
         if self._pool is not None:
             stats = self._pool.stats()
             for state in ("workers", "busy", "idle", "queued"):

@@ -1,9 +1,17 @@
 """The gRPC server: ``tsm.v1.VideoClassifier``, the Open Inference Protocol, ``grpc.health.v1`` and
-reflection on one grpc.aio server, behind the API-key interceptor. Binding a port is the runtime's."""
+reflection on one grpc.aio server, behind the API-key interceptor and the unary-upload gate. Binding
+a port is the runtime's.
+
+Against floods: a connection must complete its handshake within ``header_timeout_s``, idle ones
+close after 5 minutes, and past ``max_connections`` new ones are refused (gRPC's connection quota),
+so slow or silent clients cannot hold the process's open files. A unary upload (``Classify``,
+``ModelInfer``: the whole video in one message) is received only within ``grpc_unary_uploads`` at once;
+beyond, it is refused before its message is read (RESOURCE_EXHAUSTED, naming ``ClassifyStream``,
+which streams into the spool)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +24,11 @@ from service.api.grpc import SERVICE_NAME, VideoClassifierServicer
 from service.api.grpc_common import grpc_status
 from service.api.oip_grpc import add_inference_service
 from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
+from service.api.wire import retry_after_header
 from service.core.auth import ApiKeys
 from service.core.config import MiB, Settings
-from service.core.errors import ServiceError
+from service.core.errors import ErrorKind, ServiceError
+from service.core.limits import connection_cap
 from service.server import Server
 
 
@@ -46,6 +56,9 @@ class GrpcFrontDoor:
     async def _set_health(self, status: Any) -> None:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
+
+
+IDLE_CONNECTION_MS = 300_000  # a connection with no call for 5 minutes is closed (clients reconnect)
 
 
 def max_message_bytes(settings: Settings) -> int:
@@ -77,20 +90,60 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that only answers ``error``."""
+    """A handler that only answers ``error``, without reading the request: it takes the request as a
+    stream it never reads, so a refused upload is never received into memory."""
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc_status(error.kind), error.message, trailing_metadata=(("tsm-error-code", error.code),))
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata: tuple[tuple[str, str], ...] = (("tsm-error-code", error.code),)
+        if error.retry_after_s is not None:
+            metadata += (("retry-after-s", retry_after_header(error.retry_after_s)),)
+        await context.abort(grpc_status(error.kind), error.message, trailing_metadata=metadata)
 
     serializers = {"request_deserializer": handler.request_deserializer,
                    "response_serializer": handler.response_serializer}  # fmt: skip
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse, **serializers)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse, **serializers)
-    return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
+        return grpc.stream_stream_rpc_method_handler(refuse, **serializers)
+    return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
+
+
+UNARY_UPLOADS = ("/tsm.v1.VideoClassifier/Classify", "/inference.GRPCInferenceService/ModelInfer")
+
+
+class _UnaryUploadGate(grpc.aio.ServerInterceptor):
+    """At most ``slots`` unary uploads received or served at once. The message of an admitted call
+    is read inside its slot (the call is served as a one-message stream), so a cancelled call frees
+    its slot, and a refused one is never read."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots, self.active = slots, 0
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:  # fmt: skip
+        handler = await continuation(details)
+        if handler is None or details.method not in UNARY_UPLOADS or handler.request_streaming:
+            return handler
+        if self.active >= self.slots:
+            error = ServiceError(
+                ErrorKind.overloaded,
+                f"{self.slots} whole-video uploads are being received already (TSM_GRPC_UNARY_UPLOADS); stream the "
+                "video with ClassifyStream, which takes any number at once, or retry shortly",
+                retry_after_s=1.0,
+            )
+            return _refusing_handler(handler, error)
+        self.active += 1
+        serve = handler.unary_unary
+
+        async def gated(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = await anext(aiter(requests))
+                return await serve(request, context)
+            finally:
+                self.active -= 1
+
+        return grpc.stream_unary_rpc_method_handler(gated, request_deserializer=handler.request_deserializer,
+                                                    response_serializer=handler.response_serializer)  # fmt: skip
 
 
 def build_grpc_server(server: Server) -> GrpcFrontDoor:
@@ -98,12 +151,18 @@ def build_grpc_server(server: Server) -> GrpcFrontDoor:
     settings = server.settings
     limit = max_message_bytes(settings)
     keys = server.api_keys
+    interceptors: list[grpc.aio.ServerInterceptor] = [_UnaryUploadGate(settings.grpc_unary_uploads)]
+    if keys.enabled:
+        interceptors.insert(0, _ApiKeyInterceptor(keys, settings.auth_public_probes))
     rpc = grpc.aio.server(
-        interceptors=[_ApiKeyInterceptor(keys, settings.auth_public_probes)] if keys.enabled else None,
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),  # a port already in use must fail the start, not be shared
+            ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+            ("grpc.max_allowed_incoming_connections", connection_cap(settings.max_connections)),
+            ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
         ],
     )
     pb_grpc.add_VideoClassifierServicer_to_server(VideoClassifierServicer(server), rpc)

@@ -96,6 +96,30 @@ class Settings(BaseSettings):
     max_queue_clips: int = Field(default=256, ge=1, description="admitted but unfinished clips; beyond: 429")
     request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of a request that sets none")
 
+    # --- connections (service/api/http_guard.py, service/core/limits.py): floods and slow clients
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="a request's line and headers must arrive within this (408 beyond); "
+        "also the gRPC handshake timeout",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=4096, description="request line and headers together, at most (431 beyond)"
+    )
+    grpc_unary_uploads: int = Field(
+        default=4,
+        ge=1,
+        description="unary gRPC uploads (Classify, ModelInfer: a whole video in one message) "
+        "received at once; more are refused before being read (RESOURCE_EXHAUSTED: stream with ClassifyStream)",
+    )
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="open connections per port; beyond, the oldest without a request is closed "
+        "(HTTP) or new ones refused (gRPC); 0: 45% each of the open-file limit left after 512",
+    )
+
     # --- clients (service/core/fair.py): fair share, weights, limits
     client_header: str = Field(
         default="",

@@ -59,6 +59,12 @@ class Metrics:
         self.decode_failures = Counter(
             "tsm_decode_failures", "Uploads that could not be decoded, by error code.", ["reason"], registry=r
         )
+        # The HTTP port's connections (service.api.http_guard): floods show here.
+        self.http_connections = Gauge("tsm_http_connections", "Open HTTP connections.", registry=r)
+        self.http_connections_closed = Counter(
+            "tsm_http_connections_closed", "HTTP connections closed by the server's guard, by reason (evicted: the "
+            "oldest without a request, at the connection cap).", ["reason"], registry=r,
+        )  # fmt: skip
         # Fair share (service.core.fair): clients by name (key-<8 hex> for an API key), never a key.
         self.client_clips_in_flight = Gauge(
             "tsm_client_clips_in_flight", "Admitted clips not yet finished, by client (all models).", ["client"],
