@@ -230,7 +230,7 @@ class Batcher:
                 close_at = min(r.submitted for r in self._waiting) + self.max_delay_s
                 if self._gap_s > self.max_delay_s:
                     close_at = 0.0
-                while len(self._waiting) < self.max_batch and not self._stopping:
+                while len(self._waiting) < self.batch_limit and not self._stopping:
                     left = close_at - time.monotonic()
                     if left <= 0:
                         break
@@ -248,11 +248,22 @@ class Batcher:
                 self._fail(req, ServiceError(ErrorKind.internal, "the batching task stopped"), "failed")
             self._handoff.put(STOP)
 
+    @property
+    def batch_limit(self) -> int:
+        """Clips the next batch may hold. While more than one client has work here, a CPU batch is at
+        most the runner's fastest chunk: a forward pass there takes seconds, and a client that comes
+        during one waits for all of it, so it is kept to about one chunk's time."""
+        chunk = self.runner.cpu_chunk
+        if chunk is None or len(self.budget.by_client) <= 1:
+            return self.max_batch
+        return min(self.max_batch, chunk)
+
     def _take_batch(self) -> list[tuple[QueuedRequest, int]]:
         """Up to a batch of clips: flows in weighted turns, a flow's requests in turn, a request's
         clips in order."""
         rows: list[tuple[QueuedRequest, int]] = []
-        while len(rows) < self.max_batch and self._waiting:
+        limit = self.batch_limit
+        while len(rows) < limit and self._waiting:
             _, req = self._waiting.pop()
             rows.append((req, req.next_clip))
             req.next_clip += 1

@@ -83,3 +83,27 @@ def test_a_batch_serves_the_light_clients_clip_before_the_heavy_backlog() -> Non
     batches, light_id = asyncio.run(asyncio.wait_for(main(), 60))
     first = next(i for i, b in enumerate(batches) if light_id in b.request_ids)
     assert first <= 1, [b.request_ids for b in batches]  # the batch being formed, or the next one
+
+
+def test_cpu_batches_shrink_to_a_chunk_while_two_clients_have_work() -> None:
+    """A CPU forward pass of a full batch takes seconds: while another client waits, batches are one
+    chunk, so its wait is about one chunk's time; a client alone gets full batches."""
+
+    async def sizes(clients: list[Client]) -> list[int]:
+        runner = make_runner(None, max_batch_clips=8)
+        runner.cpu_chunk = 2  # what warm-up measures on a slow CPU: the fastest per-clip size
+        batches: list[BatchInfo] = []
+        batcher = Batcher(runner, BatcherConfig(max_delay_ms=200.0), on_batch=batches.append)
+        await batcher.start()
+        try:
+            reservations = [batcher.reserve(8, client) for client in clients]
+            await asyncio.gather(*(batcher.infer(random_clips(8, seed=i), r) for i, r in enumerate(reservations)))
+            for r in reservations:
+                r.release()
+            return [b.size for b in batches]
+        finally:
+            await batcher.stop()
+            runner.close()
+
+    assert asyncio.run(sizes([Client("a")])) == [8]
+    assert set(asyncio.run(sizes([Client("a"), Client("b")]))) == {2}
