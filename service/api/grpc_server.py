@@ -11,6 +11,7 @@ which streams into the spool)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from service.api.pb.tsm.v1 import classifier_pb2_grpc as pb_grpc
 from service.api.wire import retry_after_header
 from service.core.auth import ApiKeys
 from service.core.config import MiB, Settings
-from service.core.errors import ErrorKind, ServiceError
+from service.core.errors import ServiceError
 from service.core.limits import connection_cap
 from service.server import Server
 
@@ -107,15 +108,19 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> gr
 
 
 UNARY_UPLOADS = ("/tsm.v1.VideoClassifier/Classify", "/inference.GRPCInferenceService/ModelInfer")
+SMALL_UPLOAD = 8 * 1024 * 1024  # a message under this gives its slot back once read
 
 
 class _UnaryUploadGate(grpc.aio.ServerInterceptor):
-    """At most ``slots`` unary uploads received or served at once. The message of an admitted call
-    is read inside its slot (the call is served as a one-message stream), so a cancelled call frees
-    its slot, and a refused one is never read."""
+    """At most ``slots`` large unary uploads (over :data:`SMALL_UPLOAD`) received or served at once:
+    each such message is held in memory about four times over (gRPC's buffers, the protobuf message,
+    its bytes). A call is served as a one-message stream so that its message is read only once it has
+    a slot; it waits up to ``wait_s`` for one, then is refused unread (RESOURCE_EXHAUSTED naming
+    ClassifyStream). A small message gives its slot back as soon as it is read."""
 
-    def __init__(self, slots: int) -> None:
-        self.slots, self.active = slots, 0
+    def __init__(self, slots: int, wait_s: float) -> None:
+        self.slots, self.wait_s = slots, wait_s
+        self._free = asyncio.Semaphore(slots)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -124,26 +129,39 @@ class _UnaryUploadGate(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method not in UNARY_UPLOADS or handler.request_streaming:
             return handler
-        if self.active >= self.slots:
-            error = ServiceError(
-                ErrorKind.overloaded,
-                f"{self.slots} whole-video uploads are being received already (TSM_GRPC_UNARY_UPLOADS); stream the "
-                "video with ClassifyStream, which takes any number at once, or retry shortly",
-                retry_after_s=1.0,
-            )
-            return _refusing_handler(handler, error)
-        self.active += 1
-        serve = handler.unary_unary
+        serve, free = handler.unary_unary, self._free
 
         async def gated(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            if not await self._slot():
+                refused = (("tsm-error-code", "overloaded"), ("retry-after-s", "1"))
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(), trailing_metadata=refused)
+            held = True
             try:
                 request = await anext(aiter(requests))
+                if request.ByteSize() < SMALL_UPLOAD:
+                    free.release()
+                    held = False
                 return await serve(request, context)
             finally:
-                self.active -= 1
+                if held:
+                    free.release()
 
         return grpc.stream_unary_rpc_method_handler(gated, request_deserializer=handler.request_deserializer,
                                                     response_serializer=handler.response_serializer)  # fmt: skip
+
+    async def _slot(self) -> bool:
+        """A slot within ``wait_s``; with 0, one now or none."""
+        if self.wait_s <= 0 and self._free.locked():
+            return False
+        try:
+            await asyncio.wait_for(self._free.acquire(), self.wait_s or None)
+        except (TimeoutError, asyncio.TimeoutError):  # Python 3.10: not yet the builtin
+            return False
+        return True
+
+    def _refusal(self) -> str:
+        return (f"{self.slots} large whole-video upload(s) are being received already (TSM_GRPC_UNARY_UPLOADS); "
+                "stream the video with ClassifyStream, which takes any number at once, or retry shortly")  # fmt: skip
 
 
 def build_grpc_server(server: Server) -> GrpcFrontDoor:
@@ -151,7 +169,9 @@ def build_grpc_server(server: Server) -> GrpcFrontDoor:
     settings = server.settings
     limit = max_message_bytes(settings)
     keys = server.api_keys
-    interceptors: list[grpc.aio.ServerInterceptor] = [_UnaryUploadGate(settings.grpc_unary_uploads)]
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        _UnaryUploadGate(settings.grpc_unary_uploads, settings.grpc_unary_wait_s)
+    ]
     if keys.enabled:
         interceptors.insert(0, _ApiKeyInterceptor(keys, settings.auth_public_probes))
     rpc = grpc.aio.server(

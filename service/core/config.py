@@ -108,10 +108,15 @@ class Settings(BaseSettings):
         default=64 * 1024, ge=4096, description="request line and headers together, at most (431 beyond)"
     )
     grpc_unary_uploads: int = Field(
-        default=4,
+        default=1,
         ge=1,
-        description="unary gRPC uploads (Classify, ModelInfer: a whole video in one message) "
-        "received at once; more are refused before being read (RESOURCE_EXHAUSTED: stream with ClassifyStream)",
+        description="large unary gRPC uploads (Classify, ModelInfer over 8 MiB: a whole video in one "
+        "message, held in memory) received or served at once; others wait, unread",
+    )
+    grpc_unary_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a unary upload waits for its turn before RESOURCE_EXHAUSTED (stream with ClassifyStream)",
     )
     max_connections: int = Field(
         default=0,

@@ -251,9 +251,9 @@ class Batcher:
     @property
     def batch_limit(self) -> int:
         """Clips the next batch may hold. While more than one client has work here, a CPU batch is at
-        most the runner's fastest chunk: a forward pass there takes seconds, and a client that comes
-        during one waits for all of it, so it is kept to about one chunk's time."""
-        chunk = self.runner.cpu_chunk
+        most the runner's shared chunk (the smallest size that keeps 70% of the best rate): a forward
+        pass there takes seconds, and a client that comes during one waits for all of it."""
+        chunk = self.runner.shared_chunk
         if chunk is None or len(self.budget.by_client) <= 1:
             return self.max_batch
         return min(self.max_batch, chunk)

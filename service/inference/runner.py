@@ -50,6 +50,8 @@ T_ = TypeVar("T_")
 # Largest batch warmed up on CPU: past 2-4 clips a CPU batch gets no faster per clip (bench/RESULTS.md),
 # so bigger batches run as chunks of a warmed size and warming them would only delay readiness.
 CPU_WARM_MAX = 4
+# A shared chunk keeps at least this share of the best per-clip rate (Runner.shared_chunk).
+SHARED_RATE = 0.7
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class Runner:
         self.buckets: list[int] = []
         self.warmup_s: dict[int, float] = {}  # steady-state seconds per batch, by bucket
         self.cpu_chunk: int | None = None  # set by warm-up on CPU
+        self.shared_chunk: int | None = None  # the same, while several clients wait (set by warm-up)
         self._graphs: dict[int, CudaGraph] = {}
         self._pinned: list[Tensor] = []
         self._slot = 0
@@ -343,7 +346,11 @@ class Runner:
             # The largest size within 10% of the best rate: warm-up timings are noisy.
             rate = {b: b / max(t, 1e-9) for b, t in self.warmup_s.items()}
             self.cpu_chunk = max(b for b in self.buckets if rate[b] >= 0.9 * max(rate.values()))
-            log.info("CPU batches run in chunks of at most %d clips", self.cpu_chunk)
+            # While several clients wait (service.inference.batching), the smallest size that keeps
+            # most of the rate: a client arriving during a pass waits for fewer clips.
+            self.shared_chunk = min(b for b in self.buckets if rate[b] >= SHARED_RATE * max(rate.values()))
+            log.info("CPU batches run in chunks of at most %d clips (%d while clients share the model)",
+                     self.cpu_chunk, self.shared_chunk)  # fmt: skip
 
     def _pinned_slot(self, size: int) -> Tensor:
         if not self._pinned or self._pinned[0].shape[0] < size:

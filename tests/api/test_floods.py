@@ -116,7 +116,7 @@ def test_unary_uploads_past_their_slots_are_refused_unread_and_streams_still_ser
 ) -> None:
     video = make_video(tmp_path / "big.mp4", width=640, height=360, frames=120, pattern="noise").read_bytes()
     with (
-        InProcessServer(tiny_store, grpc_unary_uploads=1) as srv,
+        InProcessServer(tiny_store, grpc_unary_uploads=1, grpc_unary_wait_s=0) as srv,
         grpc.insecure_channel(srv.grpc_target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel,
     ):
         stub = pb_grpc.VideoClassifierStub(channel)
