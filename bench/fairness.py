@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
+
 from bench.decode import make_clip  # noqa: E402
 from bench.e2e import make_store  # noqa: E402
 from harness.load import HttpTarget, Record, closed_loop, load_average, load_videos, percentile  # noqa: E402
@@ -73,6 +75,8 @@ def main() -> None:
         server = ServerProcess(store, api_keys=json.dumps([HEAVY, LIGHT]), default_model="resnet50_224",
                                engine="auto", cpu_budget=0, decode_workers=0, max_queue_clips=512)  # fmt: skip
         try:
+            engine = httpx.get(f"{server.url}/v1/models/resnet50_224", headers={"Authorization": f"Bearer {HEAVY}"},
+                               timeout=10).json()["engine"]  # fmt: skip
             records: dict[str, dict[str, list[Record]]] = {name: {"light": [], "heavy": []} for name in CELLS}
             asyncio.run(cell(server.url, "both, two keys", light, heavy, args.warmup_s))  # warm-up, not counted
             for _ in range(args.rounds):
@@ -110,7 +114,8 @@ def main() -> None:
         f"## Fair share: a light client beside a heavy one (`bench/fairness.py`), {dt.date.today().isoformat()}",
         "",
         f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; "
-        f"ResNet-50 TSM 8×224², {args.rounds} rounds × {args.seconds:g} s per cell, cells in turns; load average "
+        f"ResNet-50 TSM 8×224² (engine {engine}), {args.rounds} rounds × {args.seconds:g} s per cell, cells in "
+        "turns; load average "
         f"{load_before} before, {load_after} after. Light: one 320×240 10 s clip at a time; heavy: 16 "
         "1280×720 5 s clips in flight.",
         "",

@@ -86,12 +86,12 @@ def test_a_batch_serves_the_light_clients_clip_before_the_heavy_backlog() -> Non
 
 
 def test_cpu_batches_shrink_to_a_chunk_while_two_clients_have_work() -> None:
-    """A CPU forward pass of a full batch takes seconds: while another client waits, batches are one
-    chunk, so its wait is about one chunk's time; a client alone gets full batches."""
+    """A CPU forward pass of a full batch takes seconds: while another client waits, batches are the
+    shared chunk, so its wait is about one such pass; a client alone gets full batches."""
 
     async def sizes(clients: list[Client]) -> list[int]:
         runner = make_runner(None, max_batch_clips=8)
-        runner.cpu_chunk = 2  # what warm-up measures on a slow CPU: the fastest per-clip size
+        runner.shared_chunk = 2  # what warm-up measures on a slow CPU
         batches: list[BatchInfo] = []
         batcher = Batcher(runner, BatcherConfig(max_delay_ms=200.0), on_batch=batches.append)
         await batcher.start()
