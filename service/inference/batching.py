@@ -251,7 +251,7 @@ class Batcher:
     @property
     def batch_limit(self) -> int:
         """Clips the next batch may hold. While more than one client has work here, a CPU batch is at
-        most the runner's shared chunk (the smallest size that keeps 70% of the best rate): a forward
+        most the runner's shared chunk (the smallest size that keeps 80% of the best rate): a forward
         pass there takes seconds, and a client that comes during one waits for all of it."""
         chunk = self.runner.shared_chunk
         if chunk is None or len(self.budget.by_client) <= 1:

@@ -51,7 +51,7 @@ T_ = TypeVar("T_")
 # so bigger batches run as chunks of a warmed size and warming them would only delay readiness.
 CPU_WARM_MAX = 4
 # A shared chunk keeps at least this share of the best per-clip rate (Runner.shared_chunk).
-SHARED_RATE = 0.7
+SHARED_RATE = 0.8
 
 
 @dataclass(frozen=True)
