@@ -136,9 +136,6 @@ class FairQueue(Generic[T]):
                 return int(entry[1])
         return 0
 
-    def queued_by_flow(self) -> dict[str, int]:
-        return {flow: sum(entry[1] for entry in entries) for flow, entries in self._items.items()}
-
     def _forget(self, flow: str) -> None:
         # An emptied flow leaves the turns and its deficit: credit is not saved up while idle.
         if self._turns[0] == flow:

@@ -21,14 +21,6 @@ STAGES = ("upload", "decode", "queue", "inference", "total")
 class Metrics:
     """One registry per server, so tests can run several servers in one process."""
 
-    def client_label(self, name: str) -> str:
-        """A client's label value: the first 100 names seen, then "other" (a gateway's client header
-        could otherwise create a series per caller)."""
-        if name in self._client_names or len(self._client_names) < MAX_CLIENT_LABELS:
-            self._client_names.add(name)
-            return name
-        return "other"
-
     def __init__(self) -> None:
         self._client_names: set[str] = set()
         self.statistics = Statistics()  # the v2 statistics extension's numbers, beside Prometheus's
@@ -135,3 +127,11 @@ class Metrics:
             "tsm_cache_backend_errors", "Errors and timeouts of the shared cache.", ["backend"], registry=r
         )
         self.device_memory = Gauge("tsm_device_memory_bytes", "CUDA memory of this process.", ["kind"], registry=r)
+
+    def client_label(self, name: str) -> str:
+        """A client's label value: the first 100 names seen, then "other" (a gateway's client header
+        could otherwise create a series per caller)."""
+        if name in self._client_names or len(self._client_names) < MAX_CLIENT_LABELS:
+            self._client_names.add(name)
+            return name
+        return "other"
